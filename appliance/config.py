@@ -1,0 +1,222 @@
+"""Configuration: one TOML file plus ``APPLIANCE_*`` environment overrides.
+
+Resolution order (later wins): built-in defaults, the TOML file, environment variables.
+
+* ``APPLIANCE_DATA_DIR`` picks the data directory. Default: ``./var`` inside a source
+  checkout (development), ``/var/lib/appliance`` when installed.
+* ``APPLIANCE_MODELS_DIR`` puts the model store elsewhere (default ``<data_dir>/models``),
+  for example on a separate volume.
+* ``APPLIANCE_CONFIG`` names the TOML file. Default: ``<data_dir>/appliance.toml`` when it
+  exists, else none.
+* ``APPLIANCE_<SECTION>_<KEY>`` overrides one key, e.g. ``APPLIANCE_RUNTIME_N_CTX=4096``.
+
+Unknown sections, keys or variables and out-of-range values are refused with a
+:class:`~appliance.errors.ConfigError` naming the file or variable, the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+
+__all__ = ["Settings", "RuntimeSettings", "Limits", "load_settings", "default_data_dir"]
+
+MAX_CONFIG_BYTES = 1 << 20
+ENV_PREFIX = "APPLIANCE_"
+SPECIAL_ENV = {"APPLIANCE_DATA_DIR", "APPLIANCE_CONFIG", "APPLIANCE_MODELS_DIR"}
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How the llama.cpp host runs."""
+
+    generator: str = "smollm2-135m-instruct"
+    embedder: str = "all-minilm-l6-v2"
+    threads: int = 0  # 0: one per core
+    n_ctx: int = 2048
+    n_batch: int = 512
+    embed_n_ctx: int = 8192  # tokens per embedding batch (many texts share one decode)
+    n_gpu_layers: int = 0  # -1: offload every layer (needs a CUDA build)
+    main_gpu: int = 0
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 1234
+    request_timeout_s: float = 300.0
+    start_timeout_s: float = 120.0
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("threads", 0 <= self.threads <= 1024, "an integer from 0 to 1024"),
+            ("n_ctx", 128 <= self.n_ctx <= 1 << 20, "an integer from 128 to 1048576"),
+            ("n_batch", 32 <= self.n_batch <= 1 << 16, "an integer from 32 to 65536"),
+            ("embed_n_ctx", 512 <= self.embed_n_ctx <= 1 << 20, "an integer from 512 to 1048576"),
+            ("n_gpu_layers", self.n_gpu_layers >= -1, "-1 (all) or a count >= 0"),
+            ("main_gpu", self.main_gpu >= 0, "a GPU index >= 0"),
+            ("max_tokens", 1 <= self.max_tokens <= 1 << 16, "an integer from 1 to 65536"),
+            ("temperature", 0.0 <= self.temperature <= 5.0, "a number from 0 to 5"),
+            ("request_timeout_s", 0 < self.request_timeout_s <= 86400, "seconds, > 0"),
+            ("start_timeout_s", 0 < self.start_timeout_s <= 3600, "seconds, > 0"),
+            ("generator", bool(self.generator.strip()), "a model name"),
+            ("embedder", bool(self.embedder.strip()), "a model name"),
+        ]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits on untrusted input reaching the runtime."""
+
+    max_model_bytes: int = 16 * 2**30
+    max_adapter_bytes: int = 1 * 2**30
+    max_prompt_chars: int = 200_000
+    max_schema_bytes: int = 64 * 2**10
+    max_grammar_bytes: int = 64 * 2**10
+    max_embed_texts: int = 10_000
+    max_embed_chars: int = 100_000
+    max_stop_sequences: int = 16
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        return [(f.name, getattr(self, f.name) > 0, "an integer > 0") for f in dataclasses.fields(self)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    limits: Limits = field(default_factory=Limits)
+    config_file: Path | None = None
+    models_dir_override: Path | None = None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.models_dir_override or self.data_dir / "models"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+
+SECTIONS: dict[str, type] = {"runtime": RuntimeSettings, "limits": Limits}
+
+
+def default_data_dir() -> Path:
+    """``<checkout>/var`` when running from a source checkout, else ``/var/lib/appliance``."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "appliance").is_dir():
+        return checkout / "var"
+    return Path("/var/lib/appliance")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from defaults, the TOML file and ``APPLIANCE_*`` variables."""
+    env = os.environ if environ is None else environ
+    data_dir = Path(env["APPLIANCE_DATA_DIR"]) if env.get("APPLIANCE_DATA_DIR") else default_data_dir()
+    config_file: Path | None = None
+    if env.get("APPLIANCE_CONFIG"):
+        config_file = Path(env["APPLIANCE_CONFIG"])
+        if not config_file.is_file():
+            raise ConfigError(f"APPLIANCE_CONFIG: no such file: {config_file}")
+    elif (data_dir / "appliance.toml").is_file():
+        config_file = data_dir / "appliance.toml"
+
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    if config_file is not None:
+        doc = _read_toml(config_file)
+        where = str(config_file)
+        for key, value in doc.items():
+            if key == "data_dir" and "APPLIANCE_DATA_DIR" not in env:
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(f"{where}: data_dir: expected a path string, got {value!r}")
+                data_dir = Path(value)
+                continue
+            if key == "data_dir":
+                continue
+            if key not in SECTIONS:
+                raise ConfigError(f"{where}: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            for k, v in value.items():
+                values[key][k] = _coerce(SECTIONS[key], k, v, f"{where}: [{key}] {k}")
+
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var in SPECIAL_ENV:
+            continue
+        section, key = _split_env(var)
+        values[section][key] = _coerce(SECTIONS[section], key, raw, var, from_env=True)
+
+    built: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        obj = cls(**values[name])
+        for key, ok, expected in obj.checks():
+            if not ok:
+                raise ConfigError(f"[{name}] {key}: expected {expected}, got {getattr(obj, key)!r}")
+        built[name] = obj
+    models_dir = Path(env["APPLIANCE_MODELS_DIR"]) if env.get("APPLIANCE_MODELS_DIR") else None
+    return Settings(data_dir=data_dir, config_file=config_file, models_dir_override=models_dir, **built)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: config file is {size} bytes, over the {MAX_CONFIG_BYTES} byte limit")
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _split_env(var: str) -> tuple[str, str]:
+    rest = var[len(ENV_PREFIX) :].lower()
+    for section in SECTIONS:
+        if rest.startswith(section + "_"):
+            return section, rest[len(section) + 1 :]
+    known = ", ".join(f"{ENV_PREFIX}{s.upper()}_*" for s in SECTIONS)
+    raise ConfigError(f"{var}: unknown variable (known: {', '.join(sorted(SPECIAL_ENV))}, {known})")
+
+
+def _coerce(cls: type, key: str, value: Any, where: str, from_env: bool = False) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    kind = hints[key]
+    if isinstance(kind, types.UnionType):  # pragma: no cover - no optional fields yet
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if from_env and str(value).lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                return str(value).lower() in {"1", "true", "yes", "on"}
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or not (isinstance(value, int) or from_env):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) or from_env):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except ValueError:
+        pass
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")

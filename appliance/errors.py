@@ -1,0 +1,96 @@
+"""One exception family per boundary.
+
+Every error the appliance raises on purpose derives from :class:`ApplianceError`.
+Its ``str()`` is a single line a user can act on: it names what was wrong.
+The CLI prints that line and exits non-zero; the TUI shows it as a notice.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApplianceError",
+    "ConfigError",
+    "EgressBlockedError",
+    "GGUFError",
+    "GGUFTooLargeError",
+    "ModelStoreError",
+    "UnknownModelError",
+    "DigestMismatchError",
+    "FetchError",
+    "EngineError",
+    "EngineCrashedError",
+    "EngineTimeoutError",
+    "EngineRequestError",
+    "ContextOverflowError",
+]
+
+
+class ApplianceError(Exception):
+    """Base of every deliberate error of the appliance."""
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+class ConfigError(ApplianceError):
+    """The TOML file or an APPLIANCE_* variable is unknown or has a bad value."""
+
+
+# -- air gap ---------------------------------------------------------------------------
+
+
+class EgressBlockedError(ApplianceError, PermissionError):
+    """Something tried to open a network (non-Unix) socket inside the appliance."""
+
+
+# -- GGUF validation -------------------------------------------------------------------
+
+
+class GGUFError(ApplianceError):
+    """A GGUF file is missing, truncated, corrupted or not what was expected."""
+
+
+class GGUFTooLargeError(GGUFError):
+    """A GGUF file (or a count or string inside it) exceeds a configured limit."""
+
+
+# -- model store -----------------------------------------------------------------------
+
+
+class ModelStoreError(ApplianceError):
+    """The content-addressed model store refused an operation."""
+
+
+class UnknownModelError(ModelStoreError):
+    """No model of that name is registered."""
+
+
+class DigestMismatchError(ModelStoreError):
+    """Bytes did not hash to the pinned or registered sha256."""
+
+
+class FetchError(ModelStoreError):
+    """Fetching a model from the package registry failed (build station only)."""
+
+
+# -- runtime engine --------------------------------------------------------------------
+
+
+class EngineError(ApplianceError):
+    """The llama.cpp host could not serve a request."""
+
+
+class EngineCrashedError(EngineError):
+    """The host process died while serving a request; it has been restarted."""
+
+
+class EngineTimeoutError(EngineError):
+    """The host did not answer in time; it has been killed and restarted."""
+
+
+class EngineRequestError(EngineError):
+    """The request itself was bad (schema, grammar, adapter name, sizes)."""
+
+
+class ContextOverflowError(EngineRequestError):
+    """The prompt does not fit in the model's context window."""
