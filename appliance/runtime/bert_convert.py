@@ -1,0 +1,154 @@
+"""Convert a Hugging Face BERT sentence-embedding model directory to a BERT GGUF.
+
+Our own converter on the ``gguf`` package (no torch): reads ``config.json``,
+``model.safetensors``, ``vocab.txt``/``tokenizer.json`` and the sentence-transformers
+pooling config, and writes the tensors and metadata llama.cpp's BERT graph expects
+(WordPiece vocabulary in "phantom space" form, mean pooling, non-causal attention).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from appliance.errors import ModelStoreError
+
+__all__ = ["convert_bert", "BertConversionError"]
+
+MAX_JSON_BYTES = 8 * 2**20
+MAX_WEIGHTS_BYTES = 4 * 2**30
+SKIPPED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
+
+
+class BertConversionError(ModelStoreError):
+    """The directory is not a BERT model this converter understands."""
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise BertConversionError(f"{path.parent}: missing {path.name}")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise BertConversionError(f"{path}: over {MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BertConversionError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _pooling_type(model_dir: Path) -> gguf.PoolingType:
+    modules = model_dir / "modules.json"
+    if not modules.is_file():
+        return gguf.PoolingType.MEAN
+    for module in _read_json(modules):
+        if str(module.get("type", "")).endswith("Pooling"):
+            cfg = _read_json(model_dir / module["path"] / "config.json")
+            if cfg.get("pooling_mode_mean_tokens"):
+                return gguf.PoolingType.MEAN
+            if cfg.get("pooling_mode_cls_token"):
+                return gguf.PoolingType.CLS
+            raise BertConversionError(f"{model_dir}: unsupported pooling mode in {module['path']}/config.json")
+    return gguf.PoolingType.MEAN
+
+
+def _vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
+    vocab_file = model_dir / "vocab.txt"
+    if not vocab_file.is_file():
+        raise BertConversionError(f"{model_dir}: missing vocab.txt")
+    words = vocab_file.read_text(encoding="utf-8").splitlines()
+    if len(words) > vocab_size:
+        raise BertConversionError(f"{vocab_file}: {len(words)} tokens, more than vocab_size {vocab_size}")
+    special: set[str] = set()
+    tok_json = model_dir / "tokenizer.json"
+    if tok_json.is_file():
+        for added in _read_json(tok_json).get("added_tokens", []):
+            if added.get("special"):
+                special.add(added["content"])
+    else:
+        special = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    tokens: list[str] = []
+    types: list[int] = []
+    for word in words:
+        if word in special:
+            tokens.append(word)
+            types.append(gguf.TokenType.CONTROL)
+        elif word.startswith("##"):
+            tokens.append(word[2:])
+            types.append(gguf.TokenType.NORMAL)
+        else:
+            tokens.append("\u2581" + word)  # phantom space marks a word start
+            types.append(gguf.TokenType.NORMAL)
+    for i in range(len(words), vocab_size):
+        tokens.append(f"[PAD{i}]")
+        types.append(gguf.TokenType.UNUSED)
+    return tokens, types
+
+
+def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name: str | None = None) -> None:
+    """Write ``out_path`` (atomically) as a BERT GGUF converted from ``model_dir``.
+
+    ``outtype``: ``f32`` (exact) or ``f16`` (2-D weights in half precision).
+    """
+    from safetensors.numpy import load_file
+
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / "config.json")
+    if config.get("model_type") != "bert":
+        raise BertConversionError(f"{model_dir}: model_type is {config.get('model_type')!r}, expected 'bert'")
+    if outtype not in {"f32", "f16"}:
+        raise BertConversionError(f"unknown outtype {outtype!r} (f32 or f16)")
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise BertConversionError(f"{model_dir}: missing model.safetensors")
+    if weights.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise BertConversionError(f"{weights}: over {MAX_WEIGHTS_BYTES} bytes")
+
+    n_layers = int(config["num_hidden_layers"])
+    tensors = load_file(str(weights))
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layers)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch="bert")
+    try:
+        writer.add_name(name or model_dir.name)
+        writer.add_context_length(int(config["max_position_embeddings"]))
+        writer.add_embedding_length(int(config["hidden_size"]))
+        writer.add_feed_forward_length(int(config["intermediate_size"]))
+        writer.add_block_count(n_layers)
+        writer.add_head_count(int(config["num_attention_heads"]))
+        writer.add_layer_norm_eps(float(config.get("layer_norm_eps", 1e-12)))
+        writer.add_causal_attention(False)
+        writer.add_pooling_type(_pooling_type(model_dir))
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+
+        vocab_size = int(config["vocab_size"])
+        tokens, types = _vocab(model_dir, vocab_size)
+        writer.add_token_type_count(int(config.get("type_vocab_size", 1)))
+        writer.add_tokenizer_model("bert")
+        writer.add_tokenizer_pre("bert-bge")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+
+        for hf_name in sorted(tensors):
+            clean = hf_name[5:] if hf_name.startswith("bert.") else hf_name
+            if clean in SKIPPED or clean.startswith("cls."):
+                continue
+            new_name = name_map.get_name(clean, try_suffixes=(".weight", ".bias"))
+            if new_name is None:
+                raise BertConversionError(f"{weights}: cannot map tensor {hf_name!r}")
+            data = np.ascontiguousarray(tensors[hf_name], dtype=np.float32)
+            if outtype == "f16" and data.ndim == 2 and not new_name.startswith(("token_types", "position_embd")):
+                data = data.astype(np.float16)
+            writer.add_tensor(new_name, data)
+
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out_path)
+    finally:
+        writer.close()
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,261 @@
+"""llama.cpp inside the host process: one base model, its LoRA adapters, one embedder.
+
+Only :mod:`appliance.runtime.host` uses this module; everybody else talks to the host
+through :class:`appliance.runtime.client.EngineClient`. Every GGUF is validated here
+again before llama.cpp opens it (llama.cpp crashes on bad files).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from appliance.errors import ContextOverflowError, EngineRequestError, GGUFError
+from appliance.runtime.gguf_check import GGUFLimits, validate_gguf
+from appliance.runtime.protocol import EngineSpec, GenerateRequest
+
+__all__ = ["LlamaEngine"]
+
+
+@dataclass
+class _Adapter:
+    name: str
+    path: str
+    handle: Any = None
+    error: str | None = None
+
+
+@dataclass
+class _Stats:
+    requests: int = 0
+    last_tokens_per_s: float = 0.0
+    adapter_switches: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class LlamaEngine:
+    def __init__(self, spec: EngineSpec) -> None:
+        import llama_cpp  # imported here: only the host process loads llama.cpp
+
+        self._lc = llama_cpp
+        self.spec = spec
+        self.stats = _Stats()
+        self.generator: Any = None
+        self.embedder: Any = None
+        self.adapters: dict[str, _Adapter] = {}
+        self._active_adapter: str | None = None
+        self._formatter: Any = None
+        threads = spec.threads or None
+        common = dict(n_threads=threads, n_threads_batch=threads, n_gpu_layers=spec.n_gpu_layers,
+                      main_gpu=spec.main_gpu, verbose=False)
+        if spec.generator_path:
+            validate_gguf(spec.generator_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
+            self.generator = llama_cpp.Llama(spec.generator_path, n_ctx=spec.n_ctx, n_batch=spec.n_batch,
+                                             seed=spec.seed, **common)
+        if spec.embedder_path:
+            validate_gguf(spec.embedder_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
+            n = spec.embed_n_ctx
+            self.embedder = llama_cpp.Llama(spec.embedder_path, embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
+                                            **common)
+        for name, path in spec.adapters.items():
+            self.load_adapter(name, path, strict=False)
+
+    # -- adapters -----------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str, strict: bool = True) -> dict:
+        """Load a LoRA adapter beside the base; a bad file is refused, the engine goes on."""
+        if self.generator is None:
+            raise EngineRequestError("no generator loaded: adapters need a base model")
+        entry = _Adapter(name=name, path=path)
+        try:
+            info = validate_gguf(path, limits=GGUFLimits(max_file_bytes=self.spec.max_adapter_bytes), expect="adapter")
+            base_arch = self.generator.metadata.get("general.architecture")
+            if info.architecture != base_arch:
+                raise GGUFError(f"{path}: adapter is for architecture {info.architecture!r}, base is {base_arch!r}")
+            handle = self._lc.llama_adapter_lora_init(self.generator.model, path.encode())
+            if not handle:
+                raise GGUFError(f"{path}: llama.cpp refused the adapter (tensor shapes do not fit the base model?)")
+            entry.handle = handle
+        except GGUFError as exc:
+            entry.error = str(exc)
+            if strict:
+                raise EngineRequestError(f"adapter {name!r}: {exc}") from None
+        old = self.adapters.get(name)
+        self.adapters[name] = entry
+        if old is not None and old.handle is not None and old.handle != entry.handle:
+            if self._active_adapter == name:
+                self._use_adapter(None)
+            self._lc.llama_adapter_lora_free(old.handle)
+        return {"name": name, "loaded": entry.handle is not None, "error": entry.error}
+
+    def _use_adapter(self, name: str | None) -> None:
+        if name == self._active_adapter:
+            return
+        ctx = self.generator.ctx
+        if name is None:
+            rc = self._lc.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            entry = self.adapters.get(name)
+            if entry is None:
+                known = ", ".join(sorted(self.adapters)) or "none"
+                raise EngineRequestError(f"unknown adapter {name!r} (loaded: {known})")
+            if entry.handle is None:
+                raise EngineRequestError(f"adapter {name!r} is not usable: {entry.error}")
+            arr = (self._lc.llama_adapter_lora_p_ctypes * 1)(entry.handle)
+            scales = (ctypes.c_float * 1)(1.0)
+            rc = self._lc.llama_set_adapters_lora(ctx, arr, 1, scales)
+        if rc != 0:
+            raise EngineRequestError(f"llama.cpp could not switch to adapter {name!r} (code {rc})")
+        # cached KV state was computed with the other weights
+        self.generator.reset()
+        self.generator._ctx.kv_cache_clear()
+        self._active_adapter = name
+        self.stats.adapter_switches += 1
+
+    # -- generation ---------------------------------------------------------------------
+
+    def _grammar(self, req: GenerateRequest) -> Any:
+        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        if req.grammar is None and req.json_schema is None:
+            return None
+        if req.json_schema is not None:
+            try:
+                text = json_schema_to_gbnf(json.dumps(req.json_schema))
+            except Exception as exc:  # the converter raises plain exceptions on bad schemas
+                raise EngineRequestError(f"JSON schema not supported: {exc}") from None
+        else:
+            text = req.grammar or ""
+        # llama.cpp returns NULL for a grammar it cannot parse; check before sampling with it
+        sampler = self._lc.llama_sampler_init_grammar(self.generator._model.vocab, text.encode(), b"root")
+        if not sampler:
+            raise EngineRequestError("grammar does not parse (GBNF syntax error or no 'root' rule)")
+        self._lc.llama_sampler_free(sampler)
+        return LlamaGrammar.from_string(text, verbose=False)
+
+    def _messages(self, req: GenerateRequest) -> list[dict]:
+        messages = list(req.messages)
+        if req.prompt is not None:
+            if req.system:
+                messages.append({"role": "system", "content": req.system})
+            messages.append({"role": "user", "content": req.prompt})
+        if not messages:
+            raise EngineRequestError("empty request: give a prompt or messages")
+        return messages
+
+    def _format_prompt(self, messages: list[dict]) -> str:
+        """The prompt text exactly as the model's own chat template renders it."""
+        if self._formatter is None:
+            template = self.generator.metadata.get("tokenizer.chat_template")
+            if template:
+                model = self.generator._model
+                self._formatter = self._lc.llama_chat_format.Jinja2ChatFormatter(
+                    template=template,
+                    eos_token=model.token_get_text(self.generator.token_eos()),
+                    bos_token=model.token_get_text(self.generator.token_bos()),
+                )
+            else:
+                self._formatter = lambda messages: self._lc.llama_chat_format.format_chatml(messages)
+        return self._formatter(messages=messages).prompt
+
+    def count_prompt_tokens(self, messages: list[dict]) -> int:
+        prompt = self._format_prompt(messages)
+        return len(self.generator.tokenize(prompt.encode(), add_bos=False, special=True))
+
+    def generate(self, req: GenerateRequest) -> Iterator[str | dict]:
+        """Yield text pieces, then one final dict with the result."""
+        if self.generator is None:
+            raise EngineRequestError("no generator model loaded")
+        messages = self._messages(req)
+        n_prompt = self.count_prompt_tokens(messages)
+        n_ctx = self.generator.n_ctx()
+        if n_prompt >= n_ctx:
+            raise ContextOverflowError(f"prompt is {n_prompt} tokens; the context holds {n_ctx} (runtime.n_ctx)")
+        grammar = self._grammar(req)
+        self._use_adapter(req.adapter)
+        start = time.perf_counter()
+        first: float | None = None
+        pieces: list[str] = []
+        finish = None
+        n_out = 0
+        stream = self.generator.create_chat_completion(
+            messages=messages, stream=True, max_tokens=req.max_tokens, temperature=req.temperature,
+            stop=list(req.stop), seed=req.seed, grammar=grammar, top_k=40 if req.temperature > 0 else 1,
+        )
+        for chunk in stream:
+            choice = chunk["choices"][0]
+            text = choice.get("delta", {}).get("content")
+            if text:
+                n_out += 1
+                if first is None:
+                    first = time.perf_counter()
+                pieces.append(text)
+                yield text
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+        elapsed = time.perf_counter() - start
+        text = "".join(pieces)
+        completion_tokens = len(self.generator.tokenize(text.encode(), add_bos=False)) if text else 0
+        decode_s = elapsed - ((first or start) - start)
+        tps = completion_tokens / elapsed if elapsed > 0 else 0.0
+        self.stats.requests += 1
+        self.stats.last_tokens_per_s = tps
+        yield {
+            "text": text,
+            "finish_reason": finish or "stop",
+            "prompt_tokens": n_prompt,
+            "completion_tokens": completion_tokens,
+            "seconds": elapsed,
+            "first_token_s": (first - start) if first else None,
+            "decode_s": decode_s,
+            "tokens_per_s": tps,
+            "adapter": req.adapter,
+        }
+
+    # -- embeddings ---------------------------------------------------------------------
+
+    def embed(self, texts: list[str], normalize: bool = True) -> list[list[float]]:
+        if self.embedder is None:
+            raise EngineRequestError("no embedder model loaded")
+        if not texts:
+            return []
+        # llama-cpp-python packs many texts into one decode; sorted by length they pack tighter
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors = self.embedder.embed([texts[i] for i in order], normalize=normalize, truncate=True)
+        out: list[list[float]] = [[] for _ in texts]
+        for pos, i in enumerate(order):
+            out[i] = vectors[pos]
+        return out
+
+    # -- information --------------------------------------------------------------------
+
+    def info(self) -> dict:
+        lc = self._lc
+        return {
+            "generator": self.spec.generator_path,
+            "embedder": self.spec.embedder_path,
+            "adapters": {n: {"loaded": a.handle is not None, "error": a.error} for n, a in self.adapters.items()},
+            "active_adapter": self._active_adapter,
+            "gpu_offload_supported": bool(lc.llama_supports_gpu_offload()),
+            "n_gpu_layers": self.spec.n_gpu_layers,
+            "system_info": lc.llama_print_system_info().decode(errors="replace").strip(),
+            "llama_cpp_python": lc.__version__,
+            "n_ctx": self.generator.n_ctx() if self.generator else None,
+            "stats": asdict(self.stats),
+        }
+
+    def close(self) -> None:
+        if self.generator is not None and self._active_adapter is not None:
+            self._use_adapter(None)
+        for entry in self.adapters.values():
+            if entry.handle is not None:
+                self._lc.llama_adapter_lora_free(entry.handle)
+                entry.handle = None
+        for model in (self.generator, self.embedder):
+            if model is not None:
+                model.close()

@@ -1,0 +1,283 @@
+"""The content-addressed model store: the one place models and adapters live.
+
+Blobs are ``blobs/sha256-<hex>.gguf`` under the store root; ``registry.db`` (SQLite,
+numbered migrations) maps a name to its blob with kind, architecture, quantisation,
+digest, size and source. Both paths that bring models in write here: ``models fetch``
+on the build station and bundle apply on the appliance.
+
+A write is: validate the GGUF, copy into a temporary file in ``blobs/`` while hashing,
+check the digest, ``os.replace`` into place, then one registry transaction. Any failure
+before the transaction leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from appliance.errors import DigestMismatchError, GGUFError, ModelStoreError, UnknownModelError
+from appliance.migrations import Migrations
+from appliance.runtime.gguf_check import GGUFInfo, GGUFLimits, validate_gguf
+
+__all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "sha256_file"]
+
+KINDS = ("generator", "embedder", "adapter")
+CHUNK = 1 << 20
+MIGRATIONS = Migrations("models")
+
+
+@MIGRATIONS
+def m001_models(db: sqlite_utils.Database) -> None:
+    db["models"].create(
+        {
+            "name": str,
+            "kind": str,
+            "architecture": str,
+            "quantization": str,
+            "sha256": str,
+            "size": int,
+            "source": str,
+            "base_sha256": str,
+            "added_at": str,
+            "metadata": str,
+        },
+        pk="name",
+    )
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    kind: str
+    architecture: str
+    quantization: str | None
+    sha256: str
+    size: int
+    source: str
+    base_sha256: str | None
+    added_at: str
+    metadata: dict
+    path: Path
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "architecture": self.architecture,
+            "quantization": self.quantization,
+            "sha256": self.sha256,
+            "size": self.size,
+            "source": self.source,
+            "base_sha256": self.base_sha256,
+            "added_at": self.added_at,
+            "path": str(self.path),
+        }
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+            if progress:
+                progress(len(block))
+    return digest.hexdigest()
+
+
+class ModelStore:
+    """Models and adapters by name, stored by content digest."""
+
+    def __init__(self, root: Path, *, max_model_bytes: int = 16 * 2**30, max_adapter_bytes: int = 2**30) -> None:
+        self.root = Path(root)
+        self.max_model_bytes = max_model_bytes
+        self.max_adapter_bytes = max_adapter_bytes
+        self._db: sqlite_utils.Database | None = None
+
+    # -- reading ------------------------------------------------------------------------
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        if self._db is None:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite_utils.Database(self.root / "registry.db")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            MIGRATIONS.apply(self._db)
+        return self._db
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.blobs / f"sha256-{sha256}.gguf"
+
+    def _record(self, row: dict) -> ModelRecord:
+        return ModelRecord(
+            name=row["name"],
+            kind=row["kind"],
+            architecture=row["architecture"],
+            quantization=row["quantization"],
+            sha256=row["sha256"],
+            size=row["size"],
+            source=row["source"],
+            base_sha256=row["base_sha256"],
+            added_at=row["added_at"],
+            metadata=json.loads(row["metadata"] or "{}"),
+            path=self.blob_path(row["sha256"]),
+        )
+
+    def list(self, kind: str | None = None) -> list[ModelRecord]:
+        if not (self.root / "registry.db").exists():
+            return []
+        where, args = ("kind = ?", [kind]) if kind else (None, None)
+        return [self._record(r) for r in self.db["models"].rows_where(where, args, order_by="kind, name")]
+
+    def get(self, name: str) -> ModelRecord:
+        rows = list(self.db["models"].rows_where("name = ?", [name])) if (self.root / "registry.db").exists() else []
+        if not rows:
+            known = ", ".join(r.name for r in self.list()) or "none; run `appliance models fetch` or apply a bundle"
+            raise UnknownModelError(f"unknown model {name!r} (known: {known})")
+        return self._record(rows[0])
+
+    def has(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except UnknownModelError:
+            return False
+        return True
+
+    # -- writing ------------------------------------------------------------------------
+
+    def add_file(
+        self,
+        src: Path,
+        *,
+        name: str,
+        kind: str,
+        source: str,
+        expected_sha256: str | None = None,
+        base_sha256: str | None = None,
+        metadata: dict | None = None,
+    ) -> ModelRecord:
+        """Validate ``src`` and register it as ``name``; the store is unchanged on any error."""
+        if kind not in KINDS:
+            raise ModelStoreError(f"unknown model kind {kind!r} (one of {', '.join(KINDS)})")
+        if not name or len(name) > 128 or not all(c.isalnum() or c in "-_." for c in name):
+            raise ModelStoreError(f"bad model name {name!r}: use letters, digits, '-', '_' and '.' (max 128)")
+        limit = self.max_adapter_bytes if kind == "adapter" else self.max_model_bytes
+        info: GGUFInfo = validate_gguf(
+            src, limits=GGUFLimits(max_file_bytes=limit), expect="adapter" if kind == "adapter" else "model"
+        )
+        if kind == "embedder" and info.architecture not in {"bert", "nomic-bert", "jina-bert-v2"}:
+            raise ModelStoreError(f"{src}: architecture {info.architecture!r} is not an embedding model")
+        if kind == "adapter" and base_sha256 is None:
+            base_sha256 = str(info.get("adapter.base_sha256") or "") or None
+
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        tmp = self.blobs / f".incoming-{os.getpid()}-{name}"
+        try:
+            digest = hashlib.sha256()
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while block := fin.read(CHUNK):
+                    digest.update(block)
+                    fout.write(block)
+                fout.flush()
+                os.fsync(fout.fileno())
+            sha = digest.hexdigest()
+            if expected_sha256 and sha != expected_sha256:
+                raise DigestMismatchError(f"{src}: sha256 {sha} does not match the pinned {expected_sha256}")
+            # the copy is what gets registered: validate the copy, not the source
+            validate_gguf(tmp, limits=GGUFLimits(max_file_bytes=limit), expect="adapter" if kind == "adapter" else "model")
+            final = self.blob_path(sha)
+            if final.exists() and final.stat().st_size == info.file_size:
+                tmp.unlink()
+            else:
+                os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+        row = {
+            "name": name,
+            "kind": kind,
+            "architecture": info.architecture,
+            "quantization": info.quantization,
+            "sha256": sha,
+            "size": info.file_size,
+            "source": source,
+            "base_sha256": base_sha256,
+            "added_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "metadata": json.dumps(metadata or {}, sort_keys=True),
+        }
+        with self.db.conn:
+            self.db["models"].upsert(row, pk="name")
+        self._collect_garbage()
+        return self.get(name)
+
+    def remove(self, name: str) -> None:
+        self.get(name)
+        with self.db.conn:
+            self.db["models"].delete(name)
+        self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        """Remove blobs no registry row points at (after the registry committed)."""
+        used = {r["sha256"] for r in self.db.query("SELECT sha256 FROM models")}
+        for blob in self.blobs.glob("sha256-*.gguf"):
+            if blob.name[len("sha256-") : -len(".gguf")] not in used:
+                blob.unlink(missing_ok=True)
+
+    # -- checking -----------------------------------------------------------------------
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> list[VerifyResult]:
+        """Re-hash every registered blob and re-validate its GGUF structure."""
+        results: list[VerifyResult] = []
+        for rec in self.list():
+            if not rec.path.is_file():
+                results.append(VerifyResult(rec.name, False, f"blob missing: {rec.path}"))
+                continue
+            size = rec.path.stat().st_size
+            if size != rec.size:
+                results.append(VerifyResult(rec.name, False, f"size {size} != registered {rec.size}"))
+                continue
+            sha = sha256_file(rec.path, progress)
+            if sha != rec.sha256:
+                results.append(VerifyResult(rec.name, False, f"sha256 {sha[:16]}… != registered {rec.sha256[:16]}…"))
+                continue
+            try:
+                validate_gguf(rec.path, expect="adapter" if rec.kind == "adapter" else "model")
+            except GGUFError as exc:
+                results.append(VerifyResult(rec.name, False, str(exc)))
+                continue
+            results.append(VerifyResult(rec.name, True, f"sha256 {sha[:16]}… ok"))
+        return results
+
+    def total_bytes(self) -> int:
+        return sum(r.size for r in self.list())
+
+    def __iter__(self) -> Iterator[ModelRecord]:
+        return iter(self.list())
+
+
+def copy_tree_atomic(src: Path, dest: Path) -> None:
+    """Copy a directory into place so that ``dest`` is either absent or complete."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)

@@ -1,0 +1,55 @@
+"""Messages between :class:`~appliance.runtime.client.EngineClient` and the host process.
+
+Plain dataclasses, pickled over a Unix socket pair that only the two processes hold.
+A request is ``(op, payload)``; the host answers with zero or more ``("chunk", text)``
+then exactly one ``("ok", result)`` or ``("error", (error_class_name, message))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["EngineSpec", "GenerateRequest", "GenerateResult"]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    generator_path: str | None = None
+    embedder_path: str | None = None
+    adapters: dict[str, str] = field(default_factory=dict)
+    threads: int = 0
+    n_ctx: int = 2048
+    n_batch: int = 512
+    embed_n_ctx: int = 8192
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    seed: int = 1234
+    max_model_bytes: int = 16 * 2**30
+    max_adapter_bytes: int = 2**30
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str | None = None
+    messages: tuple[dict, ...] = ()
+    system: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    json_schema: dict | None = None
+    grammar: str | None = None
+    adapter: str | None = None
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    first_token_s: float | None
+    decode_s: float
+    tokens_per_s: float
+    adapter: str | None

@@ -1,0 +1,83 @@
+"""Build the appliance's services once; the CLI, the TUI and the tests share this factory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.config import Settings, load_settings
+from appliance.runtime.client import EngineClient, RequestLimits
+from appliance.runtime.model_store import ModelStore
+from appliance.runtime.protocol import EngineSpec
+
+__all__ = ["Services", "build_services", "engine_spec"]
+
+
+def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True, embedder: bool = True) -> EngineSpec:
+    """The host's start-up description: the configured models and every adapter for that base."""
+    rt = settings.runtime
+    gen = store.get(rt.generator) if generator else None
+    emb = store.get(rt.embedder) if embedder else None
+    adapters = {}
+    if gen is not None:
+        adapters = {a.name: str(a.path) for a in store.list("adapter") if a.base_sha256 in (None, gen.sha256)}
+    return EngineSpec(
+        generator_path=str(gen.path) if gen else None,
+        embedder_path=str(emb.path) if emb else None,
+        adapters=adapters,
+        threads=rt.threads,
+        n_ctx=rt.n_ctx,
+        n_batch=rt.n_batch,
+        embed_n_ctx=rt.embed_n_ctx,
+        n_gpu_layers=rt.n_gpu_layers,
+        main_gpu=rt.main_gpu,
+        seed=rt.seed,
+        max_model_bytes=settings.limits.max_model_bytes,
+        max_adapter_bytes=settings.limits.max_adapter_bytes,
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: ModelStore
+    _engine: EngineClient | None = field(default=None, repr=False)
+
+    def engine(self, *, generator: bool = True, embedder: bool = True) -> EngineClient:
+        """The llama.cpp host client, started on first use."""
+        if self._engine is None:
+            lim = self.settings.limits
+            self._engine = EngineClient(
+                engine_spec(self.settings, self.store, generator=generator, embedder=embedder),
+                limits=RequestLimits(
+                    max_prompt_chars=lim.max_prompt_chars, max_schema_bytes=lim.max_schema_bytes,
+                    max_grammar_bytes=lim.max_grammar_bytes, max_embed_texts=lim.max_embed_texts,
+                    max_embed_chars=lim.max_embed_chars, max_stop_sequences=lim.max_stop_sequences,
+                ),
+                request_timeout_s=self.settings.runtime.request_timeout_s,
+                start_timeout_s=self.settings.runtime.start_timeout_s,
+                log_path=self.settings.log_dir / "host.log",
+                env=dict(os.environ, APPLIANCE_AIRGAP_LOG=str(airgap_log(self.settings))),
+            )
+            self._engine.start()
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def build_services(settings: Settings | None = None) -> Services:
+    settings = settings or load_settings()
+    store = ModelStore(
+        settings.models_dir,
+        max_model_bytes=settings.limits.max_model_bytes,
+        max_adapter_bytes=settings.limits.max_adapter_bytes,
+    )
+    return Services(settings=settings, store=store)
+
+
+def airgap_log(settings: Settings) -> Path:
+    return settings.log_dir / "airgap.jsonl"
