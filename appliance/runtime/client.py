@@ -114,7 +114,7 @@ class EngineClient:
         self._conn.send((rid, "init", self.spec))
         try:
             self.info_at_start = self._receive(rid, "start", self.start_timeout_s, restart=False)
-        except EngineError:
+        except errors.ApplianceError:
             self._teardown()
             raise
 
@@ -166,7 +166,7 @@ class EngineClient:
         self.restarts += 1
         try:
             self._spawn()
-        except EngineError as exc:
+        except errors.ApplianceError as exc:
             return EngineCrashedError(f"{what}; restarting it failed: {exc}")
         return EngineCrashedError(f"{what}; it was restarted, try again")
 

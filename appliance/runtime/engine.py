@@ -34,6 +34,7 @@ class _Stats:
     requests: int = 0
     last_tokens_per_s: float = 0.0
     adapter_switches: int = 0
+    model_loads: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -56,11 +57,13 @@ class LlamaEngine:
             validate_gguf(spec.generator_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
             self.generator = llama_cpp.Llama(spec.generator_path, n_ctx=spec.n_ctx, n_batch=spec.n_batch,
                                              seed=spec.seed, **common)
+            self.stats.model_loads += 1
         if spec.embedder_path:
             validate_gguf(spec.embedder_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
             n = spec.embed_n_ctx
             self.embedder = llama_cpp.Llama(spec.embedder_path, embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
                                             **common)
+            self.stats.model_loads += 1
         for name, path in spec.adapters.items():
             self.load_adapter(name, path, strict=False)
 

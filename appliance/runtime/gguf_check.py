@@ -52,7 +52,7 @@ _VT = gguf.GGUFValueType
 _SCALARS: dict[int, struct.Struct] = {
     vtype: struct.Struct("<" + code) for vtype, code in zip(
         (_VT.UINT8, _VT.INT8, _VT.UINT16, _VT.INT16, _VT.UINT32, _VT.INT32,
-         _VT.FLOAT32, _VT.BOOL, _VT.UINT64, _VT.INT64, _VT.FLOAT64), "BbHhIifBQqd")
+         _VT.FLOAT32, _VT.BOOL, _VT.UINT64, _VT.INT64, _VT.FLOAT64), "BbHhIifBQqd", strict=True)
 }
 _INTEGER_TYPES = frozenset(t for t in _SCALARS if t not in (_VT.FLOAT32, _VT.FLOAT64, _VT.BOOL))
 _U64 = _SCALARS[_VT.UINT64]
@@ -98,6 +98,13 @@ class GGUFInfo:
     def get(self, key: str, default: Scalar | None = None) -> Scalar | None:
         """Return the scalar metadata value of ``key``, or ``default``."""
         return self.metadata.get(key, default)
+
+
+def _q(text: str | None, limit: int = 80) -> str:
+    """Quote a name read from the file for a message: escaped (one line) and shortened."""
+    if text is None or len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def _quantization_name(file_type: int) -> str:
@@ -286,14 +293,14 @@ def _parse(r: _Reader, expect: Expect) -> GGUFInfo:
     for i in range(n_kv):
         key = r.string(f"key #{i}")
         if key in types:
-            raise r.fail(f"duplicate key '{key}'")
-        types[key] = vtype = r.value_type(f"key '{key}'")
+            raise r.fail(f"duplicate key {_q(key)}")
+        types[key] = vtype = r.value_type(f"key {_q(key)}")
         if vtype == _VT.ARRAY:
-            array_lengths[key] = r.array(f"key '{key}'")
+            array_lengths[key] = r.array(f"key {_q(key)}")
         elif vtype == _VT.STRING:
-            metadata[key] = r.string(f"value of key '{key}'")
+            metadata[key] = r.string(f"value of key {_q(key)}")
         else:
-            metadata[key] = r.scalar(vtype, f"value of key '{key}'")
+            metadata[key] = r.scalar(vtype, f"value of key {_q(key)}")
 
     alignment = _DEFAULT_ALIGNMENT
     if "general.alignment" in types:
@@ -328,31 +335,31 @@ def _tensor_info(r: _Reader, i: int, alignment: int, names: set[str]) -> TensorI
     """Read and check tensor info #``i``; its offset is still relative to the data section."""
     name = r.string(f"name of tensor info #{i}", max_len=_MAX_TENSOR_NAME)
     if name in names:
-        raise r.fail(f"duplicate tensor name '{name}'")
+        raise r.fail(f"duplicate tensor name {_q(name)}")
     names.add(name)
-    n_dims = r.u32(f"n_dims of tensor '{name}'")
+    n_dims = r.u32(f"n_dims of tensor {_q(name)}")
     if not 1 <= n_dims <= _MAX_DIMS:
-        raise r.fail(f"tensor '{name}' has {n_dims} dimensions (must be 1 to {_MAX_DIMS})")
-    shape = tuple(r.u64(f"dimension {d} of tensor '{name}'") for d in range(n_dims))
+        raise r.fail(f"tensor {_q(name)} has {n_dims} dimensions (must be 1 to {_MAX_DIMS})")
+    shape = tuple(r.u64(f"dimension {d} of tensor {_q(name)}") for d in range(n_dims))
     n_elements = 1
     for dim in shape:
         if dim < 1:
-            raise r.fail(f"tensor '{name}' has a dimension of {dim} in shape {shape}")
+            raise r.fail(f"tensor {_q(name)} has a dimension of {dim} in shape {shape}")
         n_elements *= dim
         if n_elements > _INT64_MAX:
-            raise r.fail(f"tensor '{name}' shape {shape} overflows the element count")
-    type_id = r.u32(f"ggml type of tensor '{name}'")
+            raise r.fail(f"tensor {_q(name)} shape {shape} overflows the element count")
+    type_id = r.u32(f"ggml type of tensor {_q(name)}")
     try:
         qtype = gguf.GGMLQuantizationType(type_id)
         block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
     except (ValueError, KeyError):
-        raise r.fail(f"tensor '{name}' has unknown ggml type {type_id}") from None
+        raise r.fail(f"tensor {_q(name)} has unknown ggml type {type_id}") from None
     if shape[0] % block_size:
-        raise r.fail(f"tensor '{name}' first dimension {shape[0]} is not a multiple of "
+        raise r.fail(f"tensor {_q(name)} first dimension {shape[0]} is not a multiple of "
                      f"the {qtype.name} block size {block_size}")
-    offset = r.u64(f"offset of tensor '{name}'")
+    offset = r.u64(f"offset of tensor {_q(name)}")
     if offset % alignment:
-        raise r.fail(f"tensor '{name}' offset {offset} is not a multiple of "
+        raise r.fail(f"tensor {_q(name)} offset {offset} is not a multiple of "
                      f"the alignment {alignment}")
     return TensorInfo(name, shape, qtype.name, offset, n_elements // block_size * type_size)
 
@@ -362,15 +369,15 @@ def _check_layout(r: _Reader, tensors: list[TensorInfo]) -> None:
     previous: TensorInfo | None = None
     for t in sorted(tensors, key=lambda t: (t.offset, t.nbytes)):
         end = t.offset + t.nbytes
-        if False:
-            raise r.fail(f"truncated: tensor '{t.name}' data starts at byte {t.offset}, "
+        if t.offset >= r.size:
+            raise r.fail(f"truncated: tensor {_q(t.name)} data starts at byte {t.offset}, "
                          f"past the end of the file ({r.size} bytes)")
         if end > r.size:
-            raise r.fail(f"truncated: tensor '{t.name}' data ends at byte {end} "
+            raise r.fail(f"truncated: tensor {_q(t.name)} data ends at byte {end} "
                          f"but the file has {r.size} bytes")
         if previous is not None and t.offset < previous.offset + previous.nbytes:
-            raise r.fail(f"tensor '{t.name}' (bytes {t.offset}-{end}) overlaps tensor "
-                         f"'{previous.name}' (bytes {previous.offset}-"
+            raise r.fail(f"tensor {_q(t.name)} (bytes {t.offset}-{end}) overlaps tensor "
+                         f"{_q(previous.name)} (bytes {previous.offset}-"
                          f"{previous.offset + previous.nbytes})")
         previous = t
 
@@ -390,13 +397,13 @@ def _check_kind(r: _Reader, metadata: dict[str, Scalar], types: dict[str, int],
     if architecture is None:
         raise r.fail("missing general.architecture")
     if architecture not in KNOWN_ARCHITECTURES:
-        raise r.fail(f"unknown architecture '{architecture}' (general.architecture)")
+        raise r.fail(f"unknown architecture {_q(architecture)} (general.architecture)")
     gguf_type = string_key("general.type") or "model"
     if expect is not None and gguf_type != expect:
         raise r.fail(f"expected {'an adapter' if expect == 'adapter' else 'a model'} "
-                     f"but general.type is '{gguf_type}'")
+                     f"but general.type is {_q(gguf_type)}")
     if gguf_type == "adapter" and (adapter_type := string_key("adapter.type")) != "lora":
-        raise r.fail(f"adapter.type is {adapter_type!r}, only 'lora' adapters are supported")
+        raise r.fail(f"adapter.type is {_q(adapter_type)}, only 'lora' adapters are supported")
     if gguf_type in ("model", "adapter") and not has_tensors:
         raise r.fail(f"{gguf_type} has no tensors")
     return architecture, gguf_type

@@ -1,0 +1,101 @@
+"""Shared fixtures.
+
+Tests never touch the developer's data directory or home: every test gets a fresh
+``APPLIANCE_DATA_DIR`` and ``HOME`` under its tmp_path. Tests over the real models read
+the store ``make test`` provisions (``.test-data/models``, or ``APPLIANCE_TEST_MODELS``);
+if it is missing they fail with the command to run, they do not skip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.runtime.client import EngineClient
+from appliance.runtime.gguf_check import validate_gguf
+from appliance.runtime.lora_gguf import write_lora_adapter
+from appliance.runtime.model_store import ModelRecord, ModelStore
+from appliance.runtime.protocol import EngineSpec
+
+REPO = Path(__file__).resolve().parent.parent
+GENERATOR = "smollm2-135m-instruct"
+EMBEDDER = "all-minilm-l6-v2"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in [v for v in os.environ if v.startswith("APPLIANCE_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+
+def test_models_dir() -> Path:
+    return Path(os.environ.get("APPLIANCE_TEST_MODELS") or REPO / ".test-data" / "models")
+
+
+test_models_dir.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def model_store() -> ModelStore:
+    root = test_models_dir()
+    store = ModelStore(root)
+    if not (root / "registry.db").is_file() or not store.has(GENERATOR) or not store.has(EMBEDDER):
+        pytest.fail(f"the test model store {root} is not provisioned: run `make test-models` (make test does it)")
+    return store
+
+
+@pytest.fixture(scope="session")
+def generator(model_store: ModelStore) -> ModelRecord:
+    return model_store.get(GENERATOR)
+
+
+@pytest.fixture(scope="session")
+def embedder_record(model_store: ModelStore) -> ModelRecord:
+    return model_store.get(EMBEDDER)
+
+
+def make_random_adapter(base: Path, out: Path, *, seed: int, scale: float = 0.05, rank: int = 4,
+                        targets: tuple[str, ...] = ("attn_q", "attn_v", "ffn_down")) -> Path:
+    """A real (random) LoRA adapter GGUF that fits ``base``: large enough to change outputs."""
+    info = validate_gguf(base)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for t in info.tensors:
+        parts = t.name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" and parts[2] in targets:
+            n_in, n_out = t.shape[0], t.shape[1]  # GGUF order: ne0 = input features
+            a = rng.normal(0, scale, size=(rank, n_in)).astype(np.float32)
+            b = rng.normal(0, scale, size=(n_out, rank)).astype(np.float32)
+            tensors[t.name] = (a, b)
+    write_lora_adapter(out, architecture=info.architecture, alpha=float(rank), tensors=tensors,
+                       name=out.stem, metadata={"adapter.test_seed": seed})
+    return out
+
+
+@pytest.fixture(scope="session")
+def adapters_dir(tmp_path_factory: pytest.TempPathFactory, generator: ModelRecord) -> Path:
+    d = tmp_path_factory.mktemp("adapters")
+    make_random_adapter(generator.path, d / "alpha.gguf", seed=1)
+    make_random_adapter(generator.path, d / "beta.gguf", seed=2)
+    return d
+
+
+@pytest.fixture(scope="session")
+def engine(generator: ModelRecord, embedder_record: ModelRecord, adapters_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineClient]:
+    """One real host for the session: the base, two adapters and the embedder."""
+    log = tmp_path_factory.mktemp("host") / "host.log"
+    spec = EngineSpec(generator_path=str(generator.path), embedder_path=str(embedder_record.path),
+                      adapters={"alpha": str(adapters_dir / "alpha.gguf"), "beta": str(adapters_dir / "beta.gguf")},
+                      threads=2, n_ctx=1024, embed_n_ctx=2048)
+    client = EngineClient(spec, log_path=log, request_timeout_s=120)
+    client.start()
+    yield client
+    client.close()
