@@ -403,6 +403,11 @@ def test_unknown_architecture(tmp_path: Path) -> None:
     check(path, "unknown architecture 'frobnicator'")
 
 
+def test_message_stays_one_line(tmp_path: Path) -> None:
+    path = make_model(tmp_path, arch="evil\narch")
+    check(path, "unknown architecture 'evil\\narch'")
+
+
 # -- expectations ----------------------------------------------------------------------
 
 
