@@ -44,7 +44,8 @@ class RuntimeSettings:
     threads: int = 0  # 0: one per core
     n_ctx: int = 2048
     n_batch: int = 512
-    embed_n_ctx: int = 8192  # tokens per embedding batch (many texts share one decode)
+    embed_n_ctx: int = 512  # tokens per embedding decode (many short texts share one)
+    flash_attn: bool = True
     n_gpu_layers: int = 0  # -1: offload every layer (needs a CUDA build)
     main_gpu: int = 0
     max_tokens: int = 256

@@ -30,6 +30,7 @@ def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True
         n_ctx=rt.n_ctx,
         n_batch=rt.n_batch,
         embed_n_ctx=rt.embed_n_ctx,
+        flash_attn=rt.flash_attn,
         n_gpu_layers=rt.n_gpu_layers,
         main_gpu=rt.main_gpu,
         seed=rt.seed,

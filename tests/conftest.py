@@ -94,7 +94,7 @@ def engine(generator: ModelRecord, embedder_record: ModelRecord, adapters_dir: P
     log = tmp_path_factory.mktemp("host") / "host.log"
     spec = EngineSpec(generator_path=str(generator.path), embedder_path=str(embedder_record.path),
                       adapters={"alpha": str(adapters_dir / "alpha.gguf"), "beta": str(adapters_dir / "beta.gguf")},
-                      threads=2, n_ctx=1024, embed_n_ctx=2048)
+                      threads=2, n_ctx=1024)
     client = EngineClient(spec, log_path=log, request_timeout_s=120)
     client.start()
     yield client

@@ -52,7 +52,7 @@ class LlamaEngine:
         self._formatter: Any = None
         threads = spec.threads or None
         common = dict(n_threads=threads, n_threads_batch=threads, n_gpu_layers=spec.n_gpu_layers,
-                      main_gpu=spec.main_gpu, verbose=False)
+                      main_gpu=spec.main_gpu, flash_attn=spec.flash_attn, verbose=False)
         if spec.generator_path:
             validate_gguf(spec.generator_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
             self.generator = llama_cpp.Llama(spec.generator_path, n_ctx=spec.n_ctx, n_batch=spec.n_batch,

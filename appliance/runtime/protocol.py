@@ -20,7 +20,8 @@ class EngineSpec:
     threads: int = 0
     n_ctx: int = 2048
     n_batch: int = 512
-    embed_n_ctx: int = 8192
+    embed_n_ctx: int = 512
+    flash_attn: bool = True
     n_gpu_layers: int = 0
     main_gpu: int = 0
     seed: int = 1234
