@@ -251,7 +251,7 @@ def embed(ctx: click.Context, texts: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"dim": len(vectors[0]), "vectors": vectors}))
         return
-    for text, vec in zip(texts, vectors):
+    for text, vec in zip(texts, vectors, strict=True):
         head = ", ".join(f"{x:+.4f}" for x in vec[:6])
         console.print(f"{len(vec)}-d [{head}, …]  {text[:60]!r}", highlight=False)
 

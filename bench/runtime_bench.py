@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -38,10 +39,8 @@ def _store() -> ModelStore:
 
 
 def _texts(n: int) -> list[str]:
-    rows = []
     with open(SCIFACT, encoding="utf-8") as fh:
-        for line, _ in zip(fh, range(n)):
-            rows.append(json.loads(line))
+        rows = [json.loads(line) for line in itertools.islice(fh, n)]
     return [" ".join(r.get("sentences") or [r.get("text", "")])[:1500] for r in rows]
 
 

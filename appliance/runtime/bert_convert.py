@@ -9,13 +9,14 @@ pooling config, and writes the tensors and metadata llama.cpp's BERT graph expec
 from __future__ import annotations
 
 import json
-import os
+import logging
 from pathlib import Path
 
 import gguf
 import numpy as np
 
 from appliance.errors import ModelStoreError
+from appliance.runtime.gguf_write import atomic_gguf_writer
 
 __all__ = ["convert_bert", "BertConversionError"]
 
@@ -109,9 +110,7 @@ def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name:
     n_layers = int(config["num_hidden_layers"])
     tensors = load_file(str(weights))
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layers)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch="bert")
-    try:
+    with atomic_gguf_writer(out_path, "bert") as writer:
         writer.add_name(name or model_dir.name)
         writer.add_context_length(int(config["max_position_embeddings"]))
         writer.add_embedding_length(int(config["hidden_size"]))
@@ -130,7 +129,13 @@ def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name:
         writer.add_tokenizer_pre("bert-bge")
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        gguf_log = logging.getLogger("gguf")
+        level = gguf_log.level
+        gguf_log.setLevel(logging.ERROR)  # BERT's [CLS]/[SEP] need no handler: llama.cpp's WPM defaults cover them
+        try:
+            gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        finally:
+            gguf_log.setLevel(level)
 
         for hf_name in sorted(tensors):
             clean = hf_name[5:] if hf_name.startswith("bert.") else hf_name
@@ -143,12 +148,3 @@ def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name:
             if outtype == "f16" and data.ndim == 2 and not new_name.startswith(("token_types", "position_embd")):
                 data = data.astype(np.float16)
             writer.add_tensor(new_name, data)
-
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out_path)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)

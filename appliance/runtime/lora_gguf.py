@@ -9,12 +9,12 @@ Layout llama.cpp expects: ``general.type=adapter``, ``adapter.type=lora``,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import gguf
 import numpy as np
+
+from appliance.runtime.gguf_write import atomic_gguf_writer
 
 __all__ = ["write_lora_adapter"]
 
@@ -31,9 +31,7 @@ def write_lora_adapter(
     """Write ``tensors`` ({weight name: (lora_a, lora_b)}) to ``path`` atomically."""
     if not tensors:
         raise ValueError("an adapter needs at least one tensor pair")
-    tmp = Path(str(path) + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch=architecture)
-    try:
+    with atomic_gguf_writer(path, architecture) as writer:
         writer.add_string("general.type", "adapter")
         writer.add_name(name)
         writer.add_string("adapter.type", "lora")
@@ -52,11 +50,3 @@ def write_lora_adapter(
                 raise ValueError(f"{weight}: lora_a {a.shape} and lora_b {b.shape} do not share a rank")
             writer.add_tensor(f"{weight}.lora_a", np.ascontiguousarray(a, dtype=np.float32))
             writer.add_tensor(f"{weight}.lora_b", np.ascontiguousarray(b, dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
-    finally:
-        writer.close()
-        tmp.unlink(missing_ok=True)

@@ -48,7 +48,7 @@ class VectorIndex:
         metas = res.get("metadatas") or [[{}] * len(res["ids"][0])]
         return [
             VectorHit(id=i, distance=float(d), document=doc or "", metadata=dict(m or {}))
-            for i, d, doc, m in zip(res["ids"][0], res["distances"][0], res["documents"][0], metas[0])
+            for i, d, doc, m in zip(res["ids"][0], res["distances"][0], res["documents"][0], metas[0], strict=True)
         ]
 
     def count(self, name: str) -> int:
