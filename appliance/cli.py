@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -76,12 +77,12 @@ def doctor(ctx: click.Context, as_json: bool, verify: bool, no_engine: bool) -> 
 
 def _print_doctor(report: dict[str, Any]) -> None:
     console.print(f"[bold]data dir[/] {report['data_dir']}   [bold]config[/] {report['config_file'] or '(defaults)'}")
-    table = Table(title="models", show_lines=False)
-    for col in ("name", "kind", "arch", "quant", "sha256", "MiB", "verified"):
-        table.add_column(col, no_wrap=col in ("name", "sha256"), overflow="fold")
+    table = Table(title="models", box=box.SIMPLE, pad_edge=False)
+    for col in ("name", "kind", "format", "sha256", "MiB", "verified"):
+        table.add_column(col, no_wrap=True)
     for m in report["models"]:
-        table.add_row(m["name"], m["kind"], m["architecture"], m["quantization"] or "-", m["sha256"][:16] + "…",
-                      f"{m['size'] / 2**20:.1f}", {True: "yes", False: "NO", None: "-"}[m.get("verified")])
+        table.add_row(m["name"], m["kind"], f"{m['architecture']} {m['quantization'] or ''}", m["sha256"][:10],
+                      f"{m['size'] / 2**20:.0f}", {True: "yes", False: "NO", None: "-"}[m.get("verified")])
     console.print(table)
     eng = report.get("engine")
     if eng and eng.get("ok"):
@@ -99,6 +100,8 @@ def _print_doctor(report: dict[str, Any]) -> None:
         f" (logged all time {air['blocked_attempts_logged']}), interfaces {', '.join(air['interfaces']) or 'none'}"
         f"{' (isolated)' if air['network_isolated'] else ''}"
     )
+    for w in report["warnings"]:
+        console.print(f"[bold yellow]warning[/] {w}")
     for p in report["problems"]:
         console.print(f"[bold red]problem[/] {p}")
     console.print("[bold green]ok[/]" if report["ok"] else "[bold red]not ok[/]")
@@ -142,12 +145,12 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in records], indent=2))
         return
-    table = Table()
-    for col in ("name", "kind", "arch", "quant", "sha256", "MiB", "source"):
-        table.add_column(col, no_wrap=col in ("name", "sha256"), overflow="fold")
+    table = Table(box=box.SIMPLE, pad_edge=False)
+    for col in ("name", "kind", "format", "sha256", "MiB", "source"):
+        table.add_column(col, no_wrap=col != "source", overflow="fold", min_width=24 if col == "source" else None)
     for r in records:
-        table.add_row(r.name, r.kind, r.architecture, r.quantization or "-", r.sha256[:16] + "…",
-                      f"{r.size / 2**20:.1f}", r.source)
+        table.add_row(r.name, r.kind, f"{r.architecture} {r.quantization or ''}", r.sha256[:10],
+                      f"{r.size / 2**20:.0f}", r.source)
     console.print(table)
 
 

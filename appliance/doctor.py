@@ -106,6 +106,12 @@ def run_doctor(services: Services, *, verify: bool = False, engine: bool = True)
         problems.append("egress guard not installed in this process")
     if status["blocked_attempts"]:
         problems.append(f"{status['blocked_attempts']} network attempt(s) blocked in this run: see {log}")
+    warnings: list[str] = []
+    if not status["network_isolated"]:
+        others = [i for i in status["interfaces"] if i != "lo"]
+        warnings.append(f"network interfaces present ({', '.join(others)}): this machine is not physically "
+                        "air-gapped; the egress guard still blocks every connection")
+    report["warnings"] = warnings
     report["problems"] = problems
     report["ok"] = not problems
     return report
