@@ -259,5 +259,9 @@ def embed(ctx: click.Context, texts: tuple[str, ...], as_json: bool) -> None:
         console.print(f"{len(vec)}-d [{head}, …]  {text[:60]!r}", highlight=False)
 
 
+# Commands of the other rooms register themselves on `main`.
+from appliance import cli_knowledge  # noqa: E402,F401
+
+
 if __name__ == "__main__":
     main()

@@ -28,7 +28,8 @@ from typing import Any
 
 from appliance.errors import ConfigError
 
-__all__ = ["Settings", "RuntimeSettings", "Limits", "load_settings", "default_data_dir"]
+__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "KnowledgeSettings", "load_settings",
+           "default_data_dir"]
 
 MAX_CONFIG_BYTES = 1 << 20
 ENV_PREFIX = "APPLIANCE_"
@@ -89,10 +90,58 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class AccessSettings:
+    """Classification levels, lowest first."""
+
+    levels: tuple[str, ...] = ("UNCLASSIFIED", "CONFIDENTIAL", "SECRET", "TOP SECRET")
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        normal = [" ".join(x.replace("_", " ").upper().split()) for x in self.levels]
+        return [("levels", bool(self.levels) and all(normal) and len(set(normal)) == len(normal),
+                 "a non-empty list of distinct level names")]
+
+
+@dataclass(frozen=True)
+class KnowledgeSettings:
+    """Ingestion and retrieval."""
+
+    chunk_chars: int = 900
+    chunk_max_chars: int = 1500
+    chunk_overlap_sentences: int = 1
+    candidates: int = 50  # per partition and per method before fusion
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    max_chunks_per_doc: int = 1  # in a result list
+    max_file_bytes: int = 64 * 2**20
+    max_pages: int = 2_000
+    max_text_chars: int = 5_000_000
+    embed_batch: int = 256
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("chunk_chars", 100 <= self.chunk_chars <= 20_000, "from 100 to 20000"),
+            ("chunk_max_chars", self.chunk_chars <= self.chunk_max_chars <= 50_000, "from chunk_chars to 50000"),
+            ("chunk_overlap_sentences", 0 <= self.chunk_overlap_sentences <= 5, "from 0 to 5"),
+            ("candidates", 1 <= self.candidates <= 1000, "from 1 to 1000"),
+            ("rrf_k", 1 <= self.rrf_k <= 1000, "from 1 to 1000"),
+            ("dense_weight", 0 <= self.dense_weight <= 10, "from 0 to 10"),
+            ("bm25_weight", 0 <= self.bm25_weight <= 10, "from 0 to 10"),
+            ("max_chunks_per_doc", 1 <= self.max_chunks_per_doc <= 100, "from 1 to 100"),
+            ("max_file_bytes", self.max_file_bytes > 0, "> 0"),
+            ("max_pages", self.max_pages > 0, "> 0"),
+            ("max_text_chars", self.max_text_chars > 0, "> 0"),
+            ("embed_batch", 1 <= self.embed_batch <= 10_000, "from 1 to 10000"),
+        ]
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     limits: Limits = field(default_factory=Limits)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     config_file: Path | None = None
     models_dir_override: Path | None = None
 
@@ -105,11 +154,16 @@ class Settings:
         return self.data_dir / "log"
 
     @property
-    def index_dir(self) -> Path:
-        return self.data_dir / "index"
+    def knowledge_dir(self) -> Path:
+        return self.data_dir / "knowledge"
 
 
-SECTIONS: dict[str, type] = {"runtime": RuntimeSettings, "limits": Limits}
+SECTIONS: dict[str, type] = {
+    "runtime": RuntimeSettings,
+    "limits": Limits,
+    "access": AccessSettings,
+    "knowledge": KnowledgeSettings,
+}
 
 
 def default_data_dir() -> Path:
@@ -200,6 +254,12 @@ def _coerce(cls: type, key: str, value: Any, where: str, from_env: bool = False)
     if isinstance(kind, types.UnionType):  # pragma: no cover - no optional fields yet
         kind = next(t for t in typing.get_args(kind) if t is not type(None))
     try:
+        if typing.get_origin(kind) is tuple:
+            if from_env and isinstance(value, str):
+                value = [v.strip() for v in value.split(",")]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ValueError
+            return tuple(value)
         if kind is bool:
             if isinstance(value, bool):
                 return value
@@ -220,4 +280,5 @@ def _coerce(cls: type, key: str, value: Any, where: str, from_env: bool = False)
             return value
     except ValueError:
         pass
-    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    name = "a list of strings" if typing.get_origin(kind) is tuple else kind.__name__
+    raise ConfigError(f"{where}: expected {name}, got {value!r}")

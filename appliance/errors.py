@@ -22,6 +22,8 @@ __all__ = [
     "EngineTimeoutError",
     "EngineRequestError",
     "ContextOverflowError",
+    "KnowledgeError",
+    "ParseError",
 ]
 
 
@@ -94,3 +96,25 @@ class EngineRequestError(EngineError):
 
 class ContextOverflowError(EngineRequestError):
     """The prompt does not fit in the model's context window."""
+
+
+# -- knowledge (ingestion, catalog, index) ---------------------------------------------
+
+
+class KnowledgeError(ApplianceError):
+    """Ingestion, catalog or index refused an operation."""
+
+
+class ParseError(KnowledgeError):
+    """A document could not be parsed; the message names the file and why."""
+
+
+# -- access ----------------------------------------------------------------------------
+
+
+class AccessError(ApplianceError):
+    """An access decision or an access-policy input was refused."""
+
+
+class LabelError(AccessError):
+    """A label string (LEVEL[:COMPARTMENT,...]) does not parse or names unknown levels."""

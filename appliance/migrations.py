@@ -40,7 +40,7 @@ class Migrations:
         for step in self._steps:
             if step.__name__ in done:
                 continue
-            with db.conn:
+            with db.atomic():
                 step(db)
                 db.execute(
                     "INSERT INTO _migrations (migration_set, name, applied_at) VALUES (?, ?, ?)",

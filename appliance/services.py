@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.access.labels import LevelScale
 from appliance.config import Settings, load_settings
+from appliance.knowledge.base import KnowledgeBase
 from appliance.runtime.client import EngineClient, RequestLimits
 from appliance.runtime.model_store import ModelStore
 from appliance.runtime.protocol import EngineSpec
@@ -44,10 +46,32 @@ class Services:
     settings: Settings
     store: ModelStore
     _engine: EngineClient | None = field(default=None, repr=False)
+    _engine_parts: tuple[bool, bool] = (False, False)
+    _knowledge: KnowledgeBase | None = field(default=None, repr=False)
+
+    @property
+    def scale(self) -> LevelScale:
+        return LevelScale(self.settings.access.levels)
+
+    def knowledge(self) -> KnowledgeBase:
+        """The knowledge base (catalog, full-text, Chroma), embedding through the engine."""
+        if self._knowledge is None:
+            batch = self.settings.knowledge.embed_batch
+            self._knowledge = KnowledgeBase(
+                self.settings.knowledge_dir,
+                lambda texts: self.engine(generator=False).embed(list(texts), batch=batch),
+                scale=self.scale, settings=self.settings.knowledge)
+        return self._knowledge
 
     def engine(self, *, generator: bool = True, embedder: bool = True) -> EngineClient:
-        """The llama.cpp host client, started on first use."""
+        """The llama.cpp host client, started on first use (restarted if it lacks a needed model)."""
+        have = self._engine_parts
+        if self._engine is not None and (generator and not have[0] or embedder and not have[1]):
+            generator, embedder = generator or have[0], embedder or have[1]
+            self._engine.close()
+            self._engine = None
         if self._engine is None:
+            self._engine_parts = (generator, embedder)
             lim = self.settings.limits
             self._engine = EngineClient(
                 engine_spec(self.settings, self.store, generator=generator, embedder=embedder),
@@ -72,6 +96,7 @@ class Services:
 
 def build_services(settings: Settings | None = None) -> Services:
     settings = settings or load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = ModelStore(
         settings.models_dir,
         max_model_bytes=settings.limits.max_model_bytes,

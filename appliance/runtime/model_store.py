@@ -223,14 +223,14 @@ class ModelStore:
             "added_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "metadata": json.dumps(metadata or {}, sort_keys=True),
         }
-        with self.db.conn:
+        with self.db.atomic():
             self.db["models"].upsert(row, pk="name")
         self._collect_garbage()
         return self.get(name)
 
     def remove(self, name: str) -> None:
         self.get(name)
-        with self.db.conn:
+        with self.db.atomic():
             self.db["models"].delete(name)
         self._collect_garbage()
 

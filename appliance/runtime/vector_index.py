@@ -1,8 +1,8 @@
 """The local Chroma vector index (PersistentClient, telemetry off, embeddings supplied).
 
 Chroma never computes embeddings here (that would fetch a model from a hub): every
-vector comes from the runtime engine. One collection per access-label partition is the
-knowledge base's job; this module is the thin, tested door to Chroma itself.
+vector comes from the runtime engine. The knowledge base keeps one collection per
+access-label partition; this module is the thin, tested door to Chroma itself.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["VectorIndex", "VectorHit"]
+
+BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -32,24 +34,53 @@ class VectorIndex:
         self.client = chromadb.PersistentClient(
             path=str(path), settings=Settings(anonymized_telemetry=False, allow_reset=False)
         )
+        self._collections: dict[str, object] = {}
 
     def collection(self, name: str):  # noqa: ANN201 - chromadb's Collection type
-        return self.client.get_or_create_collection(
-            name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
-        )
+        if name not in self._collections:
+            self._collections[name] = self.client.get_or_create_collection(
+                name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+            )
+        return self._collections[name]
 
     def upsert(self, name: str, ids: Sequence[str], embeddings: Sequence[Sequence[float]],
-               documents: Sequence[str], metadatas: Sequence[dict] | None = None) -> None:
-        self.collection(name).upsert(ids=list(ids), embeddings=[list(e) for e in embeddings],
-                                     documents=list(documents), metadatas=list(metadatas) if metadatas else None)
+               documents: Sequence[str] | None = None, metadatas: Sequence[dict] | None = None) -> None:
+        col = self.collection(name)
+        for s in range(0, len(ids), BATCH):
+            col.upsert(ids=list(ids[s : s + BATCH]), embeddings=[list(e) for e in embeddings[s : s + BATCH]],
+                       documents=list(documents[s : s + BATCH]) if documents else None,
+                       metadatas=list(metadatas[s : s + BATCH]) if metadatas else None)
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if name not in self.names():
+            return
+        col = self.collection(name)
+        for s in range(0, len(ids), BATCH):
+            col.delete(ids=list(ids[s : s + BATCH]))
 
     def query(self, name: str, embedding: Sequence[float], k: int = 10) -> list[VectorHit]:
-        res = self.collection(name).query(query_embeddings=[list(embedding)], n_results=k)
-        metas = res.get("metadatas") or [[{}] * len(res["ids"][0])]
+        res = self.collection(name).query(query_embeddings=[list(embedding)], n_results=k,
+                                          include=["distances", "documents", "metadatas"])
+        n = len(res["ids"][0])
+        docs = (res.get("documents") or [[None] * n])[0]
+        metas = (res.get("metadatas") or [[None] * n])[0]
         return [
             VectorHit(id=i, distance=float(d), document=doc or "", metadata=dict(m or {}))
-            for i, d, doc, m in zip(res["ids"][0], res["distances"][0], res["documents"][0], metas[0], strict=True)
+            for i, d, doc, m in zip(res["ids"][0], res["distances"][0], docs, metas, strict=True)
         ]
+
+    def nearest(self, name: str, embedding: Sequence[float], k: int) -> list[tuple[str, float]]:
+        """Ids and cosine distances only: the fast path retrieval uses."""
+        res = self.collection(name).query(query_embeddings=[list(embedding)], n_results=k, include=["distances"])
+        return list(zip(res["ids"][0], (float(d) for d in res["distances"][0]), strict=True))
+
+    def ids(self, name: str) -> set[str]:
+        col = self.collection(name)
+        out: set[str] = set()
+        total = col.count()
+        for offset in range(0, total, BATCH):
+            out.update(col.get(include=[], limit=BATCH, offset=offset)["ids"])
+        return out
 
     def count(self, name: str) -> int:
         return self.collection(name).count()

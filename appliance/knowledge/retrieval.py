@@ -1,0 +1,137 @@
+"""Hybrid retrieval over the partitions a principal may read.
+
+Dense (Chroma, cosine) and BM25 (SQLite FTS5) candidates are gathered from each readable
+partition only — never filtered out afterwards — fused by reciprocal rank fusion, resolved
+through the catalog (which drops anything the catalog does not hold, such as vectors of
+an unfinished write), limited to a few chunks per document, optionally reranked, and
+returned with their provenance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from appliance.access.labels import Labels, Principal
+from appliance.config import KnowledgeSettings
+from appliance.errors import KnowledgeError
+from appliance.knowledge.base import KnowledgeBase
+from appliance.knowledge.catalog import ChunkRow, DocumentRow
+
+__all__ = ["Retriever", "Hit", "MODES", "MAX_QUERY_CHARS"]
+
+MODES = ("hybrid", "dense", "bm25")
+MAX_QUERY_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk: ChunkRow
+    document: DocumentRow
+    score: float
+    dense_rank: int | None
+    bm25_rank: int | None
+
+    @property
+    def labels(self) -> Labels:
+        return self.document.labels
+
+    def as_dict(self) -> dict:
+        c, d = self.chunk, self.document
+        return {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "version": c.version, "title": d.title,
+                "source_name": d.source_name, "labels": str(d.labels), "page": c.page, "heading": list(c.heading),
+                "start": c.start, "end": c.end, "score": round(self.score, 6), "dense_rank": self.dense_rank,
+                "bm25_rank": self.bm25_rank, "text": c.text}
+
+
+Reranker = Callable[[str, list[Hit]], list[Hit]]
+
+
+@dataclass
+class RetrievalTiming:
+    embed_s: float = 0.0
+    dense_s: float = 0.0
+    bm25_s: float = 0.0
+    fuse_s: float = 0.0
+    partitions: list[str] = field(default_factory=list)
+
+
+class Retriever:
+    def __init__(self, kb: KnowledgeBase, settings: KnowledgeSettings, reranker: Reranker | None = None) -> None:
+        self.kb = kb
+        self.settings = settings
+        self.reranker = reranker
+        self.last = RetrievalTiming()
+
+    def readable_partitions(self, principal: Principal) -> list[str]:
+        return [name for name, labels in self.kb.catalog.partitions().items()
+                if principal.can_read(labels, self.kb.scale)]
+
+    def retrieve(self, query: str, principal: Principal, k: int = 10, mode: str = "hybrid",
+                 query_vector: Sequence[float] | None = None) -> list[Hit]:
+        if mode not in MODES:
+            raise KnowledgeError(f"unknown retrieval mode {mode!r} (one of {', '.join(MODES)})")
+        query = query.strip() if isinstance(query, str) else ""
+        if not query:
+            raise KnowledgeError("empty query")
+        if len(query) > MAX_QUERY_CHARS:
+            raise KnowledgeError(f"query is {len(query)} characters, over the {MAX_QUERY_CHARS} limit")
+        if not 1 <= k <= 1000:
+            raise KnowledgeError(f"k must be from 1 to 1000, got {k}")
+        timing = RetrievalTiming(partitions=self.readable_partitions(principal))
+        self.last = timing
+        if not timing.partitions:
+            return []
+        s = self.settings
+        n = max(s.candidates, k * s.max_chunks_per_doc * 2)
+        fused: dict[str, float] = {}
+        dense_rank: dict[str, int] = {}
+        bm25_rank: dict[str, int] = {}
+        if mode in ("hybrid", "dense"):
+            t0 = time.perf_counter()
+            vec = list(query_vector) if query_vector is not None else self.kb.embed([query])[0]
+            t1 = time.perf_counter()
+            hits: list[tuple[str, float]] = []
+            vectors = self.kb.vectors
+            for part in timing.partitions:
+                count = vectors.count(part)
+                if count:
+                    hits.extend(vectors.nearest(part, vec, min(n, count)))
+            hits.sort(key=lambda h: h[1])
+            for rank, (cid, _) in enumerate(hits[:n]):
+                dense_rank[cid] = rank + 1
+                fused[cid] = fused.get(cid, 0.0) + s.dense_weight / (s.rrf_k + rank + 1)
+            timing.embed_s, timing.dense_s = t1 - t0, time.perf_counter() - t1
+        if mode in ("hybrid", "bm25"):
+            t0 = time.perf_counter()
+            scored: list[tuple[str, float]] = []
+            for part in timing.partitions:
+                scored.extend(self.kb.catalog.bm25(part, query, n))
+            scored.sort(key=lambda h: -h[1])
+            for rank, (cid, _) in enumerate(scored[:n]):
+                bm25_rank[cid] = rank + 1
+                fused[cid] = fused.get(cid, 0.0) + s.bm25_weight / (s.rrf_k + rank + 1)
+            timing.bm25_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        order = sorted(fused, key=lambda c: -fused[c])
+        chunks = self.kb.catalog.chunks_by_id(order)
+        allowed = set(timing.partitions)
+        docs = self.kb.catalog.documents_by_id(c.doc_id for c in chunks.values())
+        out: list[Hit] = []
+        per_doc: dict[str, int] = {}
+        for cid in order:
+            chunk = chunks.get(cid)
+            if chunk is None or chunk.partition not in allowed or chunk.doc_id not in docs:
+                continue  # not (or no longer) in the catalog, or not readable: never shown
+            if per_doc.get(chunk.doc_id, 0) >= s.max_chunks_per_doc:
+                continue
+            per_doc[chunk.doc_id] = per_doc.get(chunk.doc_id, 0) + 1
+            out.append(Hit(chunk=chunk, document=docs[chunk.doc_id], score=fused[cid],
+                           dense_rank=dense_rank.get(cid), bm25_rank=bm25_rank.get(cid)))
+            if len(out) >= (k if self.reranker is None else 2 * k):
+                break
+        if self.reranker is not None:
+            out = self.reranker(query, out)[:k]
+        timing.fuse_s = time.perf_counter() - t0
+        return out

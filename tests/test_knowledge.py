@@ -1,0 +1,185 @@
+"""The knowledge base: ingest, replace, delete, partitioned retrieval, consistency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.access.labels import Labels, Principal, parse_labels
+from appliance.errors import KnowledgeError
+from appliance.knowledge.retrieval import Retriever
+from tests.knowledge_fakes import fake_kb
+
+UNCLASS = Labels("UNCLASSIFIED")
+CRYPTO = parse_labels("SECRET:CRYPTO")
+NUCLEAR = parse_labels("SECRET:NUCLEAR")
+ANALYST = Principal("analyst", "UNCLASSIFIED")
+CRYPTO_OFFICER = Principal("crypto", "SECRET", frozenset({"CRYPTO"}))
+EVERYONE = Principal("root", "TOP SECRET", frozenset({"CRYPTO", "NUCLEAR"}))
+
+
+def write(d: Path, name: str, text: str) -> Path:
+    p = d / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.fixture()
+def kb(tmp_path: Path):
+    return fake_kb(tmp_path / "kb", chunk_chars=200, chunk_max_chars=400)
+
+
+def search(kb, query: str, who: Principal, k: int = 10, mode: str = "hybrid"):
+    return Retriever(kb, kb.settings).retrieve(query, who, k=k, mode=mode)
+
+
+def test_ingest_catalogues_with_provenance(kb, tmp_path: Path) -> None:
+    md = write(tmp_path, "handbook.md", "# Media\n\n## Removable media\n\nUSB drives are scanned at the kiosk. "
+               "Every drive is logged.\n\n## Disposal\n\nDrives are shredded after use.\n")
+    report = kb.ingest_files([md], UNCLASS, by="test")
+    assert report.count("added") == 1 and report.count("failed") == 0
+    doc = kb.catalog.get("handbook.md")
+    assert doc.version == 1 and doc.labels == UNCLASS and doc.ingested_by == "test" and len(doc.sha256) == 64
+    text = md.read_text()
+    chunks = kb.catalog.chunks_of("handbook.md")
+    assert all(text[c.start : c.end] == c.text for c in chunks)
+    assert ("Media", "Disposal") in {c.heading for c in chunks}
+    assert kb.check() == []
+
+
+def test_reingest_unchanged_is_a_noop(kb, tmp_path: Path) -> None:
+    f = write(tmp_path, "a.txt", "The kiosk scans every drive.")
+    kb.ingest_files([f], UNCLASS)
+    before = kb.catalog.get("a.txt")
+    report = kb.ingest_files([f], UNCLASS)
+    assert report.count("unchanged") == 1 and report.chunks == 0
+    assert kb.catalog.get("a.txt") == before
+
+
+def test_replace_swaps_every_chunk(kb, tmp_path: Path) -> None:
+    f = write(tmp_path, "a.txt", "Old procedure: drives are wiped with zeros. " * 10)
+    kb.ingest_files([f], UNCLASS)
+    write(tmp_path, "a.txt", "New procedure: drives are degaussed and shredded. " * 10)
+    report = kb.ingest_files([f], UNCLASS)
+    assert report.count("replaced") == 1
+    assert kb.catalog.get("a.txt").version == 2
+    assert {c.version for c in kb.catalog.chunks_of("a.txt")} == {2}
+    assert all("@2#" in i for i in kb.vectors.ids(UNCLASS.partition))
+    assert search(kb, "wiped zeros", ANALYST, mode="bm25") == []
+    assert search(kb, "degaussed shredded", ANALYST, mode="bm25")[0].chunk.version == 2
+    assert kb.check() == []
+
+
+def test_relabel_moves_the_document_between_partitions(kb, tmp_path: Path) -> None:
+    f = write(tmp_path, "k.txt", "Key ceremony at dawn.")
+    kb.ingest_files([f], UNCLASS)
+    kb.ingest_files([f], CRYPTO)
+    assert kb.catalog.get("k.txt").labels == CRYPTO
+    assert search(kb, "key ceremony", ANALYST) == []
+    assert search(kb, "key ceremony", CRYPTO_OFFICER)[0].document.doc_id == "k.txt"
+    assert kb.vectors.ids(UNCLASS.partition) == set()
+    assert kb.check() == []
+
+
+def test_delete_removes_everywhere(kb, tmp_path: Path) -> None:
+    kb.ingest_files([write(tmp_path, "a.txt", "Alpha bravo charlie."), write(tmp_path, "b.txt", "Delta echo.")],
+                    UNCLASS)
+    assert kb.delete("a.txt")
+    assert kb.catalog.get("a.txt") is None and kb.catalog.chunks_of("a.txt") == []
+    assert not any(i.startswith("a.txt@") for i in kb.vectors.ids(UNCLASS.partition))
+    assert not any(i.startswith("a.txt@") for i in kb.catalog.fts_ids(UNCLASS.partition))
+    assert not kb.delete("a.txt")
+    assert kb.check() == []
+
+
+def test_retrieval_searches_only_readable_partitions(kb, tmp_path: Path) -> None:
+    kb.ingest_files([write(tmp_path, "pub.txt", "Reactor maintenance schedule, public summary.")], UNCLASS)
+    kb.ingest_files([write(tmp_path, "keys.txt", "Reactor cipher keys rotate monthly.")], CRYPTO)
+    kb.ingest_files([write(tmp_path, "core.txt", "Reactor core geometry and yields.")], NUCLEAR)
+    for mode in ("dense", "bm25", "hybrid"):
+        assert {h.document.doc_id for h in search(kb, "reactor", ANALYST, mode=mode)} == {"pub.txt"}
+        assert {h.document.doc_id for h in search(kb, "reactor", CRYPTO_OFFICER, mode=mode)} == {"pub.txt",
+                                                                                                  "keys.txt"}
+        assert {h.document.doc_id for h in search(kb, "reactor", EVERYONE, mode=mode)} == {"pub.txt", "keys.txt",
+                                                                                            "core.txt"}
+    assert Retriever(kb, kb.settings).readable_partitions(ANALYST) == [UNCLASS.partition]
+
+
+def test_results_carry_provenance_and_are_deduplicated_per_document(kb, tmp_path: Path) -> None:
+    long = " ".join(f"Sentence {i} mentions the gateway." for i in range(60))
+    kb.ingest_files([write(tmp_path, "long.txt", long), write(tmp_path, "short.txt", "The gateway is closed.")],
+                    UNCLASS)
+    hits = search(kb, "gateway", ANALYST, k=5)
+    assert [h.document.doc_id for h in hits].count("long.txt") == 1
+    h = hits[0]
+    assert h.chunk.text and h.chunk.end > h.chunk.start and h.score > 0
+    assert h.dense_rank is not None or h.bm25_rank is not None
+
+
+def test_reranker_hook_reorders(kb, tmp_path: Path) -> None:
+    kb.ingest_files([write(tmp_path, "a.txt", "gateway gateway gateway"), write(tmp_path, "b.txt", "gateway")],
+                    UNCLASS)
+    rev = Retriever(kb, kb.settings, reranker=lambda q, hits: list(reversed(hits)))
+    plain = [h.document.doc_id for h in search(kb, "gateway", ANALYST)]
+    assert [h.document.doc_id for h in rev.retrieve("gateway", ANALYST)] == list(reversed(plain))
+
+
+def test_bad_file_reported_and_rest_of_batch_goes_on(kb, tmp_path: Path) -> None:
+    good = write(tmp_path, "good.txt", "Useful text.")
+    empty = write(tmp_path, "empty.txt", "")
+    junk = tmp_path / "junk.pdf"
+    junk.write_bytes(b"\x00\x01garbage" * 100)
+    report = kb.ingest_files([empty, junk, good], UNCLASS)
+    assert report.count("added") == 1 and report.count("failed") == 2
+    reasons = " | ".join(o.reason for o in report.outcomes if o.status == "failed")
+    assert "empty.txt" in reasons and "junk.pdf" in reasons
+    assert [d.doc_id for d in kb.catalog.documents()] == ["good.txt"]
+    assert all(i.startswith("good.txt@") for i in kb.vectors.ids(UNCLASS.partition))
+    assert kb.check() == []
+
+
+def test_embedder_failure_leaves_nothing_half_written(tmp_path: Path) -> None:
+    kb = fake_kb(tmp_path / "kb")
+    kb.ingest_files([write(tmp_path, "a.txt", "Version one.")], UNCLASS)
+
+    def broken(texts):
+        raise KnowledgeError("embedder exploded")
+
+    kb.embed = broken
+    report = kb.ingest_files([write(tmp_path, "a.txt", "Version two.")], UNCLASS)
+    assert report.count("failed") == 1 and "exploded" in report.outcomes[0].reason
+    assert kb.catalog.get("a.txt").version == 1
+    assert kb.check() == []
+
+
+def test_check_finds_and_repair_fixes_disagreements(kb, tmp_path: Path) -> None:
+    kb.ingest_files([write(tmp_path, "a.txt", "Alpha. " * 50), write(tmp_path, "b.txt", "Bravo.")], UNCLASS)
+    part = UNCLASS.partition
+    kb.vectors.upsert(part, ["ghost@1#0"], [[0.1] * 64], None, [{"doc_id": "ghost", "version": 1}])
+    victim = sorted(kb.vectors.ids(part) - {"ghost@1#0"})[0]
+    kb.vectors.delete(part, [victim])
+    kb.catalog.db.execute(f"DELETE FROM {kb.catalog.fts_table(part)} WHERE chunk_id = 'b.txt@1#0'")
+    kb.catalog.db.conn.commit()
+    problems = kb.check()
+    assert any("no catalog chunk" in p for p in problems)
+    assert any("no vector" in p for p in problems)
+    assert any("full-text" in p for p in problems)
+    kb.check(repair=True)
+    assert kb.check() == []
+    assert search(kb, "bravo", ANALYST, mode="bm25")[0].document.doc_id == "b.txt"
+
+
+def test_query_limits(kb) -> None:
+    with pytest.raises(KnowledgeError, match="empty query"):
+        search(kb, "   ", ANALYST)
+    with pytest.raises(KnowledgeError, match="over the 4000 limit"):
+        search(kb, "x" * 5000, ANALYST)
+    with pytest.raises(KnowledgeError, match="unknown retrieval mode"):
+        search(kb, "x", ANALYST, mode="magic")
+
+
+def test_fts_query_is_safe_for_any_text(kb, tmp_path: Path) -> None:
+    kb.ingest_files([write(tmp_path, "a.txt", "NEAR AND OR NOT quotes\" here")], UNCLASS)
+    for q in ['"unbalanced', "NEAR(", "a AND OR", "*", "col:umn", "日本語"]:
+        search(kb, q, ANALYST, mode="bm25")

@@ -1,0 +1,105 @@
+"""The knowledge base over the real engine, real Chroma and real FTS5, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from appliance.access.labels import Labels, LevelScale, Principal
+from appliance.config import KnowledgeSettings
+from appliance.knowledge.base import KnowledgeBase
+from appliance.knowledge.retrieval import Retriever
+from appliance.runtime.client import EngineClient
+from appliance.runtime.model_store import ModelStore
+
+REPO = Path(__file__).resolve().parent.parent
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+
+DOCS = {
+    "kiosk.md": "# Media kiosk\n\nEvery USB drive brought into the facility is scanned at the media kiosk "
+                "before it may be connected to any workstation.\n",
+    "canteen.txt": "The canteen serves lunch from noon until two in the afternoon on weekdays.\n",
+    "ciphers.txt": "Cipher keys for the secure link are rotated on the first Monday of each month.\n",
+}
+
+
+def test_semantic_retrieval_with_real_embeddings(engine: EngineClient, tmp_path: Path) -> None:
+    kb = KnowledgeBase(tmp_path / "kb", lambda t: engine.embed(list(t)), scale=LevelScale(),
+                       settings=KnowledgeSettings())
+    for name, text in DOCS.items():
+        (tmp_path / name).write_text(text)
+    kb.ingest_files([tmp_path / n for n in ("kiosk.md", "canteen.txt")], Labels("UNCLASSIFIED"))
+    kb.ingest_files([tmp_path / "ciphers.txt"], Labels("SECRET", frozenset({"CRYPTO"})))
+    r = Retriever(kb, kb.settings)
+    analyst = Principal("a", "UNCLASSIFIED")
+    # no shared words with the kiosk document: only the dense side can find it
+    dense = r.retrieve("where are thumb sticks checked for malware", analyst, k=2, mode="dense")
+    assert dense[0].document.doc_id == "kiosk.md"
+    hybrid = r.retrieve("when is food served", analyst, k=2)
+    assert hybrid[0].document.doc_id == "canteen.txt"
+    assert all(h.document.doc_id != "ciphers.txt" for h in r.retrieve("key rotation schedule", analyst, k=5))
+    crypto = Principal("c", "SECRET", frozenset({"CRYPTO"}))
+    assert r.retrieve("key rotation schedule", crypto, k=1)[0].document.doc_id == "ciphers.txt"
+    assert kb.check() == []
+
+
+def _run(args: list[str], tmp_path: Path, store: ModelStore) -> subprocess.CompletedProcess:
+    env = dict(os.environ, APPLIANCE_DATA_DIR=str(tmp_path / "data"), APPLIANCE_MODELS_DIR=str(store.root),
+               COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "appliance", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_ingest_search_docs_check(tmp_path: Path, model_store: ModelStore) -> None:
+    for name, text in DOCS.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    proc = _run(["ingest", str(tmp_path / "kiosk.md"), str(tmp_path / "canteen.txt"), str(tmp_path / "broken.pdf"),
+                 "--labels", "UNCLASSIFIED"], tmp_path, model_store)
+    assert proc.returncode == 1  # one file failed, the others went in
+    assert "broken.pdf" in proc.stdout and "2 added" in proc.stdout
+    proc = _run(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "secret:crypto", "--json"], tmp_path, model_store)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["added"] == 1
+    proc = _run(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "SECRET:bad label"], tmp_path, model_store)
+    assert proc.returncode == 2 and "bad compartment" in proc.stderr
+    listed = json.loads(_run(["docs", "list", "--json"], tmp_path, model_store).stdout)
+    assert {d["doc_id"]: d["labels"] for d in listed} == {"canteen.txt": "UNCLASSIFIED", "kiosk.md": "UNCLASSIFIED",
+                                                          "ciphers.txt": "SECRET:CRYPTO"}
+    hits = json.loads(_run(["search", "cipher keys", "--labels", "UNCLASSIFIED", "--json"], tmp_path,
+                           model_store).stdout)
+    assert "ciphers.txt" not in {h["doc_id"] for h in hits}
+    (tmp_path / "data" / "policy.toml").write_text('[users.carol]\nlevel = "SECRET"\ncompartments = ["CRYPTO"]\n')
+    hits = json.loads(_run(["search", "cipher keys", "--as", "carol", "--json"], tmp_path, model_store).stdout)
+    assert hits[0]["doc_id"] == "ciphers.txt" and hits[0]["labels"] == "SECRET:CRYPTO"
+    proc = _run(["search", "x", "--as", "mallory"], tmp_path, model_store)
+    assert proc.returncode == 2 and "unknown user 'mallory'" in proc.stderr
+    shown = json.loads(_run(["docs", "show", "kiosk.md", "--json"], tmp_path, model_store).stdout)
+    assert shown["chunks"][0]["heading"] == ["Media kiosk"]
+    assert _run(["index", "check"], tmp_path, model_store).returncode == 0
+    assert _run(["docs", "delete", "kiosk.md"], tmp_path, model_store).returncode == 0
+    proc = _run(["docs", "delete", "kiosk.md"], tmp_path, model_store)
+    assert proc.returncode == 2 and "no document 'kiosk.md'" in proc.stderr
+
+
+def test_eval_retrieval_on_a_scifact_slice(tmp_path: Path, model_store: ModelStore) -> None:
+    queries = [json.loads(line) for line in (SCIFACT / "claims_train.jsonl").read_text().splitlines()]
+    wanted = {str(d) for q in queries[:40] for d in q.get("cited_doc_ids", [])}
+    lines = (SCIFACT / "corpus.jsonl").read_text().splitlines()
+    keep = [ln for ln in lines if str(json.loads(ln)["doc_id"]) in wanted] + lines[:150]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(dict.fromkeys(keep)) + "\n")
+    qfile = tmp_path / "claims.jsonl"
+    qfile.write_text("\n".join(json.dumps(q) for q in queries[:40]) + "\n")
+    proc = _run(["eval", "retrieval", "--corpus", str(corpus), "--queries", str(qfile), "--json"], tmp_path,
+                model_store)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result["modes"]) == {"dense", "bm25", "hybrid"}
+    for m in result["modes"].values():
+        assert 0.0 <= m["ndcg@10"] <= 1.0 and m["recall@10"] <= m["recall@100"] <= 1.0
+    assert result["modes"]["hybrid"]["ndcg@10"] > 0.5  # a small corpus: the cited abstract is usually on top
+    assert result["ingest"]["documents"] == len(dict.fromkeys(keep))
