@@ -65,6 +65,8 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, by: str
         for o in report.outcomes:
             if o.status == "failed":
                 console.print(f"[red]failed[/] {o.reason}", highlight=False)
+            for w in o.warnings:
+                console.print(f"[yellow]warning[/] {o.source}: {w}", highlight=False)
         console.print(f"{report.count('added')} added, {report.count('replaced')} replaced, "
                       f"{report.count('unchanged')} unchanged, {report.count('failed')} failed; "
                       f"{report.chunks} chunks under {labels}")

@@ -183,3 +183,30 @@ def test_fts_query_is_safe_for_any_text(kb, tmp_path: Path) -> None:
     kb.ingest_files([write(tmp_path, "a.txt", "NEAR AND OR NOT quotes\" here")], UNCLASS)
     for q in ['"unbalanced', "NEAR(", "a AND OR", "*", "col:umn", "日本語"]:
         search(kb, q, ANALYST, mode="bm25")
+
+
+def test_hostile_inputs_leave_no_partial_state(kb, tmp_path: Path) -> None:
+    import zipfile
+
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as fh:
+        fh.truncate(2 * 2**30)  # sparse: 2 GB by size, nothing read
+    bomb = tmp_path / "bomb.docx"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("[Content_Types].xml", "<Types/>")
+        zf.writestr("word/document.xml", b"\0" * (60 * 2**20))
+    page = tmp_path / "page.html"
+    page.write_text("<html><head><title>Notice</title><script>steal_secrets()</script></head>"
+                    "<body><h1>Notice</h1><p>Badges must be worn.</p></body></html>")
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_bytes("Plain UTF-8 line: naïve\n".encode() + "Old line: café\n".encode("cp1252"))
+    report = kb.ingest_files([huge, bomb, page, mixed], UNCLASS)
+    failed = {o.source: o.reason for o in report.outcomes if o.status == "failed"}
+    assert set(failed) == {"huge.txt", "bomb.docx"}
+    assert "over the limit" in failed["huge.txt"] and "zip bomb" in failed["bomb.docx"]
+    assert {d.doc_id for d in kb.catalog.documents()} == {"page.html", "mixed.txt"}
+    assert all("steal_secrets" not in c.text for c in kb.catalog.chunks_of("page.html"))
+    mixed_chunks = " ".join(c.text for c in kb.catalog.chunks_of("mixed.txt"))
+    assert "naïve" in mixed_chunks and "café" in mixed_chunks
+    assert any("not UTF-8" in w for o in report.outcomes for w in o.warnings)
+    assert kb.check() == []

@@ -68,3 +68,36 @@ def test_sigkill_mid_replace_leaves_old_or_new(tmp_path: Path, point: str) -> No
     assert {h.chunk.version for h in hits} == {version}  # never both
     ids = kb.vectors.ids(Labels("UNCLASSIFIED").partition)
     assert ids == kb.catalog.chunk_ids(Labels("UNCLASSIFIED").partition)
+
+
+def test_concurrent_reader_sees_old_or_new_never_both_or_neither(tmp_path: Path) -> None:
+    import threading
+
+    root, doc = tmp_path / "kb", tmp_path / "rota.txt"
+    doc.write_text("Rota version 0. The night shift covers the gate. " * 30)
+    writer = fake_kb(root)
+    writer.ingest_files([doc], Labels("UNCLASSIFIED"))
+    reader = fake_kb(root)  # its own SQLite connection, as another process would have
+    retriever = Retriever(reader, reader.settings)
+    stop = threading.Event()
+    seen: list[set[int]] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                hits = retriever.retrieve("night shift gate rota", WHO, k=50, mode="hybrid")
+                seen.append({h.chunk.version for h in hits if h.chunk.doc_id == "rota.txt"})
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=read)
+    t.start()
+    for v in range(1, 8):
+        doc.write_text(f"Rota version {v}. The night shift covers the gate. " * 30)
+        writer.ingest_files([doc], Labels("UNCLASSIFIED"))
+    stop.set()
+    t.join(timeout=60)
+    assert not errors, errors
+    assert len(seen) > 5
+    assert all(len(versions) == 1 for versions in seen), [s for s in seen if len(s) != 1][:3]

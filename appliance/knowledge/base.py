@@ -44,6 +44,7 @@ class FileOutcome:
     doc_ids: list[str] = field(default_factory=list)
     reason: str = ""
     chunks: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -127,7 +128,7 @@ class KnowledgeBase:
         for start in range(0, len(docs), batch_docs):
             batch: list[tuple[FileOutcome, NewDocument, list[str]]] = []
             for doc in docs[start : start + batch_docs]:
-                outcome = FileOutcome(source=source or doc.source_name, status="failed")
+                outcome = FileOutcome(source=source or doc.source_name, status="failed", warnings=list(doc.warnings))
                 report.outcomes.append(outcome)
                 try:
                     prepared = self._prepare(doc, labels, by, seen)

@@ -14,9 +14,13 @@ import datetime as dt
 import hashlib
 import json
 import re
+import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import sqlite_utils
 
@@ -138,21 +142,38 @@ class NewDocument:
     chars: int
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(self: "Catalog", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class Catalog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite_utils.Database(path)
+        # one connection shared by the threads of this process (TUI workers): every public
+        # method holds the lock, so no thread sees another's transaction half done
+        self._lock = threading.RLock()
+        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         MIGRATIONS.apply(self.db)
 
     # -- reads --------------------------------------------------------------------------
 
+    @_locked
     def get(self, doc_id: str) -> DocumentRow | None:
         rows = list(self.db.query("SELECT * FROM documents WHERE doc_id = ?", [doc_id]))
         return _doc(rows[0]) if rows else None
 
+    @_locked
     def documents(self, partitions: Iterable[str] | None = None) -> list[DocumentRow]:
         if partitions is None:
             return [_doc(r) for r in self.db.query("SELECT * FROM documents ORDER BY doc_id")]
@@ -163,6 +184,7 @@ class Catalog:
         return [_doc(r) for r in self.db.query(
             f"SELECT * FROM documents WHERE partition IN ({marks}) ORDER BY doc_id", parts)]
 
+    @_locked
     def documents_by_id(self, ids: Iterable[str]) -> dict[str, DocumentRow]:
         wanted = list(dict.fromkeys(ids))
         out: dict[str, DocumentRow] = {}
@@ -172,9 +194,11 @@ class Catalog:
                 out[r["doc_id"]] = _doc(r)
         return out
 
+    @_locked
     def chunks_of(self, doc_id: str) -> list[ChunkRow]:
         return [_chunk(r) for r in self.db.query("SELECT * FROM chunks WHERE doc_id = ? ORDER BY ordinal", [doc_id])]
 
+    @_locked
     def chunks_by_id(self, ids: Sequence[str]) -> dict[str, ChunkRow]:
         out: dict[str, ChunkRow] = {}
         for start in range(0, len(ids), 500):
@@ -184,9 +208,11 @@ class Catalog:
                 out[r["chunk_id"]] = _chunk(r)
         return out
 
+    @_locked
     def chunk_ids(self, partition: str) -> set[str]:
         return {r["chunk_id"] for r in self.db.query("SELECT chunk_id FROM chunks WHERE partition = ?", [partition])}
 
+    @_locked
     def partitions(self) -> dict[str, Labels]:
         return {r["partition"]: Labels(r["level"], frozenset(json.loads(r["compartments"])))
                 for r in self.db.query("SELECT * FROM partitions ORDER BY partition")}
@@ -194,6 +220,7 @@ class Catalog:
     def fts_table(self, partition: str) -> str:
         return "fts_" + hashlib.sha256(partition.encode()).hexdigest()[:16]
 
+    @_locked
     def bm25(self, partition: str, query: str, limit: int) -> list[tuple[str, float]]:
         match = fts_query(query)
         if match is None or partition not in self.partitions():
@@ -202,15 +229,18 @@ class Catalog:
         sql = f"SELECT chunk_id, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?"
         return [(r["chunk_id"], -float(r["score"])) for r in self.db.query(sql, [match, limit])]
 
+    @_locked
     def fts_ids(self, partition: str) -> set[str]:
         table = self.fts_table(partition)
         if not self.db[table].exists():
             return set()
         return {r["chunk_id"] for r in self.db.query(f"SELECT chunk_id FROM {table}")}
 
+    @_locked
     def journal(self) -> list[dict]:
         return [dict(r, chunk_ids=json.loads(r["chunk_ids"])) for r in self.db.query("SELECT * FROM journal")]
 
+    @_locked
     def counts(self) -> dict[str, int]:
         return {"documents": self.db["documents"].count, "chunks": self.db["chunks"].count,
                 "partitions": self.db["partitions"].count}
@@ -227,6 +257,7 @@ class Catalog:
                         "chunk_id UNINDEXED, title, text, tokenize='unicode61 remove_diacritics 2')")
         return part
 
+    @_locked
     def record_pending(self, docs: Sequence[NewDocument]) -> None:
         """Before vectors are written: note them, so a crash can be cleaned up."""
         with self.db.atomic():
@@ -236,6 +267,7 @@ class Catalog:
                     "INSERT OR REPLACE INTO journal (kind, doc_id, version, partition, chunk_ids) VALUES (?,?,?,?,?)",
                     ["pending", d.doc_id, d.version, d.labels.partition, json.dumps([c.chunk_id for c in d.chunks])])
 
+    @_locked
     def swap_in(self, docs: Sequence[NewDocument]) -> list[dict]:
         """One transaction: new versions replace old ones; returns the retired vector sets."""
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -278,6 +310,7 @@ class Catalog:
             ["retired", old.doc_id, old.version, old.partition, json.dumps(ids)])
         return entry
 
+    @_locked
     def delete(self, doc_id: str) -> dict | None:
         old = self.get(doc_id)
         if old is None:
@@ -285,12 +318,14 @@ class Catalog:
         with self.db.atomic():
             return self._remove_rows(old)
 
+    @_locked
     def clear_journal(self, entries: Iterable[dict]) -> None:
         with self.db.atomic():
             for e in entries:
                 self.db.execute("DELETE FROM journal WHERE kind = ? AND doc_id = ? AND version = ?",
                                 [e["kind"], e["doc_id"], e["version"]])
 
+    @_locked
     def rebuild_fts(self, partition: str) -> None:
         """Rewrite one partition's full-text table from the chunks table."""
         table = self.fts_table(partition)
