@@ -93,6 +93,9 @@ def _print_doctor(report: dict[str, Any]) -> None:
         console.print(f"[bold]generated[/] {eng['answer']}")
     elif eng:
         console.print(f"[bold red]engine failed[/] {eng['error']}")
+    kn = report["knowledge"]
+    console.print(f"[bold]knowledge[/] {kn['documents']} documents, {kn['chunks']} chunks, "
+                  f"{kn['partitions']} label partitions")
     air = report["airgap"]
     console.print(
         f"[bold]air gap[/] guard {'installed' if air['guard_installed'] else 'MISSING'}, "
@@ -260,7 +263,7 @@ def embed(ctx: click.Context, texts: tuple[str, ...], as_json: bool) -> None:
 
 
 # Commands of the other rooms register themselves on `main`.
-from appliance import cli_knowledge  # noqa: E402,F401
+from appliance import cli_agent, cli_knowledge  # noqa: E402,F401
 
 
 if __name__ == "__main__":

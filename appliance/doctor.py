@@ -97,6 +97,13 @@ def run_doctor(services: Services, *, verify: bool = False, engine: bool = True)
         except ApplianceError as exc:
             report["engine"] = {"ok": False, "error": str(exc)}
             problems.append(f"engine: {exc}")
+    catalog_file = settings.knowledge_dir / "catalog.db"
+    if catalog_file.is_file():
+        from appliance.knowledge.catalog import Catalog
+
+        report["knowledge"] = Catalog(catalog_file).counts()
+    else:
+        report["knowledge"] = {"documents": 0, "chunks": 0, "partitions": 0}
     status = airgap_status()
     log = airgap_log(settings)
     status["blocked_attempts_logged"] = logged_attempts(log)

@@ -118,3 +118,10 @@ class AccessError(ApplianceError):
 
 class LabelError(AccessError):
     """A label string (LEVEL[:COMPARTMENT,...]) does not parse or names unknown levels."""
+
+
+# -- agent -----------------------------------------------------------------------------
+
+
+class AgentError(ApplianceError):
+    """A question, session or trace request was refused."""

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from appliance.access.labels import LevelScale
 from appliance.config import Settings, load_settings
+from appliance.agent.loop import Agent
+from appliance.agent.store import AgentStore
 from appliance.knowledge.base import KnowledgeBase
+from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient, RequestLimits
 from appliance.runtime.model_store import ModelStore
 from appliance.runtime.protocol import EngineSpec
@@ -48,6 +51,18 @@ class Services:
     _engine: EngineClient | None = field(default=None, repr=False)
     _engine_parts: tuple[bool, bool] = (False, False)
     _knowledge: KnowledgeBase | None = field(default=None, repr=False)
+    _agent: Agent | None = field(default=None, repr=False)
+
+    def agent(self) -> Agent:
+        """The question-answering agent over the knowledge base and the engine."""
+        if self._agent is None:
+            kb = self.knowledge()
+            self._agent = Agent(Retriever(kb, self.settings.knowledge), self.engine(), self.agent_store(),
+                                self.scale)
+        return self._agent
+
+    def agent_store(self) -> AgentStore:
+        return AgentStore(self.settings.data_dir / "agent.db")
 
     @property
     def scale(self) -> LevelScale:

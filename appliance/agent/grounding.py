@@ -1,0 +1,197 @@
+"""Grounding: every answer sentence checked against the passage it cites.
+
+Support of a sentence by a passage combines lexical evidence (how many of the
+sentence's content words the passage contains) with semantic evidence (the best cosine
+between the sentence and any sentence of the passage). A sentence with no valid
+citation has no support. The extractive fallback picks passage sentences that answer
+the question and quotes them verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.knowledge.catalog import STOPWORDS
+from appliance.knowledge.chunking import split_sentences
+
+__all__ = ["content_words", "lexical_support", "split_cited", "SentenceCheck", "Grounder", "Quote"]
+
+Embed = Callable[[Sequence[str]], list[list[float]]]
+_WORD = re.compile(r"\w+", re.UNICODE)
+_CITE = re.compile(r"\[(\d{1,3})\]")
+# Sentences in retrieved text that try to instruct the model: shown to it as data, never as orders.
+INSTRUCTION = re.compile(
+    r"(ignore|disregard|forget|override)\s+(all\s+|any\s+|the\s+)?(previous|prior|above|earlier|your)\s+"
+    r"(instructions|directions|rules|prompts?)|you are now|new instructions|system prompt|<\|im_(start|end)\|>|"
+    r"\b(system|assistant)\s*:", re.IGNORECASE)
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in STOPWORDS}
+
+
+def novel_specifics(sentence: str, passage: str) -> list[str]:
+    """Numbers and names in ``sentence`` that ``passage`` does not contain: likely invented."""
+    have = {w.lower() for w in _WORD.findall(passage)}
+    words = _WORD.findall(sentence)
+    out = []
+    for i, w in enumerate(words):
+        specific = any(ch.isdigit() for ch in w) or (i > 0 and w[0].isupper() and w.lower() not in STOPWORDS)
+        if specific and w.lower() not in have and _stem(w.lower()) not in {_stem(h) for h in have}:
+            out.append(w)
+    return out
+
+
+def lexical_support(sentence: str, passage: str) -> float:
+    words = content_words(sentence)
+    if not words:
+        return 0.0
+    return len(words & content_words(passage)) / len(words)
+
+
+_TRAILING_CITES = re.compile(r"([.?!])\s*((?:\[\d{1,3}\]\s*)+)")
+
+
+def split_cited(answer: str) -> list[tuple[str, list[int]]]:
+    """Answer sentences with the passage numbers they cite (``[n]`` markers removed).
+
+    Citations written after a sentence's full stop ("noon. [1]") belong to that sentence.
+    """
+    text = _TRAILING_CITES.sub(lambda m: " " + m.group(2).strip() + m.group(1) + " ", answer)
+    out = []
+    for a, b in split_sentences(text, 0, len(text)):
+        raw = text[a:b]
+        cites = [int(n) for n in _CITE.findall(raw)]
+        clean = re.sub(r"\s+([.?!,;:])", r"\1", " ".join(_CITE.sub("", raw).split()))
+        if clean.strip(" .") or cites:
+            out.append((clean, cites))
+    return out
+
+
+_HEADING_LINE = re.compile(r"^\s*#{1,6}\s.*$", re.MULTILINE)
+
+
+def passage_sentences(text: str) -> list[str]:
+    """Sentences of a passage; Markdown heading lines are context, not sentences."""
+    text = _HEADING_LINE.sub("", text)
+    return [text[a:b] for a, b in split_sentences(text, 0, len(text))] or [text]
+
+
+def safe_passage(text: str) -> tuple[str, int]:
+    """The passage as the model sees it: instruction-like sentences and fake citations removed."""
+    kept, dropped = [], 0
+    for sentence in passage_sentences(text):
+        if INSTRUCTION.search(sentence):
+            dropped += 1
+            continue
+        kept.append(_CITE.sub("", sentence).replace("<|", "< |"))
+    return " ".join(kept), dropped
+
+
+@dataclass(frozen=True)
+class SentenceCheck:
+    text: str
+    citations: list[int]
+    support: float
+    lexical: float
+    semantic: float
+    supported: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Quote:
+    text: str
+    passage: int
+    score: float
+
+
+def _unit(vectors: list[list[float]]) -> np.ndarray:
+    m = np.asarray(vectors, dtype=np.float32)
+    n = np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.where(n == 0, 1, n)
+
+
+class Grounder:
+    def __init__(self, embed: Embed, threshold: float = 0.55, lexical_weight: float = 0.5,
+                 relevance_threshold: float = 0.4) -> None:
+        self.embed = embed
+        self.threshold = threshold
+        self.relevance_threshold = relevance_threshold
+        self.lexical_weight = lexical_weight
+
+    def check(self, sentences: list[tuple[str, list[int]]], passages: Sequence[str],
+              question: str | None = None) -> list[SentenceCheck]:
+        """Score each (sentence, citations) against the cited passages (numbered from 1).
+
+        With ``question``, a sentence must also address it: share its content words or be
+        close to it in meaning; a true but unrelated sentence is not an answer.
+        """
+        if not sentences:
+            return []
+        per_passage = [passage_sentences(p) for p in passages]
+        flat = [s for ps in per_passage for s in ps]
+        vecs = _unit(self.embed([s for s, _ in sentences] + flat + ([question] if question else [])))
+        qvec = vecs[-1] if question else None
+        qwords = content_words(question) if question else set()
+        offsets, pos = [], len(sentences)
+        for ps in per_passage:
+            offsets.append((pos, pos + len(ps)))
+            pos += len(ps)
+        out = []
+        for i, (text, cites) in enumerate(sentences):
+            valid = [c for c in cites if 1 <= c <= len(passages)]
+            if not valid:
+                reason = "no citation" if not cites else f"cites a passage that does not exist ({cites})"
+                out.append(SentenceCheck(text, cites, 0.0, 0.0, 0.0, False, reason))
+                continue
+            best = (0.0, 0.0, 0.0)
+            invented: list[str] = []
+            for c in valid:
+                lex = lexical_support(text, passages[c - 1])
+                lo, hi = offsets[c - 1]
+                sem = float(np.max(vecs[lo:hi] @ vecs[i])) if vecs is not None and hi > lo else 0.0
+                score = self.lexical_weight * lex + (1 - self.lexical_weight) * max(sem, 0.0)
+                novel = novel_specifics(text, passages[c - 1])
+                if novel:
+                    score = min(score, self.threshold * 0.9)
+                    invented = novel
+                best = max(best, (score, lex, sem))
+            ok = best[0] >= self.threshold
+            reason = ("supported" if ok else f"names or numbers not in the cited passage: {', '.join(invented)}"
+                      if invented else f"support {best[0]:.2f} below {self.threshold}")
+            if ok and qvec is not None:
+                cover = len(qwords & content_words(text)) / len(qwords) if qwords else 0.0
+                relevance = max(cover, float(vecs[i] @ qvec))
+                if relevance < self.relevance_threshold:
+                    ok, reason = False, f"does not address the question (relevance {relevance:.2f})"
+            out.append(SentenceCheck(text, valid, best[0], best[1], best[2], ok, reason))
+        return out
+
+    def quotes(self, question: str, passages: Sequence[str], limit: int = 2,
+               min_score: float = 0.45) -> list[Quote]:
+        """Passage sentences that best answer ``question``, for the extractive fallback."""
+        candidates = [(i + 1, s) for i, p in enumerate(passages) for s in passage_sentences(p)
+                      if len(s) > 20 and not INSTRUCTION.search(s)]
+        if not candidates:
+            return []
+        vecs = _unit(self.embed([question] + [s for _, s in candidates]))
+        sims = vecs[1:] @ vecs[0]
+        qwords = content_words(question)
+        scored = []
+        for (n, s), sim in zip(candidates, sims, strict=True):
+            coverage = len(qwords & content_words(s)) / len(qwords) if qwords else 0.0
+            scored.append(Quote(s.strip(), n, 0.5 * coverage + 0.5 * float(sim)))
+        scored.sort(key=lambda q: -q.score)
+        return [q for q in scored[:limit] if q.score >= min_score]

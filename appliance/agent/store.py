@@ -1,0 +1,134 @@
+"""Traces and session memory in SQLite (``<data dir>/agent.db``, numbered migrations).
+
+A trace records every step of one request: its input, the decision taken, the chunk ids
+retrieved with their scores, tokens and time. A session holds one user's turns; it is
+only ever read back for that user — to anybody else it does not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from appliance.errors import AgentError
+from appliance.migrations import Migrations
+
+__all__ = ["AgentStore", "Step", "Turn"]
+
+MIGRATIONS = Migrations("agent")
+MAX_TURNS_KEPT = 50
+
+
+@MIGRATIONS
+def m001_traces_sessions(db: sqlite_utils.Database) -> None:
+    db.execute("""CREATE TABLE traces (id TEXT PRIMARY KEY, user TEXT NOT NULL, session_id TEXT,
+        question TEXT NOT NULL, started_at TEXT NOT NULL, seconds REAL, outcome TEXT, answer TEXT)""")
+    db.execute("""CREATE TABLE trace_steps (trace_id TEXT NOT NULL, n INTEGER NOT NULL, name TEXT NOT NULL,
+        input TEXT, decision TEXT, chunk_ids TEXT, scores TEXT, tokens INTEGER, ms REAL,
+        PRIMARY KEY (trace_id, n))""")
+    db.execute("CREATE TABLE sessions (id TEXT PRIMARY KEY, user TEXT NOT NULL, created_at TEXT NOT NULL)")
+    db.execute("""CREATE TABLE turns (session_id TEXT NOT NULL, n INTEGER NOT NULL, question TEXT NOT NULL,
+        standalone TEXT NOT NULL, answer TEXT NOT NULL, cited TEXT NOT NULL, trace_id TEXT,
+        PRIMARY KEY (session_id, n))""")
+
+
+@dataclass
+class Step:
+    name: str
+    input: Any = None
+    decision: Any = None
+    chunk_ids: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    tokens: int = 0
+    ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Turn:
+    question: str
+    standalone: str
+    answer: str
+    cited: list[str]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class AgentStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
+        self.db.execute("PRAGMA journal_mode=WAL")
+        MIGRATIONS.apply(self.db)
+
+    # -- traces -------------------------------------------------------------------------
+
+    def save_trace(self, *, trace_id: str, user: str, session_id: str | None, question: str, started_at: str,
+                   seconds: float, outcome: str, answer: str, steps: list[Step]) -> None:
+        with self._lock, self.db.atomic():
+            self.db["traces"].insert({"id": trace_id, "user": user, "session_id": session_id, "question": question,
+                                      "started_at": started_at, "seconds": seconds, "outcome": outcome,
+                                      "answer": answer})
+            self.db["trace_steps"].insert_all(
+                {"trace_id": trace_id, "n": i, "name": s.name, "input": json.dumps(s.input, default=str),
+                 "decision": json.dumps(s.decision, default=str), "chunk_ids": json.dumps(s.chunk_ids),
+                 "scores": json.dumps([round(x, 6) for x in s.scores]), "tokens": s.tokens, "ms": round(s.ms, 3)}
+                for i, s in enumerate(steps))
+
+    def trace(self, trace_id: str, user: str | None = None) -> dict:
+        """A trace with its steps; ``user`` limits it to that user's own traces."""
+        with self._lock:
+            rows = list(self.db.query("SELECT * FROM traces WHERE id = ?", [trace_id]))
+            if not rows or (user is not None and rows[0]["user"] != user):
+                raise AgentError(f"no trace {trace_id!r}")
+            steps = [dict(r, input=json.loads(r["input"]), decision=json.loads(r["decision"]),
+                          chunk_ids=json.loads(r["chunk_ids"]), scores=json.loads(r["scores"]))
+                     for r in self.db.query("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY n", [trace_id])]
+        return dict(rows[0], steps=steps)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def new_session(self, user: str) -> str:
+        sid = secrets.token_hex(8)
+        with self._lock, self.db.atomic():
+            self.db["sessions"].insert({"id": sid, "user": user, "created_at": _now()})
+        return sid
+
+    def _owned(self, session_id: str, user: str) -> None:
+        rows = list(self.db.query("SELECT user FROM sessions WHERE id = ?", [session_id]))
+        if not rows or rows[0]["user"] != user:
+            raise AgentError(f"no session {session_id!r}")  # the same words whether absent or someone else's
+
+    def turns(self, session_id: str, user: str, last: int = 6) -> list[Turn]:
+        with self._lock:
+            self._owned(session_id, user)
+            rows = list(self.db.query("SELECT * FROM turns WHERE session_id = ? ORDER BY n DESC LIMIT ?",
+                                      [session_id, last]))
+        return [Turn(r["question"], r["standalone"], r["answer"], json.loads(r["cited"])) for r in reversed(rows)]
+
+    def add_turn(self, session_id: str, user: str, turn: Turn, trace_id: str | None) -> None:
+        with self._lock, self.db.atomic():
+            self._owned(session_id, user)
+            n = next(iter(self.db.query("SELECT coalesce(max(n), -1) + 1 AS n FROM turns WHERE session_id = ?",
+                                        [session_id])))["n"]
+            self.db["turns"].insert({"session_id": session_id, "n": n, "question": turn.question,
+                                     "standalone": turn.standalone, "answer": turn.answer,
+                                     "cited": json.dumps(turn.cited), "trace_id": trace_id})
+            self.db.execute("DELETE FROM turns WHERE session_id = ? AND n < ?", [session_id, n - MAX_TURNS_KEPT])
+
+    def sessions(self, user: str) -> list[dict]:
+        with self._lock:
+            return list(self.db.query(
+                "SELECT s.id, s.created_at, count(t.n) AS turns, (SELECT question FROM turns WHERE session_id = s.id "
+                "ORDER BY n LIMIT 1) AS first_question FROM sessions s LEFT JOIN turns t ON t.session_id = s.id "
+                "WHERE s.user = ? GROUP BY s.id ORDER BY s.created_at DESC", [user]))

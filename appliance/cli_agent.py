@@ -1,0 +1,90 @@
+"""Agent commands: ask, sessions, trace show (registered on ``appliance``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from appliance.cli import _services, console, err_console, main
+from appliance.cli_knowledge import principal_for
+
+
+@main.command()
+@click.argument("question")
+@click.option("--as", "user", help="Ask as this user (their clearance).")
+@click.option("--labels", "label_text", help="Ask with this clearance: LEVEL[:COMPARTMENT,...].")
+@click.option("--session", "session", help="Continue a session by id, or 'new' to start one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer, checks and citations as JSON.")
+@click.pass_context
+def ask(ctx: click.Context, question: str, user: str | None, label_text: str | None, session: str | None,
+        as_json: bool) -> None:
+    """Answer a question from the documents you may read, with citations, or abstain."""
+    principal = principal_for(ctx, user, label_text)
+    services = _services(ctx)
+    agent = services.agent()
+    session_id = agent.store.new_session(principal.name) if session == "new" else session
+
+    def draft(piece: str) -> None:
+        if not as_json:
+            err_console.print(piece, end="", style="dim", highlight=False, markup=False)
+
+    answer = agent.ask(question, principal, session_id=session_id, on_token=draft)
+    if as_json:
+        click.echo(json.dumps(answer.as_dict(), indent=2))
+        return
+    err_console.print()
+    if answer.marking:
+        console.print(f"[reverse] {answer.marking} [/]")
+    style = {"answered": "bold", "quoted": "bold", "abstained": "yellow"}[answer.outcome]
+    console.print(answer.text, style=style, highlight=False)
+    for c in answer.citations:
+        where = ", ".join(x for x in (f"p. {c.page}" if c.page else "", " > ".join(c.heading)) if x)
+        console.print(f"[{c.n}] [bold]{c.title}[/] ({c.doc_id}{'; ' + where if where else ''}; {c.labels}; "
+                      f"chars {c.start}-{c.end})", highlight=False)
+        console.print(f"    \u201c{c.text[:300]}\u201d", style="dim", highlight=False)
+    console.print(f"[dim]{answer.outcome}; trace {answer.trace_id}"
+                  f"{'; session ' + session_id if session_id else ''}; {answer.seconds:.1f} s[/]")
+    if answer.outcome == "abstained":
+        sys.exit(0)
+
+
+@main.command()
+@click.option("--as", "user", help="Whose sessions.")
+@click.option("--labels", "label_text", hidden=True)
+@click.pass_context
+def sessions(ctx: click.Context, user: str | None, label_text: str | None) -> None:
+    """List a user's conversation sessions."""
+    principal = principal_for(ctx, user, label_text)
+    for s in _services(ctx).agent_store().sessions(principal.name):
+        console.print(f"{s['id']}  {s['created_at']}  {s['turns']} turn(s)  {s['first_question'] or ''}",
+                      highlight=False)
+
+
+@main.group()
+def trace() -> None:
+    """Request traces: every step of an answer."""
+
+
+@trace.command("show")
+@click.argument("trace_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def trace_show(ctx: click.Context, trace_id: str, as_json: bool) -> None:
+    """Print each step of a request: input, decision, chunks, scores, tokens, time."""
+    t = _services(ctx).agent_store().trace(trace_id)
+    if as_json:
+        click.echo(json.dumps(t, indent=2))
+        return
+    console.print(f"[bold]{t['question']}[/] -> {t['outcome']} in {t['seconds']:.2f} s (user {t['user']})",
+                  highlight=False)
+    for s in t["steps"]:
+        console.print(f"{s['n']:>2} [bold]{s['name']}[/] {s['ms'] or 0:.0f} ms"
+                      f"{' ' + str(s['tokens']) + ' tok' if s['tokens'] else ''}", highlight=False)
+        if s["input"] is not None:
+            console.print(f"     in: {json.dumps(s['input'])[:200]}", style="dim", highlight=False)
+        if s["decision"] is not None:
+            console.print(f"     -> {json.dumps(s['decision'])[:300]}", highlight=False)
+        if s["chunk_ids"]:
+            console.print(f"     chunks: {', '.join(s['chunk_ids'][:8])}", style="dim", highlight=False)
