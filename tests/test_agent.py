@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from appliance.access.labels import Labels, LevelScale, Principal
+from appliance.access.labels import LevelScale, Principal
 from appliance.agent.loop import Agent
 from appliance.agent.store import AgentStore
 from appliance.config import KnowledgeSettings
