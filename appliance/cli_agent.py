@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from appliance.cli import _services, console, err_console, main
-from appliance.cli_knowledge import principal_for
+from appliance.cli_knowledge import eval_group, principal_for, scratch_knowledge
 
 
 @main.command()
@@ -88,3 +92,83 @@ def trace_show(ctx: click.Context, trace_id: str, as_json: bool) -> None:
             console.print(f"     -> {json.dumps(s['decision'])[:300]}", highlight=False)
         if s["chunk_ids"]:
             console.print(f"     chunks: {', '.join(s['chunk_ids'][:8])}", style="dim", highlight=False)
+
+
+@eval_group.command("claims")
+@click.option("--corpus", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="JSONL {doc_id, title, sentences|text}.")
+@click.option("--claims", "claims_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              required=True, help="JSONL {id, claim, cited_doc_ids, evidence_doc_id, label}.")
+@click.option("--limit", type=int, help="Only the first N claims.")
+@click.option("--index-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep and reuse the index here.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_claims(ctx: click.Context, corpus: Path, claims_file: Path, limit: int | None, index_dir: Path | None,
+                as_json: bool) -> None:
+    """Label claims SUPPORT/CONTRADICT/NOT_ENOUGH_INFO: agent loop vs single-shot RAG."""
+    from appliance.access.labels import Principal
+    from appliance.agent.loop import Agent
+    from appliance.evaluation.claims import evaluate_claims, load_claims
+    from appliance.evaluation.retrieval import EVAL_LABELS, ingest_corpus
+    from appliance.knowledge.retrieval import Retriever
+
+    services = _services(ctx)
+    claims = load_claims(claims_file)[:limit] if limit else load_claims(claims_file)
+    with scratch_knowledge(services, index_dir) as kb:
+        agent = Agent(Retriever(kb, services.settings.knowledge), services.engine(), services.agent_store(),
+                      services.scale)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, disable=as_json) as progress:
+            task = progress.add_task("ingesting corpus", total=None)
+            ingest_corpus(kb, corpus, progress=lambda _s, n: progress.advance(task, n))
+            progress.update(task, description="claims", completed=0, total=len(claims))
+            result = evaluate_claims(agent, claims, Principal("eval", EVAL_LABELS.level),
+                                     progress=lambda n: progress.advance(task, n))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{result['claims']} claims", box=box.SIMPLE)
+    metrics = list(next(iter(result["systems"].values())))
+    table.add_column("metric")
+    for name in result["systems"]:
+        table.add_column(name)
+    for m in metrics:
+        table.add_row(m, *(f"{result['systems'][s][m]:.3f}" for s in result["systems"]))
+    console.print(table)
+
+
+@eval_group.command("qa")
+@click.option("--squad", "squad_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="A SQuAD v1 or v2 JSON file.")
+@click.option("--limit", type=int, help="Only the first N questions.")
+@click.option("--index-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep and reuse the index here.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_qa(ctx: click.Context, squad_file: Path, limit: int | None, index_dir: Path | None, as_json: bool) -> None:
+    """Ask SQuAD questions over their contexts: EM, F1, groundedness, citations, abstention."""
+    from appliance.access.labels import Principal
+    from appliance.agent.loop import Agent
+    from appliance.evaluation.qa import evaluate_qa, load_squad
+    from appliance.evaluation.retrieval import EVAL_LABELS
+    from appliance.knowledge.retrieval import Retriever
+
+    services = _services(ctx)
+    docs, items = load_squad(squad_file)
+    items = items[:limit] if limit else items
+    with scratch_knowledge(services, index_dir) as kb:
+        agent = Agent(Retriever(kb, services.settings.knowledge), services.engine(), services.agent_store(),
+                      services.scale)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, disable=as_json) as progress:
+            task = progress.add_task("ingesting contexts", total=None)
+            report = kb.ingest_documents(docs, EVAL_LABELS, by="eval", source=squad_file.name)
+            if report.count("failed"):
+                console.print(f"[yellow]{report.count('failed')} context(s) could not be ingested[/]")
+            progress.update(task, description="questions", completed=0, total=len(items))
+            result = evaluate_qa(agent, items, Principal("eval", EVAL_LABELS.level),
+                                 progress=lambda n: progress.advance(task, n))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        console.print(f"{key:>28}  {value if not isinstance(value, float) else f'{value:.3f}'}", highlight=False)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -15,7 +18,9 @@ from appliance.access.labels import Principal, parse_labels
 from appliance.access.policy import load_principal
 from appliance.cli import _services, console, main
 from appliance.errors import AccessError, KnowledgeError
+from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.parsers import SUPPORTED
+from appliance.services import Services
 
 MAX_FILES = 100_000
 
@@ -190,6 +195,15 @@ def index_check(ctx: click.Context, repair: bool) -> None:
     sys.exit(1 if problems and not repair else 0)
 
 
+@contextmanager
+def scratch_knowledge(services: Services, index_dir: Path | None, generator: bool = True) -> Iterator[KnowledgeBase]:
+    """A knowledge base for an evaluation: in ``index_dir`` (kept) or a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="eval-", dir=services.settings.data_dir) as tmp:
+        engine = services.engine(generator=generator)
+        yield KnowledgeBase(index_dir or Path(tmp), lambda texts: engine.embed(list(texts), batch=256),
+                            scale=services.scale, settings=services.settings.knowledge)
+
+
 @main.group("eval")
 def eval_group() -> None:
     """Evaluations on your own data (retrieval first; more arrive with later issues)."""
@@ -210,19 +224,12 @@ def eval_group() -> None:
 def eval_retrieval(ctx: click.Context, corpus: Path, queries: Path, k: int, mode: str | None, limit: int | None,
                    index_dir: Path | None, as_json: bool) -> None:
     """Ingest a corpus into a scratch index and report nDCG@10, recall, MRR and latency."""
-    import tempfile
-
     from appliance.evaluation.retrieval import evaluate, ingest_corpus, load_queries
-    from appliance.knowledge.base import KnowledgeBase
     from appliance.knowledge.retrieval import Retriever
 
     services = _services(ctx)
     qs = load_queries(queries)[:limit] if limit else load_queries(queries)
-    with tempfile.TemporaryDirectory(prefix="eval-", dir=services.settings.data_dir if not index_dir else None) as tmp:
-        root = index_dir or Path(tmp)
-        engine = services.engine(generator=False)
-        kb = KnowledgeBase(root, lambda texts: engine.embed(list(texts), batch=256), scale=services.scale,
-                           settings=services.settings.knowledge)
+    with scratch_knowledge(services, index_dir, generator=False) as kb:
         modes = [mode] if mode else ["dense", "bm25", "hybrid"]
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console if not as_json else None, disable=as_json) as progress:

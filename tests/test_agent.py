@@ -111,3 +111,26 @@ def test_control_characters_and_other_languages_are_handled(agent: Agent) -> Non
     b = agent.ask("¿A qué hora sirve el comedor el almuerzo?", ALICE)
     assert b.outcome in {"answered", "quoted", "abstained"}
     assert all(s.supported for s in b.sentences)
+
+
+def test_squad_metrics() -> None:
+    from appliance.evaluation.qa import exact_match, token_f1
+
+    assert exact_match("The media kiosk.", ("at the media kiosk", "media kiosk")) == 1.0
+    assert token_f1("scanned at the media kiosk", ("media kiosk",)) == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert token_f1("nothing", ("media kiosk",)) == 0.0
+
+
+def test_eval_qa_on_a_squad_fixture(tmp_path, model_store) -> None:
+    import json as _json
+
+    from tests.test_knowledge_real import _run
+
+    fixture = __import__("pathlib").Path(__file__).parent / "data" / "squad_small.json"
+    proc = _run(["eval", "qa", "--squad", str(fixture), "--json"], tmp_path, model_store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = _json.loads(proc.stdout)
+    assert r["questions"] == 5
+    assert r["groundedness"] == 1.0 or r["abstention_rate"] == 1.0
+    assert r["citation_precision"] >= 0.5 and r["token_f1"] > 0.2
+    assert r["abstained_when_unanswerable"] is not None

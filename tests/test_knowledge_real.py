@@ -103,3 +103,24 @@ def test_eval_retrieval_on_a_scifact_slice(tmp_path: Path, model_store: ModelSto
         assert 0.0 <= m["ndcg@10"] <= 1.0 and m["recall@10"] <= m["recall@100"] <= 1.0
     assert result["modes"]["hybrid"]["ndcg@10"] > 0.5  # a small corpus: the cited abstract is usually on top
     assert result["ingest"]["documents"] == len(dict.fromkeys(keep))
+
+
+def test_eval_claims_compares_agent_and_single_shot(tmp_path: Path, model_store: ModelStore) -> None:
+    claims = [json.loads(line) for line in (SCIFACT / "claims_train.jsonl").read_text().splitlines()][:4]
+    wanted = {str(d) for c in claims for d in c.get("cited_doc_ids", [])}
+    lines = (SCIFACT / "corpus.jsonl").read_text().splitlines()
+    keep = [ln for ln in lines if str(json.loads(ln)["doc_id"]) in wanted] + lines[:30]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(dict.fromkeys(keep)) + "\n")
+    cfile = tmp_path / "claims.jsonl"
+    cfile.write_text("\n".join(json.dumps(c) for c in claims) + "\n")
+    proc = _run(["eval", "claims", "--corpus", str(corpus), "--claims", str(cfile), "--json"], tmp_path, model_store)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["claims"] == 4 and set(result["systems"]) == {"agent", "single_shot"}
+    for metrics in result["systems"].values():
+        for name in ("label_accuracy", "evidence_doc_recall", "citation_precision", "groundedness",
+                     "abstention_rate"):
+            assert 0.0 <= metrics[name] <= 1.0
+    agent = result["systems"]["agent"]
+    assert agent["groundedness"] == 1.0 or agent["abstention_rate"] == 1.0  # block policy: only verified sentences
