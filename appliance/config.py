@@ -109,7 +109,7 @@ class KnowledgeSettings:
     chunk_max_chars: int = 1500
     chunk_overlap_sentences: int = 1
     candidates: int = 50  # per partition and per method before fusion
-    rrf_k: int = 60
+    rrf_k: int = 20  # SciFact train claims: 20 gives nDCG@10 0.715, 60 gives 0.703
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
     max_chunks_per_doc: int = 1  # in a result list

@@ -42,7 +42,7 @@ class Claim:
 def load_claims(path: Path) -> list[Claim]:
     if path.stat().st_size > MAX_CLAIMS_BYTES:
         raise KnowledgeError(f"{path.name}: over the {MAX_CLAIMS_BYTES} byte limit")
-    out = []
+    out: dict[str, Claim] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -58,8 +58,12 @@ def load_claims(path: Path) -> list[Claim]:
         label = row.get("label") or "NOT_ENOUGH_INFO"
         if label not in LABELS:
             raise KnowledgeError(f"{path.name}: line {n} has label {label!r}")
-        out.append(Claim(str(row.get("id", n)), row["claim"], frozenset(gold), label))
-    return out
+        cid = str(row.get("id", n))
+        if cid in out:  # SciFact has one row per evidence set: one claim
+            gold |= out[cid].gold_docs
+            label = out[cid].label if label == "NOT_ENOUGH_INFO" else label
+        out[cid] = Claim(cid, row["claim"], frozenset(gold), label)
+    return list(out.values())
 
 
 def label_claim(engine: EngineClient, claim: str, passages: Sequence[str]) -> str:

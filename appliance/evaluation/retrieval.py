@@ -41,7 +41,7 @@ class Query:
 def load_queries(path: Path) -> list[Query]:
     if path.stat().st_size > MAX_QUERIES_BYTES:
         raise KnowledgeError(f"{path.name}: over the {MAX_QUERIES_BYTES} byte limit")
-    out: list[Query] = []
+    merged: dict[str, Query] = {}
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -54,11 +54,16 @@ def load_queries(path: Path) -> list[Query]:
             if not isinstance(text, str) or not text.strip():
                 raise KnowledgeError(f"{path.name}: line {n} has no claim or query")
             cited = row.get("cited_doc_ids") or row.get("relevant_doc_ids") or []
-            if cited:
-                out.append(Query(str(row.get("id", n)), text, frozenset(str(c) for c in cited)))
-            if len(out) > MAX_QUERIES:
+            if not cited:
+                continue
+            qid = str(row.get("id", n))
+            # one row per evidence set (SciFact): rows of the same id are one query
+            old = merged.get(qid)
+            relevant = frozenset(str(c) for c in cited) | (old.relevant if old else frozenset())
+            merged[qid] = Query(qid, text, relevant)
+            if len(merged) > MAX_QUERIES:
                 raise KnowledgeError(f"{path.name}: more than {MAX_QUERIES} queries")
-    return out
+    return list(merged.values())
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: frozenset[str], k: int = 10) -> float:
