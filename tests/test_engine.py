@@ -34,7 +34,10 @@ def test_streaming_delivers_pieces_in_order(engine: EngineClient) -> None:
 
 def test_greedy_generation_is_deterministic(engine: EngineClient) -> None:
     req = GenerateRequest(prompt="Name a fruit.", max_tokens=12)
-    assert engine.generate(req).text == engine.generate(req).text
+    first = engine.generate(req).text
+    assert engine.generate(req).text == first
+    engine.generate(GenerateRequest(prompt="Name a fruit and a vegetable, please.", max_tokens=12))
+    assert engine.generate(req).text == first  # no cached prefix of another request changes the answer
 
 
 def test_stop_sequence_ends_generation(engine: EngineClient) -> None:

@@ -181,6 +181,10 @@ class LlamaEngine:
             raise ContextOverflowError(f"prompt is {n_prompt} tokens; the context holds {n_ctx} (runtime.n_ctx)")
         grammar = self._grammar(req)
         self._use_adapter(req.adapter)
+        # evaluate every prompt from a clean cache: reusing a cached prefix splits the batch
+        # differently and can change a greedy answer; the same request must give the same answer
+        self.generator.reset()
+        self.generator._ctx.kv_cache_clear()
         start = time.perf_counter()
         first: float | None = None
         pieces: list[str] = []
