@@ -194,4 +194,8 @@ class Grounder:
             coverage = len(qwords & content_words(s)) / len(qwords) if qwords else 0.0
             scored.append(Quote(s.strip(), n, 0.5 * coverage + 0.5 * float(sim)))
         scored.sort(key=lambda q: -q.score)
-        return [q for q in scored[:limit] if q.score >= min_score]
+        if not scored or scored[0].score < min_score:
+            return []
+        # quote from the single best passage: one source read closely beats fragments of several
+        best = scored[0].passage
+        return [q for q in scored if q.passage == best and q.score >= min_score][:limit]

@@ -243,7 +243,14 @@ class Agent:
             answer.text = " ".join(f"{c.text} {''.join(f'[{n}]' for n in c.citations)}"
                                    + ("" if c.supported else " (unverified)") for c in kept)
             return
-        quotes = self._timed(run, "extract", lambda: self.grounder.quotes(question, texts), input=question)
+        def pick() -> list:
+            found: dict[str, object] = {}
+            for sub in subs:  # each part of a compound question gets its own best source
+                for q in self.grounder.quotes(sub if len(subs) > 1 else question, texts):
+                    found.setdefault(q.text, q)
+            return list(found.values())
+
+        quotes = self._timed(run, "extract", pick, input=question)
         run.steps[-1].decision = [{"quote": q.text, "passage": q.passage, "score": round(q.score, 3)} for q in quotes]
         if quotes:
             answer.outcome = "quoted"
