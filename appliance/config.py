@@ -117,6 +117,7 @@ class KnowledgeSettings:
     max_pages: int = 2_000
     max_text_chars: int = 5_000_000
     embed_batch: int = 256
+    retire_grace_s: float = 30.0  # old vectors kept this long after a replace, for readers mid-query
 
     def checks(self) -> list[tuple[str, bool, str]]:
         return [
@@ -132,6 +133,7 @@ class KnowledgeSettings:
             ("max_pages", self.max_pages > 0, "> 0"),
             ("max_text_chars", self.max_text_chars > 0, "> 0"),
             ("embed_batch", 1 <= self.embed_batch <= 10_000, "from 1 to 10000"),
+            ("retire_grace_s", 0 <= self.retire_grace_s <= 3600, "seconds from 0 to 3600"),
         ]
 
 

@@ -27,7 +27,7 @@ def write(d: Path, name: str, text: str) -> Path:
 
 @pytest.fixture()
 def kb(tmp_path: Path):
-    return fake_kb(tmp_path / "kb", chunk_chars=200, chunk_max_chars=400)
+    return fake_kb(tmp_path / "kb", chunk_chars=200, chunk_max_chars=400, retire_grace_s=0)
 
 
 def search(kb, query: str, who: Principal, k: int = 10, mode: str = "hybrid"):
@@ -210,3 +210,19 @@ def test_hostile_inputs_leave_no_partial_state(kb, tmp_path: Path) -> None:
     assert "naïve" in mixed_chunks and "café" in mixed_chunks
     assert any("not UTF-8" in w for o in report.outcomes for w in o.warnings)
     assert kb.check() == []
+
+
+def test_old_vectors_outlive_a_replace_for_the_grace_period(tmp_path: Path) -> None:
+    kb = fake_kb(tmp_path / "kb", retire_grace_s=30)
+    f = write(tmp_path, "a.txt", "First version of the rota.")
+    kb.ingest_files([f], UNCLASS)
+    write(tmp_path, "a.txt", "Second version of the rota.")
+    kb.ingest_files([f], UNCLASS)
+    ids = kb.vectors.ids(UNCLASS.partition)
+    assert any("@1#" in i for i in ids) and any("@2#" in i for i in ids)  # a reader mid-query still finds v1
+    assert kb.check() == []  # retiring vectors are not a disagreement
+    assert [h.chunk.version for h in search(kb, "rota", ANALYST, mode="dense")] == [2]
+    kb._retire([], grace_s=0)
+    assert all("@2#" in i for i in kb.vectors.ids(UNCLASS.partition))
+    reopened = fake_kb(tmp_path / "kb", retire_grace_s=30)  # a restart deletes them at once
+    assert reopened.check() == []

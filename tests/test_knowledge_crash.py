@@ -85,8 +85,10 @@ def test_concurrent_reader_sees_old_or_new_never_both_or_neither(tmp_path: Path)
 
     def read() -> None:
         try:
+            modes = ["hybrid", "dense", "bm25"]
             while not stop.is_set():
-                hits = retriever.retrieve("night shift gate rota", WHO, k=50, mode="hybrid")
+                modes.append(modes.pop(0))
+                hits = retriever.retrieve("night shift gate rota", WHO, k=50, mode=modes[0])
                 seen.append({h.chunk.version for h in hits if h.chunk.doc_id == "rota.txt"})
         except BaseException as exc:  # surfaced below
             errors.append(exc)

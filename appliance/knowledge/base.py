@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,7 @@ class KnowledgeBase:
         self.embed = embed
         self.scale = scale
         self.settings = settings
+        self._retiring: list[tuple[float, dict]] = []
         self.recover()
 
     @property
@@ -96,6 +98,7 @@ class KnowledgeBase:
 
     def recover(self) -> int:
         """Finish or undo vector writes a crash left behind; returns how many were fixed."""
+        self._retiring = []
         entries = self.catalog.journal()
         for e in entries:
             if e["chunk_ids"]:
@@ -204,11 +207,22 @@ class KnowledgeBase:
         retired = self.catalog.swap_in(docs)
         self._retire(retired)
 
-    def _retire(self, retired: Sequence[dict]) -> None:
-        for entry in retired:
+    def _retire(self, retired: Sequence[dict], grace_s: float | None = None) -> None:
+        """Delete retired vectors once no reader can still need them.
+
+        A reader that took its catalog snapshot just before a swap still looks for the old
+        version's vectors, so they stay for ``retire_grace_s`` seconds (journalled: a crash
+        or restart deletes them at once, as nobody reads then).
+        """
+        now = time.monotonic()
+        self._retiring.extend((now, e) for e in retired)
+        grace = self.settings.retire_grace_s if grace_s is None else grace_s
+        due = [e for t, e in self._retiring if now - t >= grace]
+        self._retiring = [(t, e) for t, e in self._retiring if now - t < grace]
+        for entry in due:
             if entry["chunk_ids"]:
                 self.vectors.delete(entry["partition"], entry["chunk_ids"])
-        self.catalog.clear_journal(retired)
+        self.catalog.clear_journal(due)
 
     # -- delete -------------------------------------------------------------------------
 
@@ -224,16 +238,20 @@ class KnowledgeBase:
     def check(self, repair: bool = False) -> list[str]:
         """Disagreements between catalog, full-text tables and Chroma; fixed from the catalog if asked."""
         problems: list[str] = []
-        if self.catalog.journal():
-            problems.append(f"{len(self.catalog.journal())} unfinished write(s) in the journal")
+        journal = self.catalog.journal()
+        mine = {(e["doc_id"], e["version"]) for _, e in self._retiring}
+        unfinished = [e for e in journal if e["kind"] == "pending" or (e["doc_id"], e["version"]) not in mine]
+        if unfinished:
+            problems.append(f"{len(unfinished)} unfinished write(s) in the journal")
             if repair:
                 self.recover()
+        retiring = {i for e in self.catalog.journal() if e["kind"] == "retired" for i in e["chunk_ids"]}
         partitions = self.catalog.partitions()
         for name in sorted(set(partitions) | set(self.vectors.names())):
             want = self.catalog.chunk_ids(name)
             have = self.vectors.ids(name) if name in self.vectors.names() else set()
             fts = self.catalog.fts_ids(name) if name in partitions else set()
-            extra, missing = have - want, want - have
+            extra, missing = have - want - retiring, want - have
             if extra:
                 problems.append(f"{name}: {len(extra)} vector(s) with no catalog chunk")
                 if repair:

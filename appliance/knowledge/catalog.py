@@ -16,7 +16,8 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
@@ -167,6 +168,20 @@ class Catalog:
         MIGRATIONS.apply(self.db)
 
     # -- reads --------------------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees the catalog as of one moment (SQLite WAL read transaction)."""
+        with self._lock:
+            if self.db.conn.in_transaction:
+                yield
+                return
+            self.db.conn.execute("BEGIN")
+            try:
+                self.db.conn.execute("SELECT count(*) FROM documents").fetchone()  # pins the snapshot
+                yield
+            finally:
+                self.db.conn.execute("COMMIT")
 
     @_locked
     def get(self, doc_id: str) -> DocumentRow | None:

@@ -79,6 +79,21 @@ class Retriever:
             raise KnowledgeError(f"query is {len(query)} characters, over the {MAX_QUERY_CHARS} limit")
         if not 1 <= k <= 1000:
             raise KnowledgeError(f"k must be from 1 to 1000, got {k}")
+        t0 = time.perf_counter()
+        vec = None
+        if mode in ("hybrid", "dense"):
+            vec = list(query_vector) if query_vector is not None else self.kb.embed([query])[0]
+        embed_s = time.perf_counter() - t0
+        # One catalog snapshot, taken before the vector search, for the whole search: vectors
+        # of a version swapped in later are not in it and are dropped; the vectors of the
+        # snapshot's own version are kept in Chroma for a grace period after a swap.
+        with self.kb.catalog.snapshot():
+            hits = self._search(query, principal, k, mode, vec)
+        self.last.embed_s = embed_s
+        return hits
+
+    def _search(self, query: str, principal: Principal, k: int, mode: str,
+                vec: list[float] | None) -> list[Hit]:
         timing = RetrievalTiming(partitions=self.readable_partitions(principal))
         self.last = timing
         if not timing.partitions:
@@ -88,9 +103,7 @@ class Retriever:
         fused: dict[str, float] = {}
         dense_rank: dict[str, int] = {}
         bm25_rank: dict[str, int] = {}
-        if mode in ("hybrid", "dense"):
-            t0 = time.perf_counter()
-            vec = list(query_vector) if query_vector is not None else self.kb.embed([query])[0]
+        if vec is not None:
             t1 = time.perf_counter()
             hits: list[tuple[str, float]] = []
             vectors = self.kb.vectors
@@ -102,7 +115,7 @@ class Retriever:
             for rank, (cid, _) in enumerate(hits[:n]):
                 dense_rank[cid] = rank + 1
                 fused[cid] = fused.get(cid, 0.0) + s.dense_weight / (s.rrf_k + rank + 1)
-            timing.embed_s, timing.dense_s = t1 - t0, time.perf_counter() - t1
+            timing.dense_s = time.perf_counter() - t1
         if mode in ("hybrid", "bm25"):
             t0 = time.perf_counter()
             scored: list[tuple[str, float]] = []
