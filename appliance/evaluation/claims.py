@@ -9,7 +9,6 @@ as supported), abstention rate, latency p50/p95.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from appliance.access.labels import Principal
 from appliance.agent.grounding import Grounder, safe_passage, split_cited
 from appliance.agent.loop import SYSTEM, Agent
 from appliance.errors import KnowledgeError
+from appliance.evaluation.retrieval import read_jsonl
 from appliance.knowledge.retrieval import Hit, Retriever
 from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import GenerateRequest
@@ -40,16 +40,8 @@ class Claim:
 
 
 def load_claims(path: Path) -> list[Claim]:
-    if path.stat().st_size > MAX_CLAIMS_BYTES:
-        raise KnowledgeError(f"{path.name}: over the {MAX_CLAIMS_BYTES} byte limit")
     out: dict[str, Claim] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise KnowledgeError(f"{path.name}: line {n} is not JSON") from None
+    for n, row in read_jsonl(path, MAX_CLAIMS_BYTES):
         if not isinstance(row.get("claim"), str):
             raise KnowledgeError(f"{path.name}: line {n} has no claim")
         gold = {str(d) for d in row.get("cited_doc_ids") or []}

@@ -14,7 +14,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +38,10 @@ class Query:
     relevant: frozenset[str]
 
 
-def load_queries(path: Path) -> list[Query]:
-    if path.stat().st_size > MAX_QUERIES_BYTES:
-        raise KnowledgeError(f"{path.name}: over the {MAX_QUERIES_BYTES} byte limit")
-    merged: dict[str, Query] = {}
+def read_jsonl(path: Path, max_bytes: int) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line; one clear error for anything else."""
+    if path.stat().st_size > max_bytes:
+        raise KnowledgeError(f"{path.name}: over the {max_bytes} byte limit")
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -50,19 +50,27 @@ def load_queries(path: Path) -> list[Query]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 raise KnowledgeError(f"{path.name}: line {n} is not JSON") from None
-            text = row.get("claim") or row.get("query") or row.get("question")
-            if not isinstance(text, str) or not text.strip():
-                raise KnowledgeError(f"{path.name}: line {n} has no claim or query")
-            cited = row.get("cited_doc_ids") or row.get("relevant_doc_ids") or []
-            if not cited:
-                continue
-            qid = str(row.get("id", n))
-            # one row per evidence set (SciFact): rows of the same id are one query
-            old = merged.get(qid)
-            relevant = frozenset(str(c) for c in cited) | (old.relevant if old else frozenset())
-            merged[qid] = Query(qid, text, relevant)
-            if len(merged) > MAX_QUERIES:
-                raise KnowledgeError(f"{path.name}: more than {MAX_QUERIES} queries")
+            if not isinstance(row, dict):
+                raise KnowledgeError(f"{path.name}: line {n} is not a JSON object")
+            yield n, row
+
+
+def load_queries(path: Path) -> list[Query]:
+    merged: dict[str, Query] = {}
+    for n, row in read_jsonl(path, MAX_QUERIES_BYTES):
+        text = row.get("claim") or row.get("query") or row.get("question")
+        if not isinstance(text, str) or not text.strip():
+            raise KnowledgeError(f"{path.name}: line {n} has no claim or query")
+        cited = row.get("cited_doc_ids") or row.get("relevant_doc_ids") or []
+        if not cited:
+            continue
+        qid = str(row.get("id", n))
+        # one row per evidence set (SciFact): rows of the same id are one query
+        old = merged.get(qid)
+        relevant = frozenset(str(c) for c in cited) | (old.relevant if old else frozenset())
+        merged[qid] = Query(qid, text, relevant)
+        if len(merged) > MAX_QUERIES:
+            raise KnowledgeError(f"{path.name}: more than {MAX_QUERIES} queries")
     return list(merged.values())
 
 
