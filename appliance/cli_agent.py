@@ -8,11 +8,10 @@ from pathlib import Path
 
 import click
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from appliance.cli import _services, console, err_console, main
-from appliance.cli_knowledge import eval_group, principal_for, scratch_knowledge
+from appliance.cli_knowledge import eval_group, eval_progress, principal_for, scratch_agent, scratch_knowledge
 
 
 @main.command()
@@ -107,18 +106,14 @@ def eval_claims(ctx: click.Context, corpus: Path, claims_file: Path, limit: int 
                 as_json: bool) -> None:
     """Label claims SUPPORT/CONTRADICT/NOT_ENOUGH_INFO: agent loop vs single-shot RAG."""
     from appliance.access.labels import Principal
-    from appliance.agent.loop import Agent
     from appliance.evaluation.claims import evaluate_claims, load_claims
     from appliance.evaluation.retrieval import EVAL_LABELS, ingest_corpus
-    from appliance.knowledge.retrieval import Retriever
 
     services = _services(ctx)
     claims = load_claims(claims_file)[:limit] if limit else load_claims(claims_file)
     with scratch_knowledge(services, index_dir) as kb:
-        agent = Agent(Retriever(kb, services.settings.knowledge), services.engine(), services.agent_store(),
-                      services.scale)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, disable=as_json) as progress:
+        agent = scratch_agent(services, kb)
+        with eval_progress(as_json) as progress:
             task = progress.add_task("ingesting corpus", total=None)
             ingest_corpus(kb, corpus, progress=lambda _s, n: progress.advance(task, n))
             progress.update(task, description="claims", completed=0, total=len(claims))
@@ -147,19 +142,15 @@ def eval_claims(ctx: click.Context, corpus: Path, claims_file: Path, limit: int 
 def eval_qa(ctx: click.Context, squad_file: Path, limit: int | None, index_dir: Path | None, as_json: bool) -> None:
     """Ask SQuAD questions over their contexts: EM, F1, groundedness, citations, abstention."""
     from appliance.access.labels import Principal
-    from appliance.agent.loop import Agent
     from appliance.evaluation.qa import evaluate_qa, load_squad
     from appliance.evaluation.retrieval import EVAL_LABELS
-    from appliance.knowledge.retrieval import Retriever
 
     services = _services(ctx)
     docs, items = load_squad(squad_file)
     items = items[:limit] if limit else items
     with scratch_knowledge(services, index_dir) as kb:
-        agent = Agent(Retriever(kb, services.settings.knowledge), services.engine(), services.agent_store(),
-                      services.scale)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, disable=as_json) as progress:
+        agent = scratch_agent(services, kb)
+        with eval_progress(as_json) as progress:
             task = progress.add_task("ingesting contexts", total=None)
             report = kb.ingest_documents(docs, EVAL_LABELS, by="eval", source=squad_file.name)
             if report.count("failed"):

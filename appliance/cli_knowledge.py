@@ -18,7 +18,9 @@ from appliance.access.labels import Principal, parse_labels
 from appliance.access.policy import load_principal
 from appliance.cli import _services, console, main
 from appliance.errors import AccessError, KnowledgeError
+from appliance.agent.loop import Agent
 from appliance.knowledge.base import KnowledgeBase
+from appliance.knowledge.retrieval import Retriever
 from appliance.knowledge.parsers import SUPPORTED
 from appliance.services import Services
 
@@ -154,8 +156,6 @@ def principal_for(ctx: click.Context, user: str | None, label_text: str | None) 
 def search(ctx: click.Context, query: str, user: str | None, label_text: str | None, k: int, mode: str,
            as_json: bool) -> None:
     """Search the documents a user (or a clearance) may read."""
-    from appliance.knowledge.retrieval import Retriever
-
     principal = principal_for(ctx, user, label_text)
     services = _services(ctx)
     hits = Retriever(services.knowledge(), services.settings.knowledge).retrieve(query, principal, k=k, mode=mode)
@@ -204,6 +204,18 @@ def scratch_knowledge(services: Services, index_dir: Path | None, generator: boo
                             scale=services.scale, settings=services.settings.knowledge)
 
 
+def eval_progress(quiet: bool) -> Progress:
+    """The progress display of the evaluation commands (silent under --json)."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=quiet)
+
+
+def scratch_agent(services: Services, kb: KnowledgeBase) -> Agent:
+    """An agent over an evaluation's scratch knowledge base."""
+    return Agent(Retriever(kb, services.settings.knowledge), services.engine(), services.agent_store(),
+                 services.scale)
+
+
 @main.group("eval")
 def eval_group() -> None:
     """Evaluations on your own data (retrieval first; more arrive with later issues)."""
@@ -225,14 +237,12 @@ def eval_retrieval(ctx: click.Context, corpus: Path, queries: Path, k: int, mode
                    index_dir: Path | None, as_json: bool) -> None:
     """Ingest a corpus into a scratch index and report nDCG@10, recall, MRR and latency."""
     from appliance.evaluation.retrieval import evaluate, ingest_corpus, load_queries
-    from appliance.knowledge.retrieval import Retriever
 
     services = _services(ctx)
     qs = load_queries(queries)[:limit] if limit else load_queries(queries)
     with scratch_knowledge(services, index_dir, generator=False) as kb:
         modes = [mode] if mode else ["dense", "bm25", "hybrid"]
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console if not as_json else None, disable=as_json) as progress:
+        with eval_progress(as_json) as progress:
             task = progress.add_task("ingesting corpus", total=None)
             ingest = ingest_corpus(kb, corpus, progress=lambda _s, n: progress.advance(task, n))
             progress.update(task, description="searching", completed=0, total=len(qs) * len(modes))
