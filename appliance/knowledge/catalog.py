@@ -238,11 +238,16 @@ class Catalog:
     @_locked
     def bm25(self, partition: str, query: str, limit: int) -> list[tuple[str, float]]:
         match = fts_query(query)
-        if match is None or partition not in self.partitions():
+        if match is None:
             return []
         table = self.fts_table(partition)
         sql = f"SELECT chunk_id, bm25({table}) AS score FROM {table} WHERE {table} MATCH ? ORDER BY score LIMIT ?"
-        return [(r["chunk_id"], -float(r["score"])) for r in self.db.query(sql, [match, limit])]
+        try:
+            return [(r["chunk_id"], -float(r["score"])) for r in self.db.query(sql, [match, limit])]
+        except sqlite3.OperationalError as exc:  # a partition with no table yet: nothing to find
+            if "no such table" in str(exc):
+                return []
+            raise
 
     @_locked
     def fts_ids(self, partition: str) -> set[str]:
