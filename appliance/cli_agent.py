@@ -40,7 +40,7 @@ def ask(ctx: click.Context, question: str, user: str | None, label_text: str | N
     err_console.print()
     if answer.marking:
         console.print(f"[reverse] {answer.marking} [/]")
-    style = {"answered": "bold", "quoted": "bold", "abstained": "yellow"}[answer.outcome]
+    style = {"answered": "bold", "quoted": "bold", "specialist": "bold", "abstained": "yellow"}[answer.outcome]
     console.print(answer.text, style=style, highlight=False)
     for c in answer.citations:
         where = ", ".join(x for x in (f"p. {c.page}" if c.page else "", " > ".join(c.heading)) if x)
@@ -83,7 +83,10 @@ def trace_show(ctx: click.Context, trace_id: str, as_json: bool) -> None:
     console.print(f"[bold]{t['question']}[/] -> {t['outcome']} in {t['seconds']:.2f} s (user {t['user']})",
                   highlight=False)
     for s in t["steps"]:
+        split = ", ".join(f"{s[key]:.0f} ms {word}" for key, word in (("model_ms", "model"),
+                                                                   ("retrieval_ms", "retrieval")) if s[key])
         console.print(f"{s['n']:>2} [bold]{s['name']}[/] {s['ms'] or 0:.0f} ms"
+                      f"{' (' + split + ')' if split else ''}"
                       f"{' ' + str(s['tokens']) + ' tok' if s['tokens'] else ''}", highlight=False)
         if s["input"] is not None:
             console.print(f"     in: {json.dumps(s['input'])[:200]}", style="dim", highlight=False)
@@ -91,6 +94,9 @@ def trace_show(ctx: click.Context, trace_id: str, as_json: bool) -> None:
             console.print(f"     -> {json.dumps(s['decision'])[:300]}", highlight=False)
         if s["chunk_ids"]:
             console.print(f"     chunks: {', '.join(s['chunk_ids'][:8])}", style="dim", highlight=False)
+    ts = t["time_split"]
+    console.print(f"total {ts['total_ms']:.0f} ms: model {ts['model_ms']:.0f} ms, retrieval {ts['retrieval_ms']:.0f} ms, "
+                  f"orchestration {ts['orchestration_ms']:.0f} ms ({ts['orchestration_share']:.1%})", highlight=False)
 
 
 @eval_group.command("claims")

@@ -92,3 +92,74 @@ def test_traces_are_stored_and_private(tmp_path: Path) -> None:
     assert t["steps"][0]["name"] == "retrieve" and t["steps"][0]["chunk_ids"] == ["c"]
     with pytest.raises(AgentError, match="no trace 't1'"):
         store.trace("t1", user="mallory")
+
+
+def test_route_asks_the_model_only_on_a_hint() -> None:
+    asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def model(question: str, choices) -> str:
+        asked.append((question, tuple(choices)))
+        return "classify"
+
+    r = route("Which category does this ticket belong to: my card was swallowed", ("classify",), model)
+    assert (r.route, r.decided_by, r.task) == ("classify", "model", "classify")
+    assert asked == [("Which category does this ticket belong to: my card was swallowed", ("rag", "classify"))]
+    assert route("Where is the kiosk?", ("classify",), model).decided_by == "rule" and len(asked) == 1
+    assert route("Classify this: card lost", ("classify",), model).decided_by == "rule" and len(asked) == 1
+    assert route("Which category of badge is grey?", (), model).route == "rag" and len(asked) == 1  # none installed
+    both = route("Which people are named in the kiosk report?", ("extract",), lambda q, c: "extract")
+    assert (both.route, both.task) == ("both", "extract")
+    assert route("Which category is the badge?", ("classify",), lambda q, c: "nonsense").route == "rag"
+
+
+def test_evidence_needs_corroboration_or_strong_relevance() -> None:
+    from appliance.agent.loop import AgentSettings, evidence_reason
+
+    s = AgentSettings()
+    assert evidence_reason(1, 1, 0.55, s) == "first in keyword and semantic search"
+    assert evidence_reason(1, 1, 0.45, s) is None  # both first, but not about the question
+    assert evidence_reason(1, 3, 0.6, s) is None
+    assert evidence_reason(None, 1, 0.75, s) == "first in keyword search and strongly relevant"
+    assert evidence_reason(2, 2, 0.95, s) is None
+
+
+def test_specialist_input_and_span_checks() -> None:
+    from appliance.agent.specialists import Span, SpecialistResult, grounded_spans, task_text, topic_of
+
+    assert task_text("Classify this ticket: my card was swallowed") == "my card was swallowed"
+    assert task_text("Extract the names from: Ann met Bo in Oslo.") == "Ann met Bo in Oslo."
+    assert task_text("classify \"card lost\"") == "card lost"
+    assert topic_of("Extract the people named in the report on the media kiosk?") == "the media kiosk"
+    assert topic_of("Extract the people named here") == "Extract the people named here"
+    text = "Ann met Bo in Oslo."
+    res = SpecialistResult("extract", "ner", spans=[Span("PER", "Ann", 0, 3), Span("PER", "Bo", 0, 2),
+                                                     Span("LOC", "Paris", 14, 19), Span("LOC", " ", 0, 1)])
+    assert grounded_spans(res, text) == [Span("PER", "Ann", 0, 3), Span("PER", "Bo", 8, 10)]
+
+
+def test_time_split_from_steps() -> None:
+    from appliance.agent.store import time_split
+
+    split = time_split(1.0, [{"model_ms": 600.0, "retrieval_ms": 300.0}, {"model_ms": 50.0, "retrieval_ms": 0.0}])
+    assert split["orchestration_ms"] == pytest.approx(50.0) and split["orchestration_share"] == pytest.approx(0.05)
+    assert time_split(0.0, [])["orchestration_share"] == 0.0
+
+
+def test_old_trace_database_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    import sqlite_utils
+
+    from appliance.agent import store as store_module
+    from appliance.migrations import Migrations
+
+    first = Migrations("agent")  # the database as the first release left it
+    first(store_module.m001_traces_sessions)
+    db = sqlite_utils.Database(sqlite3.connect(tmp_path / "agent.db"))
+    first.apply(db)
+    with db.atomic():
+        db.execute("INSERT INTO traces VALUES ('old', 'alice', NULL, 'q', 'then', 1.0, 'answered', 'a')")
+        db.execute("INSERT INTO trace_steps VALUES ('old', 0, 'retrieve', 'null', 'null', '[]', '[]', 0, 5.0)")
+    db.conn.close()
+    t = AgentStore(tmp_path / "agent.db").trace("old")
+    assert t["steps"][0]["model_ms"] == 0 and t["time_split"]["total_ms"] == 1000.0

@@ -31,9 +31,17 @@ INSTRUCTION = re.compile(
 
 
 def _stem(word: str) -> str:
+    """A light English stemmer: drives, drive, driving -> driv; scanned, scans -> scan."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
     for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[: -len(suffix)]
+        if len(word) > len(suffix) + 3 and word.endswith(suffix) and not word.endswith("ss"):
+            word = word[: -len(suffix)]
+            break
+    if len(word) > 4 and word.endswith("e"):
+        word = word[:-1]
+    if len(word) > 4 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+        word = word[:-1]
     return word
 
 
@@ -152,6 +160,9 @@ class Grounder:
         out = []
         for i, (text, cites) in enumerate(sentences):
             valid = [c for c in cites if 1 <= c <= len(passages)]
+            if INSTRUCTION.search(text):  # an answer that repeats an injected order is not an answer
+                out.append(SentenceCheck(text, valid, 0.0, 0.0, 0.0, False, "reads like an instruction"))
+                continue
             if not valid:
                 reason = "no citation" if not cites else f"cites a passage that does not exist ({cites})"
                 out.append(SentenceCheck(text, cites, 0.0, 0.0, 0.0, False, reason))

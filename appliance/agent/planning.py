@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from appliance.agent.grounding import content_words
 from appliance.agent.store import Turn
 from appliance.knowledge.catalog import STOPWORDS
 
-__all__ = ["route", "plan", "standalone", "rewrites", "ROUTES"]
+__all__ = ["Route", "route", "plan", "standalone", "rewrites", "ROUTES"]
 
 ROUTES = ("rag", "classify", "extract", "both")
 _CLASSIFY = re.compile(r"^\s*(classify|categori[sz]e|what (category|intent|class) )", re.IGNORECASE)
@@ -28,15 +29,44 @@ _FOLLOW_UP = re.compile(r"\b(it|its|they|them|their|this|that|these|those|he|she
                         re.IGNORECASE)
 
 
-def route(question: str, specialists: Sequence[str] = ()) -> tuple[str, str]:
-    """(route, reason). Specialist routes need that specialist to exist."""
+_HINT = re.compile(r"\b(categor\w*|classif\w*|intent|label|entit(y|ies)|named|names|people|persons?|"
+                   r"organi[sz]ations?|places|locations?)\b", re.IGNORECASE)
+_DOCS = re.compile(r"\b(document|report|according to|sources?|files?|records?)\b", re.IGNORECASE)
+RouteModel = Callable[[str, Sequence[str]], str]
+
+
+class Route(NamedTuple):
+    route: str  # rag | classify | extract | both
+    reason: str
+    decided_by: str  # rule | model
+    task: str | None = None  # the specialist task of classify, extract and both
+
+
+def route(question: str, specialists: Sequence[str] = (), model: RouteModel | None = None) -> Route:
+    """Rules first; the model only where the rules see a hint.
+
+    Specialist routes need that specialist to be installed. The model (a grammar-constrained
+    call choosing among the installed routes) is asked only when the question hints at a
+    specialist task without naming it (``which category is ...``).
+    """
     wants = "classify" if _CLASSIFY.search(question) else "extract" if _EXTRACT.search(question) else None
     if wants is None:
-        return "rag", "no specialist task named: answer from the documents"
+        hint = _HINT.search(question)
+        if hint and specialists and model is not None:
+            choices = ["rag", *[t for t in ("classify", "extract") if t in specialists]]
+            picked = model(question, choices)
+            if picked in choices and picked != "rag":
+                both = bool(_DOCS.search(question))
+                return Route("both" if both else picked, f"the model chose {picked} (hint {hint.group(0)!r})",
+                             "model", picked)
+            return Route("rag", f"the model chose rag (hint {hint.group(0)!r})", "model")
+        return Route("rag", "no specialist task named: answer from the documents", "rule")
     if wants not in specialists:
-        return "rag", f"asks to {wants}, but no {wants} specialist is installed: answer from the documents"
-    mentions_docs = re.search(r"\b(document|report|according to|sources?|files?)\b", question, re.IGNORECASE)
-    return ("both", f"{wants} task over retrieved documents") if mentions_docs else (wants, f"{wants} task")
+        return Route("rag", f"asks to {wants}, but no {wants} specialist is installed: answer from the documents",
+                     "rule")
+    if _DOCS.search(question):
+        return Route("both", f"{wants} task over retrieved documents", "rule", wants)
+    return Route(wants, f"{wants} task", "rule", wants)
 
 
 def plan(question: str, max_parts: int = 3) -> list[str]:

@@ -21,7 +21,7 @@ import sqlite_utils
 from appliance.errors import AgentError
 from appliance.migrations import Migrations
 
-__all__ = ["AgentStore", "Step", "Turn"]
+__all__ = ["AgentStore", "Step", "Turn", "time_split"]
 
 MIGRATIONS = Migrations("agent")
 MAX_TURNS_KEPT = 50
@@ -40,6 +40,13 @@ def m001_traces_sessions(db: sqlite_utils.Database) -> None:
         PRIMARY KEY (session_id, n))""")
 
 
+@MIGRATIONS
+def m002_step_time_split(db: sqlite_utils.Database) -> None:
+    """Within a step's time: how much was the model's and how much retrieval's."""
+    db.execute("ALTER TABLE trace_steps ADD COLUMN model_ms REAL NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE trace_steps ADD COLUMN retrieval_ms REAL NOT NULL DEFAULT 0")
+
+
 @dataclass
 class Step:
     name: str
@@ -49,6 +56,8 @@ class Step:
     scores: list[float] = field(default_factory=list)
     tokens: int = 0
     ms: float = 0.0
+    model_ms: float = 0.0  # of ms, spent in the model (generation, embedding, specialists)
+    retrieval_ms: float = 0.0  # of ms, spent searching the index
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,16 @@ class Turn:
     standalone: str
     answer: str
     cited: list[str]
+
+
+def time_split(seconds: float, steps: list[dict]) -> dict:
+    """A request's time in the model, in retrieval, and in the orchestration itself (the rest)."""
+    total = seconds * 1000
+    model = sum(s.get("model_ms") or 0.0 for s in steps)
+    retrieval = sum(s.get("retrieval_ms") or 0.0 for s in steps)
+    own = max(0.0, total - model - retrieval)
+    return {"total_ms": round(total, 3), "model_ms": round(model, 3), "retrieval_ms": round(retrieval, 3),
+            "orchestration_ms": round(own, 3), "orchestration_share": round(own / total, 4) if total else 0.0}
 
 
 def _now() -> str:
@@ -82,7 +101,8 @@ class AgentStore:
             self.db["trace_steps"].insert_all(
                 {"trace_id": trace_id, "n": i, "name": s.name, "input": json.dumps(s.input, default=str),
                  "decision": json.dumps(s.decision, default=str), "chunk_ids": json.dumps(s.chunk_ids),
-                 "scores": json.dumps([round(x, 6) for x in s.scores]), "tokens": s.tokens, "ms": round(s.ms, 3)}
+                 "scores": json.dumps([round(x, 6) for x in s.scores]), "tokens": s.tokens, "ms": round(s.ms, 3),
+                 "model_ms": round(s.model_ms, 3), "retrieval_ms": round(s.retrieval_ms, 3)}
                 for i, s in enumerate(steps))
 
     def trace(self, trace_id: str, user: str | None = None) -> dict:
@@ -94,7 +114,7 @@ class AgentStore:
             steps = [dict(r, input=json.loads(r["input"]), decision=json.loads(r["decision"]),
                           chunk_ids=json.loads(r["chunk_ids"]), scores=json.loads(r["scores"]))
                      for r in self.db.query("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY n", [trace_id])]
-        return dict(rows[0], steps=steps)
+        return dict(rows[0], steps=steps, time_split=time_split(rows[0]["seconds"] or 0.0, steps))
 
     # -- sessions -----------------------------------------------------------------------
 
