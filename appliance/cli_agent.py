@@ -129,13 +129,23 @@ def eval_claims(ctx: click.Context, corpus: Path, claims_file: Path, limit: int 
         click.echo(json.dumps(result, indent=2))
         return
     table = Table(title=f"{result['claims']} claims", box=box.SIMPLE)
-    metrics = list(next(iter(result["systems"].values())))
+    systems = result["systems"]
+    metrics = [m for m, v in next(iter(systems.values())).items() if isinstance(v, float)]
     table.add_column("metric")
-    for name in result["systems"]:
+    for name in systems:
         table.add_column(name)
     for m in metrics:
-        table.add_row(m, *(f"{result['systems'][s][m]:.3f}" for s in result["systems"]))
+        table.add_row(m, *(f"{systems[s][m]:.3f}" for s in systems))
+    for label in systems["agent"]["citation_precision_by_label"]:
+        table.add_row(f"citation_precision ({label})",
+                      *(f"{v:.3f}" if (v := systems[s]["citation_precision_by_label"].get(label)) is not None
+                        else "-" for s in systems))
     console.print(table)
+    if split := systems["agent"].get("time_split"):
+        console.print(f"agent time: model {split['model']:.1%}, retrieval {split['retrieval']:.1%}, "
+                      f"orchestration {split['orchestration']:.1%} (per request p50 "
+                      f"{split['orchestration_share_p50']:.1%}, p95 {split['orchestration_share_p95']:.1%})",
+                      highlight=False)
 
 
 @eval_group.command("qa")

@@ -80,9 +80,15 @@ class _Tally:
     sentences: int = 0
     abstained: int = 0
     latencies: list[float] | None = None
+    answer_latencies: list[float] | None = None
+    by_label: dict[str, list[int]] | None = None  # gold label -> [cited gold, cited]
+    model_ms: float = 0.0
+    retrieval_ms: float = 0.0
+    orchestration_ms: float = 0.0
+    shares: list[float] | None = None
 
     def add(self, claim: Claim, label: str, cited_docs: list[str], checks: list[bool], abstained: bool,
-            seconds: float) -> None:
+            seconds: float, answer_seconds: float, split: dict | None = None) -> None:
         self.correct += label == claim.label
         if claim.gold_docs:
             self.recall_total += 1
@@ -93,18 +99,44 @@ class _Tally:
         self.sentences_ok += sum(checks)
         self.abstained += abstained
         self.latencies = (self.latencies or []) + [seconds]
+        self.answer_latencies = (self.answer_latencies or []) + [answer_seconds]
+        self.by_label = self.by_label or {}
+        tally = self.by_label.setdefault(claim.label, [0, 0])
+        tally[0] += sum(d in claim.gold_docs for d in cited_docs)
+        tally[1] += len(cited_docs)
+        if split:
+            self.model_ms += split["model_ms"]
+            self.retrieval_ms += split["retrieval_ms"]
+            self.orchestration_ms += split["orchestration_ms"]
+            self.shares = (self.shares or []) + [split["orchestration_share"]]
 
     def report(self, n: int) -> dict:
         lat = sorted(self.latencies or [0.0])
-        return {
+        ans = sorted(self.answer_latencies or [0.0])
+        out = {
             "label_accuracy": self.correct / n if n else 0.0,
             "evidence_doc_recall": self.recall_hits / self.recall_total if self.recall_total else 0.0,
             "citation_precision": self.cited_gold / self.cited if self.cited else 0.0,
             "groundedness": self.sentences_ok / self.sentences if self.sentences else 0.0,
             "abstention_rate": self.abstained / n if n else 0.0,
             "latency_s_p50": statistics.median(lat),
-            "latency_s_p95": lat[min(len(lat) - 1, int(0.95 * (len(lat) - 1) + 0.5))],
+            "latency_s_p95": _pct(lat, 0.95),
+            "answer_latency_s_p50": statistics.median(ans),
+            "answer_latency_s_p95": _pct(ans, 0.95),
+            "citation_precision_by_label": {k: v[0] / v[1] if v[1] else None
+                                            for k, v in sorted((self.by_label or {}).items())},
         }
+        if self.shares:
+            total = self.model_ms + self.retrieval_ms + self.orchestration_ms
+            out["time_split"] = {"model": self.model_ms / total, "retrieval": self.retrieval_ms / total,
+                                 "orchestration": self.orchestration_ms / total,
+                                 "orchestration_share_p50": statistics.median(self.shares),
+                                 "orchestration_share_p95": _pct(sorted(self.shares), 0.95)}
+        return out
+
+
+def _pct(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
 
 
 def single_shot(engine: EngineClient, retriever: Retriever, grounder: Grounder, claim: str, principal: Principal,
@@ -132,12 +164,14 @@ def evaluate_claims(agent: Agent, claims: Sequence[Claim], principal: Principal,
         label = label_claim(engine, claim.text, passages)
         tallies["agent"].add(claim, label, [c.doc_id for c in answer.citations],
                              [s.supported for s in answer.sentences], answer.outcome == "abstained",
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0, answer.seconds,
+                             agent.store.trace(answer.trace_id)["time_split"])
         t0 = time.perf_counter()
         _, cited, checks = single_shot(engine, retriever, grounder, claim.text, principal)
+        answered = time.perf_counter() - t0
         label = label_claim(engine, claim.text, [h.chunk.text for h in cited])
         tallies["single_shot"].add(claim, label, [h.chunk.doc_id for h in cited], checks, not cited,
-                                   time.perf_counter() - t0)
+                                   time.perf_counter() - t0, answered)
         if progress:
             progress(1)
     return {"claims": len(claims), "systems": {name: t.report(len(claims)) for name, t in tallies.items()}}

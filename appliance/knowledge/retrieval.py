@@ -32,6 +32,7 @@ class Hit:
     score: float
     dense_rank: int | None
     bm25_rank: int | None
+    similarity: float | None = None  # cosine of query and chunk, when the semantic search found it
 
     @property
     def labels(self) -> Labels:
@@ -63,6 +64,16 @@ class Retriever:
         self.settings = settings
         self.reranker = reranker
         self.last = RetrievalTiming()
+
+    def stored_vectors(self, hits: Sequence[Hit]) -> list[list[float] | None]:
+        """The embeddings the index holds for ``hits`` (None where a vector is missing)."""
+        by_part: dict[str, list[str]] = {}
+        for h in hits:
+            by_part.setdefault(h.chunk.partition, []).append(h.chunk.chunk_id)
+        found: dict[str, list[float]] = {}
+        for part, ids in by_part.items():
+            found.update(self.kb.vectors.vectors(part, ids))
+        return [found.get(h.chunk.chunk_id) for h in hits]
 
     def readable_partitions(self, principal: Principal) -> list[str]:
         return [name for name, labels in self.kb.catalog.partitions().items()
@@ -102,6 +113,7 @@ class Retriever:
         n = max(s.candidates, k * s.max_chunks_per_doc * 2)
         fused: dict[str, float] = {}
         dense_rank: dict[str, int] = {}
+        similarity: dict[str, float] = {}
         bm25_rank: dict[str, int] = {}
         if vec is not None:
             t1 = time.perf_counter()
@@ -112,8 +124,9 @@ class Retriever:
                 if count:
                     hits.extend(vectors.nearest(part, vec, min(n, count)))
             hits.sort(key=lambda h: h[1])
-            for rank, (cid, _) in enumerate(hits[:n]):
+            for rank, (cid, distance) in enumerate(hits[:n]):
                 dense_rank[cid] = rank + 1
+                similarity[cid] = 1.0 - distance
                 fused[cid] = fused.get(cid, 0.0) + s.dense_weight / (s.rrf_k + rank + 1)
             timing.dense_s = time.perf_counter() - t1
         if mode in ("hybrid", "bm25"):
@@ -141,7 +154,8 @@ class Retriever:
                 continue
             per_doc[chunk.doc_id] = per_doc.get(chunk.doc_id, 0) + 1
             out.append(Hit(chunk=chunk, document=docs[chunk.doc_id], score=fused[cid],
-                           dense_rank=dense_rank.get(cid), bm25_rank=bm25_rank.get(cid)))
+                           dense_rank=dense_rank.get(cid), bm25_rank=bm25_rank.get(cid),
+                           similarity=similarity.get(cid)))
             if len(out) >= (k if self.reranker is None else 2 * k):
                 break
         if self.reranker is not None:

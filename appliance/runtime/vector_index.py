@@ -74,6 +74,13 @@ class VectorIndex:
         res = self.collection(name).query(query_embeddings=[list(embedding)], n_results=k, include=["distances"])
         return list(zip(res["ids"][0], (float(d) for d in res["distances"][0]), strict=True))
 
+    def vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
+        """The stored embeddings of ``ids`` (those present)."""
+        if not ids or name not in self.names():
+            return {}
+        res = self.collection(name).get(ids=list(ids), include=["embeddings"])
+        return {i: [float(x) for x in e] for i, e in zip(res["ids"], res["embeddings"], strict=True)}
+
     def ids(self, name: str) -> set[str]:
         col = self.collection(name)
         out: set[str] = set()
