@@ -91,13 +91,19 @@ class Limits:
 
 @dataclass(frozen=True)
 class AccessSettings:
-    """Classification levels, lowest first."""
+    """Classification levels (lowest first), login lockout and idle timeout."""
 
     levels: tuple[str, ...] = ("UNCLASSIFIED", "CONFIDENTIAL", "SECRET", "TOP SECRET")
+    max_failures: int = 5  # failed logins in a row before the account locks
+    lockout_s: int = 900
+    idle_timeout_s: int = 900  # a login session unused this long ends
+    min_passphrase_chars: int = 12
 
     def checks(self) -> list[tuple[str, bool, str]]:
         normal = [" ".join(x.replace("_", " ").upper().split()) for x in self.levels]
-        return [("levels", bool(self.levels) and all(normal) and len(set(normal)) == len(normal),
+        positive = [(name, getattr(self, name) > 0, "an integer > 0")
+                    for name in ("max_failures", "lockout_s", "idle_timeout_s", "min_passphrase_chars")]
+        return positive + [("levels", bool(self.levels) and all(normal) and len(set(normal)) == len(normal),
                  "a non-empty list of distinct level names")]
 
 
