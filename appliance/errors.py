@@ -24,6 +24,10 @@ __all__ = [
     "ContextOverflowError",
     "KnowledgeError",
     "ParseError",
+    "AuditError",
+    "AuditWriteError",
+    "AuditVerifyError",
+    "CheckpointError",
 ]
 
 
@@ -125,3 +129,22 @@ class LabelError(AccessError):
 
 class AgentError(ApplianceError):
     """A question, session or trace request was refused."""
+
+
+# -- audit -----------------------------------------------------------------------------
+
+
+class AuditError(ApplianceError):
+    """The tamper-evident audit log refused an operation or an input."""
+
+
+class AuditWriteError(AuditError):
+    """An audit entry could not be written, so the action it records is refused."""
+
+
+class AuditVerifyError(AuditError):
+    """Verification of the log failed; the message names what failed and where."""
+
+
+class CheckpointError(AuditVerifyError):
+    """A checkpoint, its signature, a verifier key or its format is bad."""
