@@ -16,15 +16,12 @@ from appliance.cli_knowledge import eval_group, eval_progress, principal_for, sc
 
 @main.command()
 @click.argument("question")
-@click.option("--as", "user", help="Ask as this user (their clearance).")
-@click.option("--labels", "label_text", help="Ask with this clearance: LEVEL[:COMPARTMENT,...].")
 @click.option("--session", "session", help="Continue a session by id, or 'new' to start one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer, checks and citations as JSON.")
 @click.pass_context
-def ask(ctx: click.Context, question: str, user: str | None, label_text: str | None, session: str | None,
-        as_json: bool) -> None:
+def ask(ctx: click.Context, question: str, session: str | None, as_json: bool) -> None:
     """Answer a question from the documents you may read, with citations, or abstain."""
-    principal = principal_for(ctx, user, label_text)
+    principal = principal_for(ctx)
     services = _services(ctx)
     agent = services.agent()
     session_id = agent.store.new_session(principal.name) if session == "new" else session
@@ -54,12 +51,10 @@ def ask(ctx: click.Context, question: str, user: str | None, label_text: str | N
 
 
 @main.command()
-@click.option("--as", "user", help="Whose sessions.")
-@click.option("--labels", "label_text", hidden=True)
 @click.pass_context
-def sessions(ctx: click.Context, user: str | None, label_text: str | None) -> None:
-    """List a user's conversation sessions."""
-    principal = principal_for(ctx, user, label_text)
+def sessions(ctx: click.Context) -> None:
+    """List your conversation sessions."""
+    principal = principal_for(ctx)
     for s in _services(ctx).agent_store().sessions(principal.name):
         console.print(f"{s['id']}  {s['created_at']}  {s['turns']} turn(s)  {s['first_question'] or ''}",
                       highlight=False)
@@ -75,8 +70,8 @@ def trace() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def trace_show(ctx: click.Context, trace_id: str, as_json: bool) -> None:
-    """Print each step of a request: input, decision, chunks, scores, tokens, time."""
-    t = _services(ctx).agent_store().trace(trace_id)
+    """Print each step of one of your requests: input, decision, chunks, scores, tokens, time."""
+    t = _services(ctx).agent_store().trace(trace_id, user=principal_for(ctx).name)
     if as_json:
         click.echo(json.dumps(t, indent=2))
         return

@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from appliance.access.labels import Principal, parse_labels
-from appliance.access.policy import load_principal
 from appliance.cli import _services, console, main
 from appliance.errors import AccessError, KnowledgeError
 from appliance.agent.loop import Agent
@@ -43,15 +42,22 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--labels", "label_text", required=True, help="LEVEL[:COMPARTMENT,...] for every document.")
-@click.option("--by", default="cli", help="Who or what ingested (recorded in the catalog).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file report as JSON.")
 @click.pass_context
-def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, by: str, as_json: bool) -> None:
-    """Ingest documents (TXT, MD, HTML, PDF, DOCX, CSV, JSONL) under one label."""
+def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, as_json: bool) -> None:
+    """Ingest documents (TXT, MD, HTML, PDF, DOCX, CSV, JSONL) under one label (officers, admins)."""
+    from appliance.cli_access import require_role
+
     services = _services(ctx)
+    acct = require_role(ctx, "officer", "admin")
     labels = parse_labels(label_text, services.scale)
+    if not acct.principal().can_read(labels, services.scale):
+        raise AccessError(f"{acct.name} is not cleared for {labels}: documents may only be labelled within "
+                          "your own clearance")
+    by = acct.name
     files = _expand(paths)
     kb = services.knowledge()
+    services.audit().record("document.ingest", by, files=[str(f) for f in files][:1000], labels=str(labels))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(), console=console,
                   disable=as_json) as progress:
@@ -66,6 +72,8 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, by: str
                 progress.advance(task)
 
         report = kb.ingest_files(files, labels, by=by, progress=step)
+    services.audit().record("document.ingested", by, labels=str(labels),
+                            outcomes=[[o.source, o.status, o.doc_ids] for o in report.outcomes][:1000])
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -90,8 +98,10 @@ def docs() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def docs_list(ctx: click.Context, as_json: bool) -> None:
-    """List catalogued documents with labels, versions and sources."""
-    rows = _services(ctx).knowledge().catalog.documents()
+    """List the catalogued documents you may read, with labels, versions and sources."""
+    me = principal_for(ctx)
+    scale = _services(ctx).scale
+    rows = [r for r in _services(ctx).knowledge().catalog.documents() if me.can_read(r.labels, scale)]
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -109,10 +119,11 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def docs_show(ctx: click.Context, doc_id: str, as_json: bool) -> None:
     """Show one document's catalog entry and its chunks (page, heading, offsets)."""
+    me = principal_for(ctx)
     kb = _services(ctx).knowledge()
     doc = kb.catalog.get(doc_id)
-    if doc is None:
-        raise KnowledgeError(f"no document {doc_id!r}")
+    if doc is None or not me.can_read(doc.labels, kb.scale):
+        raise KnowledgeError(f"no document {doc_id!r}")  # the same words whether absent or not readable
     chunks = kb.catalog.chunks_of(doc_id)
     if as_json:
         click.echo(json.dumps(doc.as_dict() | {"chunks": [c.__dict__ for c in chunks]}, indent=2, default=list))
@@ -129,34 +140,51 @@ def docs_show(ctx: click.Context, doc_id: str, as_json: bool) -> None:
 @click.argument("doc_id")
 @click.pass_context
 def docs_delete(ctx: click.Context, doc_id: str) -> None:
-    """Delete a document from the catalog, the full-text index and Chroma."""
-    if not _services(ctx).knowledge().delete(doc_id):
+    """Delete a document from the catalog, the full-text index and Chroma (officers, admins)."""
+    from appliance.cli_access import require_role
+
+    acct = require_role(ctx, "officer", "admin")
+    services = _services(ctx)
+    kb = services.knowledge()
+    doc = kb.catalog.get(doc_id)
+    if doc is None or not acct.principal().can_read(doc.labels, kb.scale):
         raise KnowledgeError(f"no document {doc_id!r}")
+    services.audit().record("document.delete", acct.name, doc=doc_id, version=doc.version, labels=str(doc.labels))
+    kb.delete(doc_id)
     console.print(f"deleted {doc_id}")
 
 
-def principal_for(ctx: click.Context, user: str | None, label_text: str | None) -> Principal:
-    services = _services(ctx)
-    if bool(user) == bool(label_text):
-        raise AccessError("give exactly one of --as USER or --labels LEVEL[:COMPARTMENT,...]")
-    if user:
-        return load_principal(services.settings.data_dir / "policy.toml", user, services.scale)
-    labels = parse_labels(label_text or "", services.scale)
-    return Principal(name=f"labels:{labels}", level=labels.level, compartments=labels.compartments)
+def principal_for(ctx: click.Context, label_text: str | None = None) -> Principal:
+    """The logged-in account's principal; ``--labels`` narrows it (officers and admins only).
+
+    A narrowed clearance must be one the account itself holds: it previews what a lower
+    clearance sees, never more than the account may read.
+    """
+    from appliance.cli_access import current_account
+
+    acct = current_account(ctx)
+    me = acct.principal()
+    if not label_text:
+        return me
+    if acct.role not in ("officer", "admin"):
+        raise AccessError(f"{acct.name} is {acct.role}; only officers and admins may search as another clearance")
+    labels = parse_labels(label_text, _services(ctx).scale)
+    if not me.can_read(labels, _services(ctx).scale):
+        raise AccessError(f"{labels} is not within your own clearance")
+    return Principal(name=acct.name, level=labels.level, compartments=labels.compartments)
 
 
 @main.command()
 @click.argument("query")
-@click.option("--as", "user", help="Search as this user (their clearance).")
-@click.option("--labels", "label_text", help="Search with this clearance: LEVEL[:COMPARTMENT,...].")
+@click.option("--labels", "label_text",
+              help="Officers and admins: search with a clearance within their own, LEVEL[:COMPARTMENT,...].")
 @click.option("-k", "--k", "k", default=10, show_default=True)
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def search(ctx: click.Context, query: str, user: str | None, label_text: str | None, k: int, mode: str,
-           as_json: bool) -> None:
-    """Search the documents a user (or a clearance) may read."""
-    principal = principal_for(ctx, user, label_text)
+def search(ctx: click.Context, query: str, label_text: str | None, k: int, mode: str, as_json: bool) -> None:
+    """Search the documents you may read."""
+    principal = principal_for(ctx, label_text)
     services = _services(ctx)
     hits = Retriever(services.knowledge(), services.settings.knowledge).retrieve(query, principal, k=k, mode=mode)
     if as_json:
@@ -181,7 +209,10 @@ def index() -> None:
 @click.option("--repair", is_flag=True, help="Fix every disagreement from the catalog.")
 @click.pass_context
 def index_check(ctx: click.Context, repair: bool) -> None:
-    """Find disagreements between the catalog, the full-text tables and Chroma."""
+    """Find disagreements between the catalog, the full-text tables and Chroma (admins)."""
+    from appliance.cli_access import require_role
+
+    require_role(ctx, "admin")
     kb = _services(ctx).knowledge()
     problems = kb.check(repair=repair)
     for p in problems:

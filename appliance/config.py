@@ -8,6 +8,7 @@ Resolution order (later wins): built-in defaults, the TOML file, environment var
   for example on a separate volume.
 * ``APPLIANCE_CONFIG`` names the TOML file. Default: ``<data_dir>/appliance.toml`` when it
   exists, else none.
+* ``APPLIANCE_SESSION`` carries a login session token (``appliance login --print-token``).
 * ``APPLIANCE_<SECTION>_<KEY>`` overrides one key, e.g. ``APPLIANCE_RUNTIME_N_CTX=4096``.
 
 Unknown sections, keys or variables and out-of-range values are refused with a
@@ -28,12 +29,13 @@ from typing import Any
 
 from appliance.errors import ConfigError
 
-__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "KnowledgeSettings", "load_settings",
+__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "AuditSettings", "KnowledgeSettings",
+           "load_settings",
            "default_data_dir"]
 
 MAX_CONFIG_BYTES = 1 << 20
 ENV_PREFIX = "APPLIANCE_"
-SPECIAL_ENV = {"APPLIANCE_DATA_DIR", "APPLIANCE_CONFIG", "APPLIANCE_MODELS_DIR"}
+SPECIAL_ENV = {"APPLIANCE_DATA_DIR", "APPLIANCE_CONFIG", "APPLIANCE_MODELS_DIR", "APPLIANCE_SESSION"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,18 @@ class AccessSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The audit log: how often it checkpoints and whether it keeps answers or their digests."""
+
+    checkpoint_every: int = 1000  # entries between signed checkpoints (one is also taken on every export)
+    answers: str = "digest"  # digest: SHA-256 of each answer; text: the answer itself
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        return [("checkpoint_every", self.checkpoint_every > 0, "an integer > 0"),
+                ("answers", self.answers in ("digest", "text"), '"digest" or "text"')]
+
+
+@dataclass(frozen=True)
 class KnowledgeSettings:
     """Ingestion and retrieval."""
 
@@ -150,6 +164,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     access: AccessSettings = field(default_factory=AccessSettings)
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     config_file: Path | None = None
     models_dir_override: Path | None = None
 
@@ -171,6 +186,7 @@ SECTIONS: dict[str, type] = {
     "limits": Limits,
     "access": AccessSettings,
     "knowledge": KnowledgeSettings,
+    "audit": AuditSettings,
 }
 
 

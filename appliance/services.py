@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.access.accounts import Account, AccountStore
 from appliance.access.labels import LevelScale
+from appliance.audit.log import AuditLog
 from appliance.config import Settings, load_settings
 from appliance.agent.loop import Agent
 from appliance.agent.store import AgentStore
@@ -52,13 +54,33 @@ class Services:
     _engine_parts: tuple[bool, bool] = (False, False)
     _knowledge: KnowledgeBase | None = field(default=None, repr=False)
     _agent: Agent | None = field(default=None, repr=False)
+    _audit: AuditLog | None = field(default=None, repr=False)
+    _accounts: AccountStore | None = field(default=None, repr=False)
+
+    def audit(self) -> AuditLog:
+        """The tamper-evident audit log (``<data dir>/audit``); its key is made on first use."""
+        if self._audit is None:
+            self._audit = AuditLog(self.settings.data_dir / "audit",
+                                   checkpoint_every=self.settings.audit.checkpoint_every)
+        return self._audit
+
+    def accounts(self) -> AccountStore:
+        """Local accounts and login sessions; every change is audited."""
+        if self._accounts is None:
+            self._accounts = AccountStore(self.settings.data_dir / "access.db", self.scale, self.settings.access,
+                                          self.audit())
+        return self._accounts
+
+    def login_session(self, token: str) -> Account:
+        """The account behind a live login session (AccessError if there is none)."""
+        return self.accounts().session(token)
 
     def agent(self) -> Agent:
         """The question-answering agent over the knowledge base and the engine."""
         if self._agent is None:
             kb = self.knowledge()
             self._agent = Agent(Retriever(kb, self.settings.knowledge), self.engine(), self.agent_store(),
-                                self.scale)
+                                self.scale, auditor=self.audit(), audit_answers=self.settings.audit.answers)
         return self._agent
 
     def agent_store(self) -> AgentStore:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.runtime.model_store import ModelStore
-from tests.test_knowledge_real import _run
+from tests.test_knowledge_real import _accounts, _run
 
 DOCS = {
     "kiosk.md": "# Media kiosk\n\nEvery USB drive brought into the facility is scanned at the media kiosk "
@@ -18,60 +18,70 @@ DOCS = {
 }
 
 
+TOKENS: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Path:
     root = tmp_path_factory.mktemp("cli-agent")
     for name, text in DOCS.items():
         (root / name).write_text(text)
+    TOKENS.update(_accounts(root, model_store, {"alice": ("analyst", "UNCLASSIFIED"),
+                                                "carol": ("analyst", "SECRET:CRYPTO")}))
     assert _run(["ingest", str(root / "kiosk.md"), str(root / "canteen.txt"), "--labels", "UNCLASSIFIED"], root,
-                model_store).returncode == 0
-    assert _run(["ingest", str(root / "ciphers.txt"), "--labels", "SECRET:CRYPTO"], root, model_store).returncode == 0
-    (root / "data" / "policy.toml").write_text(
-        '[users.alice]\nlevel = "UNCLASSIFIED"\n\n[users.carol]\nlevel = "SECRET"\ncompartments = ["CRYPTO"]\n')
+                model_store, token=TOKENS["root"]).returncode == 0
+    assert _run(["ingest", str(root / "ciphers.txt"), "--labels", "SECRET:CRYPTO"], root, model_store,
+                token=TOKENS["root"]).returncode == 0
     return root
 
 
+def _as(user: str, args: list[str], home: Path, store: ModelStore):
+    return _run(args, home, store, token=TOKENS[user])
+
+
 def test_ask_streams_then_prints_sources(home: Path, model_store: ModelStore) -> None:
-    proc = _run(["ask", "Where are USB drives scanned?", "--as", "alice"], home, model_store)
+    proc = _as("alice", ["ask", "Where are USB drives scanned?"], home, model_store)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip(), "the draft streams to stderr while it is generated"
     out = proc.stdout
     assert "kiosk" in out.lower() and "[1] Media kiosk (kiosk.md; Media kiosk; UNCLASSIFIED; chars" in out
     assert "\u201cEvery USB drive" in out and "UNCLASSIFIED" in out.splitlines()[0]
     trace_id = out.rsplit("trace ", 1)[1].split(";")[0].strip()
-    shown = _run(["trace", "show", trace_id], home, model_store)
+    shown = _as("alice", ["trace", "show", trace_id], home, model_store)
     assert shown.returncode == 0, shown.stderr
     for word in ("route", "plan", "retrieve", "assess", "synthesize", "verify", "orchestration"):
         assert word in shown.stdout
-    data = json.loads(_run(["trace", "show", trace_id, "--json"], home, model_store).stdout)
+    data = json.loads(_as("alice", ["trace", "show", trace_id, "--json"], home, model_store).stdout)
     assert data["time_split"]["model_ms"] > 0 and data["user"] == "alice"
+    other = _as("carol", ["trace", "show", trace_id], home, model_store)
+    assert other.returncode == 2 and f"no trace '{trace_id}'" in other.stderr
 
 
 def test_ask_json_respects_clearance(home: Path, model_store: ModelStore) -> None:
-    alice = json.loads(_run(["ask", "How often are cipher keys rotated?", "--as", "alice", "--json"], home,
-                            model_store).stdout)
+    alice = json.loads(_as("alice", ["ask", "How often are cipher keys rotated?", "--json"], home,
+                           model_store).stdout)
     assert all(c["doc_id"] != "ciphers.txt" for c in alice["citations"]) and "Monday" not in alice["answer"]
-    carol = json.loads(_run(["ask", "How often are cipher keys rotated?", "--as", "carol", "--json"], home,
-                            model_store).stdout)
+    carol = json.loads(_as("carol", ["ask", "How often are cipher keys rotated?", "--json"], home,
+                           model_store).stdout)
     assert [c["doc_id"] for c in carol["citations"]] == ["ciphers.txt"] and carol["marking"] == "SECRET//CRYPTO"
     assert carol["citations"][0]["labels"] == "SECRET:CRYPTO" and carol["sentences"]
 
 
 def test_sessions_follow_up_and_bad_input(home: Path, model_store: ModelStore) -> None:
-    first = json.loads(_run(["ask", "When does the canteen serve lunch?", "--as", "alice", "--session", "new",
-                             "--json"], home, model_store).stdout)
+    first = json.loads(_as("alice", ["ask", "When does the canteen serve lunch?", "--session", "new", "--json"],
+                           home, model_store).stdout)
     sid = first["session_id"]
-    follow = json.loads(_run(["ask", "Is it open on weekdays?", "--as", "alice", "--session", sid, "--json"], home,
-                             model_store).stdout)
+    follow = json.loads(_as("alice", ["ask", "Is it open on weekdays?", "--session", sid, "--json"], home,
+                            model_store).stdout)
     assert follow["session_id"] == sid
-    listed = _run(["sessions", "--as", "alice"], home, model_store)
+    listed = _as("alice", ["sessions"], home, model_store)
     assert sid in listed.stdout and "2 turn(s)" in listed.stdout
-    other = _run(["ask", "What did alice ask?", "--as", "carol", "--session", sid], home, model_store)
+    other = _as("carol", ["ask", "What did alice ask?", "--session", sid], home, model_store)
     assert other.returncode == 2 and f"no session '{sid}'" in other.stderr
-    assert sid not in _run(["sessions", "--as", "carol"], home, model_store).stdout
-    empty = _run(["ask", "  ", "--as", "alice"], home, model_store)
+    assert sid not in _as("carol", ["sessions"], home, model_store).stdout
+    empty = _as("alice", ["ask", "  "], home, model_store)
     assert empty.returncode == 2 and "empty question" in empty.stderr
-    big = _run(["ask", "x" * 100_000, "--as", "alice"], home, model_store)
+    big = _as("alice", ["ask", "x" * 100_000], home, model_store)
     assert big.returncode == 2 and "over the 2000 limit" in big.stderr
-    missing = _run(["trace", "show", "nope"], home, model_store)
+    missing = _as("alice", ["trace", "show", "nope"], home, model_store)
     assert missing.returncode == 2 and "no trace 'nope'" in missing.stderr

@@ -46,42 +46,92 @@ def test_semantic_retrieval_with_real_embeddings(engine: EngineClient, tmp_path:
     assert kb.check() == []
 
 
-def _run(args: list[str], tmp_path: Path, store: ModelStore) -> subprocess.CompletedProcess:
+PASS = "a long enough passphrase"
+
+
+def _run(args: list[str], tmp_path: Path, store: ModelStore, *, token: str | None = None,
+         input: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, APPLIANCE_DATA_DIR=str(tmp_path / "data"), APPLIANCE_MODELS_DIR=str(store.root),
                COLUMNS="200")
+    env.pop("APPLIANCE_SESSION", None)
+    if token:
+        env["APPLIANCE_SESSION"] = token
     return subprocess.run([sys.executable, "-m", "appliance", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, input=input)
+
+
+def _accounts(tmp_path: Path, store: ModelStore, users: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Accounts NAME -> (role, LEVEL[:COMPS]) after a bootstrap admin; returns a session token per name."""
+    tokens = {}
+    boot = _run(["users", "add", "root", "--role", "admin", "--level", "TOP SECRET", "--compartments",
+                 "CRYPTO,NUCLEAR", "--password-stdin"], tmp_path, store, input=PASS + "\n")
+    assert boot.returncode == 0, boot.stderr
+    tokens["root"] = _login(tmp_path, store, "root")
+    for name, (role, labels) in users.items():
+        level, _, comps = labels.partition(":")
+        args = ["users", "add", name, "--role", role, "--level", level, "--password-stdin"]
+        proc = _run(args + (["--compartments", comps] if comps else []), tmp_path, store, token=tokens["root"],
+                    input=PASS + "\n")
+        assert proc.returncode == 0, proc.stderr
+        tokens[name] = _login(tmp_path, store, name)
+    return tokens
+
+
+def _login(tmp_path: Path, store: ModelStore, name: str) -> str:
+    proc = _run(["login", name, "--password-stdin", "--print-token"], tmp_path, store, input=PASS + "\n")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
 
 
 def test_cli_ingest_search_docs_check(tmp_path: Path, model_store: ModelStore) -> None:
     for name, text in DOCS.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    tok = _accounts(tmp_path, model_store, {"officer": ("officer", "SECRET:CRYPTO"), "ann": ("analyst", "SECRET"),
+                                            "carol": ("analyst", "SECRET:CRYPTO")})
+    proc = _run(["ingest", str(tmp_path / "kiosk.md"), "--labels", "UNCLASSIFIED"], tmp_path, model_store,
+                token=tok["ann"])
+    assert proc.returncode == 2 and "needs the role officer or admin" in proc.stderr
+    proc = _run(["ingest", str(tmp_path / "kiosk.md"), "--labels", "SECRET:NUCLEAR"], tmp_path, model_store,
+                token=tok["officer"])
+    assert proc.returncode == 2 and "not cleared for SECRET:NUCLEAR" in proc.stderr
     proc = _run(["ingest", str(tmp_path / "kiosk.md"), str(tmp_path / "canteen.txt"), str(tmp_path / "broken.pdf"),
-                 "--labels", "UNCLASSIFIED"], tmp_path, model_store)
+                 "--labels", "UNCLASSIFIED"], tmp_path, model_store, token=tok["officer"])
     assert proc.returncode == 1  # one file failed, the others went in
     assert "broken.pdf" in proc.stdout and "2 added" in proc.stdout
-    proc = _run(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "secret:crypto", "--json"], tmp_path, model_store)
+    proc = _run(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "secret:crypto", "--json"], tmp_path,
+                model_store, token=tok["officer"])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["added"] == 1
-    proc = _run(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "SECRET:bad label"], tmp_path, model_store)
+    proc = _run(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "SECRET:bad label"], tmp_path, model_store,
+                token=tok["officer"])
     assert proc.returncode == 2 and "bad compartment" in proc.stderr
-    listed = json.loads(_run(["docs", "list", "--json"], tmp_path, model_store).stdout)
+    listed = json.loads(_run(["docs", "list", "--json"], tmp_path, model_store, token=tok["officer"]).stdout)
     assert {d["doc_id"]: d["labels"] for d in listed} == {"canteen.txt": "UNCLASSIFIED", "kiosk.md": "UNCLASSIFIED",
                                                           "ciphers.txt": "SECRET:CRYPTO"}
-    hits = json.loads(_run(["search", "cipher keys", "--labels", "UNCLASSIFIED", "--json"], tmp_path,
-                           model_store).stdout)
+    listed = json.loads(_run(["docs", "list", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
+    assert "ciphers.txt" not in {d["doc_id"] for d in listed}  # no compartment: not even its title
+    hidden = _run(["docs", "show", "ciphers.txt"], tmp_path, model_store, token=tok["ann"])
+    missing = _run(["docs", "show", "nothing.txt"], tmp_path, model_store, token=tok["ann"])
+    assert hidden.returncode == missing.returncode == 2
+    assert hidden.stderr.replace("ciphers.txt", "X") == missing.stderr.replace("nothing.txt", "X")
+    hits = json.loads(_run(["search", "cipher keys", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
     assert "ciphers.txt" not in {h["doc_id"] for h in hits}
-    (tmp_path / "data" / "policy.toml").write_text('[users.carol]\nlevel = "SECRET"\ncompartments = ["CRYPTO"]\n')
-    hits = json.loads(_run(["search", "cipher keys", "--as", "carol", "--json"], tmp_path, model_store).stdout)
+    hits = json.loads(_run(["search", "cipher keys", "--json"], tmp_path, model_store, token=tok["carol"]).stdout)
     assert hits[0]["doc_id"] == "ciphers.txt" and hits[0]["labels"] == "SECRET:CRYPTO"
-    proc = _run(["search", "x", "--as", "mallory"], tmp_path, model_store)
-    assert proc.returncode == 2 and "unknown user 'mallory'" in proc.stderr
-    shown = json.loads(_run(["docs", "show", "kiosk.md", "--json"], tmp_path, model_store).stdout)
+    narrowed = _run(["search", "cipher keys", "--labels", "UNCLASSIFIED", "--json"], tmp_path, model_store,
+                    token=tok["officer"])
+    assert "ciphers.txt" not in {h["doc_id"] for h in json.loads(narrowed.stdout)}
+    proc = _run(["search", "x", "--labels", "TOP_SECRET"], tmp_path, model_store, token=tok["officer"])
+    assert proc.returncode == 2 and "not within your own clearance" in proc.stderr
+    proc = _run(["search", "x"], tmp_path, model_store)
+    assert proc.returncode == 2 and "not logged in" in proc.stderr
+    shown = json.loads(_run(["docs", "show", "kiosk.md", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
     assert shown["chunks"][0]["heading"] == ["Media kiosk"]
-    assert _run(["index", "check"], tmp_path, model_store).returncode == 0
-    assert _run(["docs", "delete", "kiosk.md"], tmp_path, model_store).returncode == 0
-    proc = _run(["docs", "delete", "kiosk.md"], tmp_path, model_store)
+    assert _run(["index", "check"], tmp_path, model_store, token=tok["root"]).returncode == 0
+    assert _run(["index", "check"], tmp_path, model_store, token=tok["ann"]).returncode == 2
+    assert _run(["docs", "delete", "kiosk.md"], tmp_path, model_store, token=tok["officer"]).returncode == 0
+    proc = _run(["docs", "delete", "kiosk.md"], tmp_path, model_store, token=tok["officer"])
     assert proc.returncode == 2 and "no document 'kiosk.md'" in proc.stderr
 
 

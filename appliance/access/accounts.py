@@ -24,17 +24,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import sqlite_utils
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from appliance.access.labels import LevelScale, Principal, _compartments
+from appliance.audit.log import Auditor
 from appliance.config import AccessSettings
 from appliance.errors import AccessError
 from appliance.migrations import Migrations
 
-__all__ = ["ROLES", "Account", "AccountStore", "Auditor", "LoginSession", "hash_passphrase", "check_passphrase"]
+__all__ = ["ROLES", "Account", "AccountStore", "LoginSession", "hash_passphrase", "check_passphrase"]
 
 ROLES = ("analyst", "officer", "auditor", "admin")
 MAX_PASSPHRASE_BYTES = 1024
@@ -42,12 +42,6 @@ _NAME = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
 _SCRYPT = (2**15, 8, 1)  # n, r, p: about 50 ms and 32 MiB per check
 MIGRATIONS = Migrations("access")
 BAD_LOGIN = "wrong user name or passphrase, or the account is locked or disabled"
-
-
-class Auditor(Protocol):
-    """Where account events are recorded; raises (``AuditWriteError``) if it cannot."""
-
-    def record(self, kind: str, user: str | None, **fields: object) -> None: ...
 
 
 @MIGRATIONS
@@ -189,13 +183,47 @@ class AccountStore:
                          role=role, level=level, compartments=sorted(comps))
         return self.get(name)
 
+    def import_account(self, name: str, *, role: str, level: str, compartments: Iterable[str],
+                       passphrase_hash: str | None, by: str) -> str | None:
+        """Create or update an account from a policy file; returns what changed, or None.
+
+        A new account without a passphrase hash is created disabled until an admin sets one.
+        """
+        if not _NAME.match(name):
+            raise AccessError(f"bad user name {name!r}: 1-32 of a-z 0-9 . _ -, starting with a letter")
+        if role not in ROLES:
+            raise AccessError(f"user {name!r}: unknown role {role!r} (one of {', '.join(ROLES)})")
+        if passphrase_hash is not None and not passphrase_hash.startswith("scrypt$"):
+            raise AccessError(f"user {name!r}: passphrase_hash must be an scrypt$... hash")
+        level, comps = self._labels(level, compartments, name)
+        with self._lock:
+            row = self._row(name)
+            if row is None:
+                now = _now_iso()
+                hashed = passphrase_hash or "disabled$" + secrets.token_hex(16)
+                self._change(by, "user.add", name,
+                             "INSERT INTO accounts (name, role, level, compartments, passphrase, disabled, created_at,"
+                             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             [name, role, level, json.dumps(sorted(comps)), hashed, int(passphrase_hash is None),
+                              now, now], role=role, level=level, compartments=sorted(comps), source="policy")
+                return f"added {name}" + ("" if passphrase_hash else " (disabled until a passphrase is set)")
+            acct = self._account(row)
+            if (acct.role, acct.level, acct.compartments) == (role, level, comps) and (
+                    passphrase_hash is None or passphrase_hash == row["passphrase"]):
+                return None
+            sets: dict[str, object] = {"role": role, "level": level, "compartments": json.dumps(sorted(comps))}
+            if passphrase_hash is not None:
+                sets["passphrase"] = passphrase_hash
+            self._update(name, by, "user.policy", sets, role=role, level=level, compartments=sorted(comps))
+            return f"updated {name}: {role}, {level} {','.join(sorted(comps))}"
+
     def _update(self, name: str, by: str, kind: str, sets: dict[str, object], **fields: object) -> Account:
         with self._lock:
             self.get(name)
             cols = ", ".join(f"{c} = ?" for c in sets)
             self._change(by, kind, name, f"UPDATE accounts SET {cols}, updated_at = ? WHERE name = ?",
                          [*sets.values(), _now_iso(), name], **fields)
-            if kind in ("user.disable", "user.passwd", "user.revoke"):
+            if kind in ("user.disable", "user.passwd", "user.revoke", "user.policy"):
                 self.db.execute("DELETE FROM logins WHERE user = ?", [name])  # their sessions end now
         return self.get(name)
 

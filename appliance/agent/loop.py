@@ -21,6 +21,7 @@ request can be read from its trace.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import secrets
 import time
@@ -35,6 +36,7 @@ from appliance.agent.grounding import Grounder, Quote, SentenceCheck, content_wo
 from appliance.agent.planning import plan, rewrites, route, standalone
 from appliance.agent.specialists import MAX_SPECIALIST_INPUT_CHARS, Specialist, grounded_spans, task_text, topic_of
 from appliance.agent.store import AgentStore, Step, Turn
+from appliance.audit.log import Auditor
 from appliance.errors import AgentError
 from appliance.knowledge.retrieval import Hit, Retriever
 from appliance.runtime.client import EngineClient
@@ -176,8 +178,11 @@ class _Gathered:
 
 class Agent:
     def __init__(self, retriever: Retriever, engine: EngineClient, store: AgentStore, scale: LevelScale,
-                 settings: AgentSettings | None = None, specialists: Sequence[Specialist] = ()) -> None:
+                 settings: AgentSettings | None = None, specialists: Sequence[Specialist] = (),
+                 auditor: Auditor | None = None, audit_answers: str = "digest") -> None:
         self.retriever = retriever
+        self.auditor = auditor
+        self.audit_answers = audit_answers
         self.engine = engine
         self.store = store
         self.scale = scale
@@ -230,6 +235,8 @@ class Agent:
         if len(question) > MAX_QUESTION_CHARS:
             raise AgentError(f"question is {len(question)} characters, over the {MAX_QUESTION_CHARS} limit")
         history = self.store.turns(session_id, principal.name) if session_id else []
+        if self.auditor is not None:  # refused here, before any work, if it cannot be recorded
+            self.auditor.record("question", principal.name, question=question, session=session_id)
         run = _Run(self.settings)
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         answer = Answer(question=question, text="", outcome="abstained", session_id=session_id)
@@ -241,6 +248,8 @@ class Agent:
                 self._abstain(answer, f"stopped: {exc}")
         answer.seconds = time.perf_counter() - run.t0
         answer.trace_id = secrets.token_hex(8)
+        if self.auditor is not None:  # before anything is shown or kept: if this fails, nothing is
+            self._audit(principal, answer, run)
         self.store.save_trace(trace_id=answer.trace_id, user=principal.name, session_id=session_id,
                               question=question, started_at=started, seconds=answer.seconds, outcome=answer.outcome,
                               answer=answer.text, steps=run.steps)
@@ -477,6 +486,16 @@ class Agent:
         answer.outcome = "specialist"
         self._cite(answer, hits, cited)
         answer.text = " ".join(lines)
+
+    def _audit(self, principal: Principal, answer: Answer, run: _Run) -> None:
+        retrieved = list(dict.fromkeys(c for s in run.steps if s.name == "retrieve" for c in s.chunk_ids))
+        specialist = [s.input.get("specialist") for s in run.steps if s.name == "specialist" and s.input]
+        text = (answer.text if self.audit_answers == "text"
+                else "sha256:" + hashlib.sha256(answer.text.encode("utf-8")).hexdigest())
+        assert self.auditor is not None
+        self.auditor.record("answer", principal.name, session=answer.session_id, trace=answer.trace_id, route=answer.route, outcome=answer.outcome,
+                            retrieved=retrieved, cited=[c.chunk_id for c in answer.citations], answer=text,
+                            marking=answer.marking, specialists=specialist)
 
     def _cite(self, answer: Answer, hits: list[Hit], numbers: set[int]) -> None:
         answer.citations = [

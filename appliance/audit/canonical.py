@@ -11,7 +11,9 @@ than silently converted. Strings are not Unicode-normalised: JCS emits them as g
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
+import re
 from decimal import Decimal
 
 from appliance.errors import AuditError, AuditVerifyError
@@ -54,6 +56,66 @@ def parse_canonical(data: bytes, max_bytes: int = MAX_CANONICAL_BYTES) -> object
     """
     if len(data) > max_bytes:
         raise AuditVerifyError(f"entry is {len(data)} bytes, above the limit of {max_bytes}")
+    data = bytes(data)
+    value = _parse_fast(data)
+    return value if value is not _SLOW else _parse_strict(data, max_bytes)
+
+
+class _NotFast(Exception):
+    """Raised inside the fast path for anything it does not decide itself."""
+
+
+def _refuse_fast(_text: str) -> object:
+    raise _NotFast
+
+
+def _safe_int(text: str) -> int:
+    value = int(text)
+    if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise _NotFast
+    return value
+
+
+def _c_encoder() -> object:
+    """The json module's C encoder: compact, keys sorted, non-ASCII as is (None without the C module)."""
+    try:  # arguments: markers, default, encoder, indent, separators, sort_keys, skipkeys, allow_nan
+        return json.encoder.c_make_encoder(None, None, json.encoder.c_encode_basestring, None,  # type: ignore
+                                           ":", ",", True, False, False)
+    except (TypeError, AttributeError):
+        return None
+
+
+_SLOW = object()
+_FAST_DECODER = json.JSONDecoder(parse_float=_refuse_fast, parse_int=_safe_int, parse_constant=_refuse_fast)
+_FAST_ENCODER = _c_encoder()
+_ASTRAL = re.compile(rb"[\xf0-\xff]")  # lead bytes of 4-byte UTF-8: characters beyond U+FFFF
+
+
+def _parse_fast(data: bytes) -> object:
+    """The common case at C speed; ``_SLOW`` for anything else, which the strict path then decides.
+
+    Accepts only when the value holds no float (the float parser sends any to the
+    strict path), every integer is within ±(2**53 - 1) (likewise the int parser), no
+    character lies beyond U+FFFF (so sorting keys by code point, as the json module
+    does, is the same as sorting by UTF-16 code units), and the json module's compact,
+    sorted, non-ASCII-escaping encoding of the value is exactly ``data``. For such
+    values that encoding is byte for byte :func:`canonical_json`'s (same string
+    escapes, same integer form), so acceptance here is acceptance there. A duplicate
+    key cannot slip through: the parsed object keeps one member per key, so its
+    encoding has fewer members than ``data`` and the strict path then names the key.
+    """
+    if _FAST_ENCODER is None or not (data.isascii() or _ASTRAL.search(data) is None):
+        return _SLOW
+    try:
+        value, _end = _FAST_DECODER.raw_decode(data.decode("utf-8"))
+        if "".join(_FAST_ENCODER(value, 0)).encode("utf-8") == data:
+            return value
+    except (_NotFast, ValueError, TypeError, RecursionError):  # UnicodeError, JSONDecodeError: ValueError
+        pass
+    return _SLOW
+
+
+def _parse_strict(data: bytes, max_bytes: int) -> object:
     try:
         text = bytes(data).decode("utf-8")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)

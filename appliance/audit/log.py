@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import sqlite_utils
 
@@ -30,10 +31,16 @@ from appliance.audit.merkle import MerkleTree, leaf_hash
 from appliance.errors import AuditError, AuditVerifyError, AuditWriteError
 from appliance.migrations import Migrations
 
-__all__ = ["AuditLog", "Entry", "MAX_ENTRY_BYTES"]
+__all__ = ["AuditLog", "Auditor", "Entry", "MAX_ENTRY_BYTES"]
 
 MAX_ENTRY_BYTES = 256 * 1024
 MIGRATIONS = Migrations("audit")
+
+
+class Auditor(Protocol):
+    """Anything audited takes one of these: :class:`AuditLog`, or a test double."""
+
+    def record(self, kind: str, user: str | None, **fields: object) -> int | None: ...
 
 
 @MIGRATIONS

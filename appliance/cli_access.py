@@ -1,0 +1,227 @@
+"""Access commands: login, logout, whoami, users, policy (registered on ``appliance``).
+
+A login writes a session token to ``<data dir>/run/session`` (mode 0600), or prints it
+with ``--print-token`` for ``APPLIANCE_SESSION``; later commands act as that account and
+every check is made by the account store. The first account on a fresh appliance must
+be an admin, and may be added without a login; every later change needs an admin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from appliance.access.accounts import ROLES, Account
+from appliance.cli import _services, console, main
+from appliance.errors import AccessError
+
+__all__ = ["current_account", "require_role"]
+
+MAX_POLICY_BYTES = 1 << 20
+
+
+def _session_file(ctx: click.Context) -> Path:
+    return _services(ctx).settings.data_dir / "run" / "session"
+
+
+def current_account(ctx: click.Context) -> Account:
+    """The logged-in account: ``APPLIANCE_SESSION``, else the session file; AccessError if none."""
+    token = os.environ.get("APPLIANCE_SESSION")
+    if not token:
+        path = _session_file(ctx)
+        token = path.read_text(encoding="ascii", errors="replace").strip()[:200] if path.is_file() else ""
+    if not token:
+        raise AccessError("not logged in: run `appliance login USER`")
+    return _services(ctx).login_session(token)
+
+
+def require_role(ctx: click.Context, *roles: str) -> Account:
+    acct = current_account(ctx)
+    if acct.role not in roles:
+        raise AccessError(f"{acct.name} is {acct.role}; this needs the role {' or '.join(roles)}")
+    return acct
+
+
+def _passphrase(from_stdin: bool, confirm: bool = False) -> str:
+    if from_stdin:
+        return sys.stdin.readline(4096).rstrip("\r\n")
+    return click.prompt("passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+def _split(text: str | None) -> list[str]:
+    return [c.strip() for c in (text or "").split(",") if c.strip()]
+
+
+@main.command()
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the passphrase from standard input.")
+@click.option("--print-token", is_flag=True, help="Print the session token instead of saving it.")
+@click.pass_context
+def login(ctx: click.Context, name: str, password_stdin: bool, print_token: bool) -> None:
+    """Log in; later commands act as this account until logout or the idle timeout."""
+    session = _services(ctx).accounts().login(name, _passphrase(password_stdin))
+    if print_token:
+        click.echo(session.token)
+        return
+    path = _session_file(ctx)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(session.token + "\n")
+    a = session.account
+    idle = _services(ctx).settings.access.idle_timeout_s
+    console.print(f"logged in as {a.name} ({a.role}, {a.level}{':' + ','.join(sorted(a.compartments)) if a.compartments else ''}); "
+                  f"the session ends after {idle} s idle", highlight=False)
+
+
+@main.command()
+@click.pass_context
+def logout(ctx: click.Context) -> None:
+    """End the login session."""
+    path = _session_file(ctx)
+    token = os.environ.get("APPLIANCE_SESSION") or (path.read_text().strip() if path.is_file() else "")
+    if token:
+        _services(ctx).accounts().logout(token)
+    path.unlink(missing_ok=True)
+    console.print("logged out")
+
+
+@main.command()
+@click.pass_context
+def whoami(ctx: click.Context) -> None:
+    """The logged-in account, its role and clearance."""
+    click.echo(json.dumps(current_account(ctx).as_dict()))
+
+
+@main.group()
+def users() -> None:
+    """Local accounts (admin)."""
+
+
+def _admin_or_bootstrap(ctx: click.Context, role: str) -> str:
+    store = _services(ctx).accounts()
+    if not store.list():
+        if role != "admin":
+            raise AccessError("the first account must be an admin (--role admin)")
+        return "bootstrap"
+    return require_role(ctx, "admin").name
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--level", required=True, help="Clearance level, e.g. SECRET.")
+@click.option("--compartments", help="Comma-separated compartments, e.g. CRYPTO,NUCLEAR.")
+@click.option("--password-stdin", is_flag=True, help="Read the passphrase from standard input.")
+@click.pass_context
+def users_add(ctx: click.Context, name: str, role: str, level: str, compartments: str | None,
+              password_stdin: bool) -> None:
+    """Add an account (the first one on a fresh appliance: an admin, no login needed)."""
+    by = _admin_or_bootstrap(ctx, role)
+    acct = _services(ctx).accounts().add(name, role=role, level=level, compartments=_split(compartments),
+                                         passphrase=_passphrase(password_stdin, confirm=True), by=by)
+    console.print(f"added {acct.name} ({acct.role}, {acct.level})", highlight=False)
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def users_list(ctx: click.Context, as_json: bool) -> None:
+    """List accounts."""
+    require_role(ctx, "admin", "officer", "auditor")
+    accounts = _services(ctx).accounts().list()
+    if as_json:
+        click.echo(json.dumps([a.as_dict() for a in accounts], indent=2))
+        return
+    table = Table("name", "role", "level", "compartments", "state", "updated")
+    for a in accounts:
+        table.add_row(a.name, a.role, a.level, ",".join(sorted(a.compartments)), "disabled" if a.disabled else "active",
+                      a.updated_at)
+    console.print(table)
+
+
+@users.command("disable")
+@click.argument("name")
+@click.pass_context
+def users_disable(ctx: click.Context, name: str) -> None:
+    """Disable an account and end its sessions."""
+    _services(ctx).accounts().disable(name, by=require_role(ctx, "admin").name)
+    console.print(f"disabled {name}")
+
+
+@users.command("enable")
+@click.argument("name")
+@click.pass_context
+def users_enable(ctx: click.Context, name: str) -> None:
+    """Enable an account (and clear a lockout)."""
+    _services(ctx).accounts().enable(name, by=require_role(ctx, "admin").name)
+    console.print(f"enabled {name}")
+
+
+@users.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the new passphrase from standard input.")
+@click.pass_context
+def users_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
+    """Set a passphrase: your own, or anyone's as admin."""
+    acct = current_account(ctx)
+    if acct.name != name and acct.role != "admin":
+        raise AccessError(f"{acct.name} may only change their own passphrase")
+    _services(ctx).accounts().passwd(name, _passphrase(password_stdin, confirm=True), by=acct.name)
+    console.print(f"passphrase of {name} changed; their sessions have ended")
+
+
+@users.command("grant")
+@click.argument("name")
+@click.option("--level", help="Raise the clearance to this level.")
+@click.option("--compartments", help="Comma-separated compartments to add.")
+@click.option("--role", type=click.Choice(ROLES), help="Change the role.")
+@click.pass_context
+def users_grant(ctx: click.Context, name: str, level: str | None, compartments: str | None, role: str | None) -> None:
+    """Raise a clearance, add compartments or change a role."""
+    acct = _services(ctx).accounts().grant(name, by=require_role(ctx, "admin").name, level=level,
+                                           compartments=_split(compartments), role=role)
+    console.print(f"{acct.name}: {acct.role}, {acct.level} {','.join(sorted(acct.compartments))}", highlight=False)
+
+
+@users.command("revoke")
+@click.argument("name")
+@click.option("--level", help="Lower the clearance to this level.")
+@click.option("--compartments", help="Comma-separated compartments to remove.")
+@click.pass_context
+def users_revoke(ctx: click.Context, name: str, level: str | None, compartments: str | None) -> None:
+    """Lower a clearance or remove compartments; the account's sessions end."""
+    acct = _services(ctx).accounts().revoke(name, by=require_role(ctx, "admin").name, level=level,
+                                            compartments=_split(compartments))
+    console.print(f"{acct.name}: {acct.role}, {acct.level} {','.join(sorted(acct.compartments))}", highlight=False)
+
+
+@main.group()
+def policy() -> None:
+    """The access policy file: users, roles, levels, compartments (admin)."""
+
+
+@policy.command("apply")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.pass_context
+def policy_apply(ctx: click.Context, path: Path) -> None:
+    """Make the accounts match a policy file; accounts it does not list are disabled."""
+    from appliance.access.policy_file import apply_policy, load_policy
+
+    by = require_role(ctx, "admin").name
+    if path.stat().st_size > MAX_POLICY_BYTES:
+        raise AccessError(f"{path}: over the {MAX_POLICY_BYTES} byte limit")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise AccessError(f"{path}: not valid TOML: {exc}") from None
+    services = _services(ctx)
+    changes = apply_policy(services.accounts(), load_policy(doc, services.scale, str(path)), by=by)
+    for line in changes or ["no changes"]:
+        console.print(line, highlight=False)
