@@ -53,6 +53,8 @@ def test_grounder_rules() -> None:
                      "When does the canteen serve lunch?")
     assert [c.supported for c in checks] == [True, False, False, False]
     assert "Monday" in checks[1].reason and "does not exist" in checks[2].reason and checks[3].reason == "no citation"
+    echoed = g.check([("Question: When does the canteen serve lunch from noon.", [1])], passages)
+    assert not echoed[0].supported and echoed[0].reason == "a question, not an answer"
     unrelated = g.check([("Visitor badges are grey.", [2])], passages, "When does the canteen serve lunch?")
     assert not unrelated[0].supported and "does not address" in unrelated[0].reason
 

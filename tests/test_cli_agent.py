@@ -45,7 +45,8 @@ def test_ask_streams_then_prints_sources(home: Path, model_store: ModelStore) ->
     assert proc.stderr.strip(), "the draft streams to stderr while it is generated"
     out = proc.stdout
     assert "kiosk" in out.lower() and "[1] Media kiosk (kiosk.md; Media kiosk; UNCLASSIFIED; chars" in out
-    assert "\u201cEvery USB drive" in out and "UNCLASSIFIED" in out.splitlines()[0]
+    assert "Every USB drive brought into the facility" in out and "UNCLASSIFIED" in out.splitlines()[0]
+    assert not out.splitlines()[1].startswith("Question")
     trace_id = out.rsplit("trace ", 1)[1].split(";")[0].strip()
     shown = _as("alice", ["trace", "show", trace_id], home, model_store)
     assert shown.returncode == 0, shown.stderr

@@ -51,9 +51,8 @@ PASS = "a long enough passphrase"
 
 def _run(args: list[str], tmp_path: Path, store: ModelStore, *, token: str | None = None,
          input: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, APPLIANCE_DATA_DIR=str(tmp_path / "data"), APPLIANCE_MODELS_DIR=str(store.root),
-               COLUMNS="200")
-    env.pop("APPLIANCE_SESSION", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(APPLIANCE_DATA_DIR=str(tmp_path / "data"), APPLIANCE_MODELS_DIR=str(store.root), COLUMNS="200")
     if token:
         env["APPLIANCE_SESSION"] = token
     return subprocess.run([sys.executable, "-m", "appliance", *args], env=env, capture_output=True, text=True,

@@ -68,6 +68,7 @@ def lexical_support(sentence: str, passage: str) -> float:
     return len(words & content_words(passage)) / len(words)
 
 
+_QUESTION = re.compile(r"^\W*(question|q)\s*:|^\W*(what|who|whom|which|when|where|why|how)\b.*\?$", re.IGNORECASE)
 _TRAILING_CITES = re.compile(r"([.?!])\s*((?:\[\d{1,3}\]\s*)+)")
 
 
@@ -162,6 +163,9 @@ class Grounder:
             valid = [c for c in cites if 1 <= c <= len(passages)]
             if INSTRUCTION.search(text):  # an answer that repeats an injected order is not an answer
                 out.append(SentenceCheck(text, valid, 0.0, 0.0, 0.0, False, "reads like an instruction"))
+                continue
+            if _QUESTION.match(text):
+                out.append(SentenceCheck(text, valid, 0.0, 0.0, 0.0, False, "a question, not an answer"))
                 continue
             if not valid:
                 reason = "no citation" if not cites else f"cites a passage that does not exist ({cites})"
