@@ -21,7 +21,7 @@ from appliance.access.accounts import ROLES, Account
 from appliance.cli import _services, console, main
 from appliance.errors import AccessError
 
-__all__ = ["current_account", "require_role"]
+__all__ = ["current_account", "require"]
 
 MAX_POLICY_BYTES = 1 << 20
 
@@ -41,11 +41,11 @@ def current_account(ctx: click.Context) -> Account:
     return _services(ctx).login_session(token)
 
 
-def require_role(ctx: click.Context, *roles: str) -> Account:
-    acct = current_account(ctx)
-    if acct.role not in roles:
-        raise AccessError(f"{acct.name} is {acct.role}; this needs the role {' or '.join(roles)}")
-    return acct
+def require(ctx: click.Context, action: str) -> Account:
+    """The logged-in account, if the service-layer table lets it do ``action``."""
+    from appliance.access.authz import authorize
+
+    return authorize(current_account(ctx), action)
 
 
 def _passphrase(from_stdin: bool, confirm: bool = False) -> str:
@@ -104,13 +104,8 @@ def users() -> None:
     """Local accounts (admin)."""
 
 
-def _admin_or_bootstrap(ctx: click.Context, role: str) -> str:
-    store = _services(ctx).accounts()
-    if not store.list():
-        if role != "admin":
-            raise AccessError("the first account must be an admin (--role admin)")
-        return "bootstrap"
-    return require_role(ctx, "admin").name
+def _admin_or_bootstrap(ctx: click.Context) -> Account | None:
+    return current_account(ctx) if _services(ctx).accounts().list() else None
 
 
 @users.command("add")
@@ -123,7 +118,7 @@ def _admin_or_bootstrap(ctx: click.Context, role: str) -> str:
 def users_add(ctx: click.Context, name: str, role: str, level: str, compartments: str | None,
               password_stdin: bool) -> None:
     """Add an account (the first one on a fresh appliance: an admin, no login needed)."""
-    by = _admin_or_bootstrap(ctx, role)
+    by = _admin_or_bootstrap(ctx)
     acct = _services(ctx).accounts().add(name, role=role, level=level, compartments=_split(compartments),
                                          passphrase=_passphrase(password_stdin, confirm=True), by=by)
     console.print(f"added {acct.name} ({acct.role}, {acct.level})", highlight=False)
@@ -134,8 +129,7 @@ def users_add(ctx: click.Context, name: str, role: str, level: str, compartments
 @click.pass_context
 def users_list(ctx: click.Context, as_json: bool) -> None:
     """List accounts."""
-    require_role(ctx, "admin", "officer", "auditor")
-    accounts = _services(ctx).accounts().list()
+    accounts = _services(ctx).accounts().list(by=current_account(ctx))
     if as_json:
         click.echo(json.dumps([a.as_dict() for a in accounts], indent=2))
         return
@@ -151,7 +145,7 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def users_disable(ctx: click.Context, name: str) -> None:
     """Disable an account and end its sessions."""
-    _services(ctx).accounts().disable(name, by=require_role(ctx, "admin").name)
+    _services(ctx).accounts().disable(name, by=current_account(ctx))
     console.print(f"disabled {name}")
 
 
@@ -160,7 +154,7 @@ def users_disable(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def users_enable(ctx: click.Context, name: str) -> None:
     """Enable an account (and clear a lockout)."""
-    _services(ctx).accounts().enable(name, by=require_role(ctx, "admin").name)
+    _services(ctx).accounts().enable(name, by=current_account(ctx))
     console.print(f"enabled {name}")
 
 
@@ -170,10 +164,7 @@ def users_enable(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def users_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
     """Set a passphrase: your own, or anyone's as admin."""
-    acct = current_account(ctx)
-    if acct.name != name and acct.role != "admin":
-        raise AccessError(f"{acct.name} may only change their own passphrase")
-    _services(ctx).accounts().passwd(name, _passphrase(password_stdin, confirm=True), by=acct.name)
+    _services(ctx).accounts().passwd(name, _passphrase(password_stdin, confirm=True), by=current_account(ctx))
     console.print(f"passphrase of {name} changed; their sessions have ended")
 
 
@@ -185,7 +176,7 @@ def users_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
 @click.pass_context
 def users_grant(ctx: click.Context, name: str, level: str | None, compartments: str | None, role: str | None) -> None:
     """Raise a clearance, add compartments or change a role."""
-    acct = _services(ctx).accounts().grant(name, by=require_role(ctx, "admin").name, level=level,
+    acct = _services(ctx).accounts().grant(name, by=current_account(ctx), level=level,
                                            compartments=_split(compartments), role=role)
     console.print(f"{acct.name}: {acct.role}, {acct.level} {','.join(sorted(acct.compartments))}", highlight=False)
 
@@ -197,7 +188,7 @@ def users_grant(ctx: click.Context, name: str, level: str | None, compartments: 
 @click.pass_context
 def users_revoke(ctx: click.Context, name: str, level: str | None, compartments: str | None) -> None:
     """Lower a clearance or remove compartments; the account's sessions end."""
-    acct = _services(ctx).accounts().revoke(name, by=require_role(ctx, "admin").name, level=level,
+    acct = _services(ctx).accounts().revoke(name, by=current_account(ctx), level=level,
                                             compartments=_split(compartments))
     console.print(f"{acct.name}: {acct.role}, {acct.level} {','.join(sorted(acct.compartments))}", highlight=False)
 
@@ -214,7 +205,7 @@ def policy_apply(ctx: click.Context, path: Path) -> None:
     """Make the accounts match a policy file; accounts it does not list are disabled."""
     from appliance.access.policy_file import apply_policy, load_policy
 
-    by = require_role(ctx, "admin").name
+    by = current_account(ctx)
     if path.stat().st_size > MAX_POLICY_BYTES:
         raise AccessError(f"{path}: over the {MAX_POLICY_BYTES} byte limit")
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from appliance.cli import _services, console, err_console, main
-from appliance.cli_access import require_role
+from appliance.cli_access import current_account
 from appliance.errors import AuditError
 
 __all__: list[str] = []
@@ -33,16 +33,17 @@ def audit() -> None:
 def audit_export(ctx: click.Context, out: Path, since_checkpoint: Path | None, user: str | None, start: str | None,
                  end: str | None) -> None:
     """Write entries, a fresh signed checkpoint, proofs and the public key (officers, auditors)."""
-    from appliance.audit.export import ExportFilter, export_log, normalise_time
+    from appliance import operations
+    from appliance.audit.export import ExportFilter, normalise_time
 
-    who = require_role(ctx, "officer", "auditor")
+    who = current_account(ctx)
     previous = None
     if since_checkpoint is not None:
         if since_checkpoint.stat().st_size > MAX_CHECKPOINT_BYTES:
             raise AuditError(f"{since_checkpoint}: over the {MAX_CHECKPOINT_BYTES} byte limit for a checkpoint")
         previous = since_checkpoint.read_bytes()
     filt = ExportFilter(user, normalise_time(start, "--from"), normalise_time(end, "--to"))
-    manifest = export_log(_services(ctx).audit(), out, by=who.name, since_checkpoint=previous, filt=filt)
+    manifest = operations.export_audit(_services(ctx), who, out, since_checkpoint=previous, filt=filt)
     console.print(f"exported {manifest['entries']} of {manifest['size']} entries to {out}"
                   f"{' (filtered)' if manifest['filtered'] else ''}; keep {out / 'checkpoint'} for the next "
                   "export's --since-checkpoint", highlight=False)
@@ -70,11 +71,12 @@ def audit_verify(directory: Path, previous_checkpoint: Path | None, key: Path | 
 @click.pass_context
 def audit_check(ctx: click.Context) -> None:
     """Re-hash the whole local log and check every checkpoint (officers, auditors, admins)."""
-    require_role(ctx, "officer", "auditor", "admin")
+    from appliance import operations
+
     log = _services(ctx).audit()
     if log.problem:
         err_console.print(f"[red]the log failed its start-up check:[/] {log.problem}", highlight=False)
-    report = log.check()
+    report = operations.check_audit(_services(ctx), current_account(ctx))
     console.print(f"consistent: {report['entries']} entries, {report['checkpoints']} checkpoints, origin "
                   f"{report['origin']}, root {report['root']}", highlight=False)
 

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from appliance.access.labels import Principal, parse_labels
 from appliance.cli import _services, console, main
-from appliance.errors import AccessError, KnowledgeError
+from appliance.errors import KnowledgeError
 from appliance.agent.loop import Agent
 from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.retrieval import Retriever
@@ -46,18 +46,13 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 @click.pass_context
 def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, as_json: bool) -> None:
     """Ingest documents (TXT, MD, HTML, PDF, DOCX, CSV, JSONL) under one label (officers, admins)."""
-    from appliance.cli_access import require_role
+    from appliance import operations
+    from appliance.cli_access import current_account
 
     services = _services(ctx)
-    acct = require_role(ctx, "officer", "admin")
+    acct = current_account(ctx)
     labels = parse_labels(label_text, services.scale)
-    if not acct.principal().can_read(labels, services.scale):
-        raise AccessError(f"{acct.name} is not cleared for {labels}: documents may only be labelled within "
-                          "your own clearance")
-    by = acct.name
     files = _expand(paths)
-    kb = services.knowledge()
-    services.audit().record("document.ingest", by, files=[str(f) for f in files][:1000], labels=str(labels))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(), console=console,
                   disable=as_json) as progress:
@@ -71,9 +66,7 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, as_json
                 done.add(source)
                 progress.advance(task)
 
-        report = kb.ingest_files(files, labels, by=by, progress=step)
-    services.audit().record("document.ingested", by, labels=str(labels),
-                            outcomes=[[o.source, o.status, o.doc_ids] for o in report.outcomes][:1000])
+        report = operations.ingest(services, acct, files, labels, progress=step)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -141,16 +134,10 @@ def docs_show(ctx: click.Context, doc_id: str, as_json: bool) -> None:
 @click.pass_context
 def docs_delete(ctx: click.Context, doc_id: str) -> None:
     """Delete a document from the catalog, the full-text index and Chroma (officers, admins)."""
-    from appliance.cli_access import require_role
+    from appliance import operations
+    from appliance.cli_access import current_account
 
-    acct = require_role(ctx, "officer", "admin")
-    services = _services(ctx)
-    kb = services.knowledge()
-    doc = kb.catalog.get(doc_id)
-    if doc is None or not acct.principal().can_read(doc.labels, kb.scale):
-        raise KnowledgeError(f"no document {doc_id!r}")
-    services.audit().record("document.delete", acct.name, doc=doc_id, version=doc.version, labels=str(doc.labels))
-    kb.delete(doc_id)
+    operations.delete_document(_services(ctx), current_account(ctx), doc_id)
     console.print(f"deleted {doc_id}")
 
 
@@ -160,18 +147,12 @@ def principal_for(ctx: click.Context, label_text: str | None = None) -> Principa
     A narrowed clearance must be one the account itself holds: it previews what a lower
     clearance sees, never more than the account may read.
     """
+    from appliance import operations
     from appliance.cli_access import current_account
 
-    acct = current_account(ctx)
-    me = acct.principal()
-    if not label_text:
-        return me
-    if acct.role not in ("officer", "admin"):
-        raise AccessError(f"{acct.name} is {acct.role}; only officers and admins may search as another clearance")
-    labels = parse_labels(label_text, _services(ctx).scale)
-    if not me.can_read(labels, _services(ctx).scale):
-        raise AccessError(f"{labels} is not within your own clearance")
-    return Principal(name=acct.name, level=labels.level, compartments=labels.compartments)
+    services = _services(ctx)
+    narrowed = parse_labels(label_text, services.scale) if label_text else None
+    return operations.principal_of(services, current_account(ctx), narrowed)
 
 
 @main.command()
@@ -210,11 +191,11 @@ def index() -> None:
 @click.pass_context
 def index_check(ctx: click.Context, repair: bool) -> None:
     """Find disagreements between the catalog, the full-text tables and Chroma (admins)."""
-    from appliance.cli_access import require_role
+    from appliance import operations
+    from appliance.cli_access import current_account
 
-    require_role(ctx, "admin")
     kb = _services(ctx).knowledge()
-    problems = kb.check(repair=repair)
+    problems = operations.check_index(_services(ctx), current_account(ctx), repair=repair)
     for p in problems:
         console.print(f"{'repaired' if repair else 'problem'}: {p}", highlight=False)
     if repair and problems:

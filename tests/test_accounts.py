@@ -38,8 +38,13 @@ def env(tmp_path: Path) -> tuple[AccountStore, Recorder, Clock]:
     rec, clock = Recorder(), Clock()
     store = AccountStore(tmp_path / "access.db", LevelScale(), AccessSettings(max_failures=3, lockout_s=60,
                                                                                idle_timeout_s=100), rec, clock)
-    store.add("alice", role="analyst", level="secret", compartments=["CRYPTO"], passphrase=PASS, by="admin")
+    store.add("admin", role="admin", level="TOP SECRET", passphrase=PASS, by=None)
+    store.add("alice", role="analyst", level="secret", compartments=["CRYPTO"], passphrase=PASS, by=ADMIN(store))
     return store, rec, clock
+
+
+def ADMIN(store: AccountStore):  # noqa: N802 - reads as a constant at the call sites
+    return store.get("admin")
 
 
 def test_passphrases_are_scrypt_hashed() -> None:
@@ -54,7 +59,8 @@ def test_add_validates_and_is_audited(env) -> None:
     alice = store.get("alice")
     assert (alice.role, alice.level, alice.compartments) == ("analyst", "SECRET", frozenset({"CRYPTO"}))
     assert alice.principal().can_read(Labels("SECRET", frozenset({"CRYPTO"})), LevelScale())
-    assert rec.entries[0] == ("user.add", "admin", {"target": "alice", "role": "analyst", "level": "SECRET",
+    assert rec.entries[0][:2] == ("user.add", "bootstrap")
+    assert rec.entries[1] == ("user.add", "admin", {"target": "alice", "role": "analyst", "level": "SECRET",
                                                     "compartments": ["CRYPTO"]})
     for kwargs, message in [({"name": "Bob!"}, "bad user name"), ({"role": "root"}, "unknown role"),
                             ({"level": "COSMIC"}, "unknown classification level"),
@@ -64,21 +70,27 @@ def test_add_validates_and_is_audited(env) -> None:
         args = {"name": "bob", "role": "analyst", "level": "SECRET", "passphrase": PASS} | kwargs
         name = args.pop("name")
         with pytest.raises(AccessError, match=message):
-            store.add(name, by="admin", **args)
-    assert [a.name for a in store.list()] == ["alice"]
+            store.add(name, by=ADMIN(store), **args)
+    assert [a.name for a in store.list()] == ["admin", "alice"]
+    with pytest.raises(AccessError, match="only the first account"):
+        store.add("eve", role="admin", level="SECRET", passphrase=PASS, by=None)
+    with pytest.raises(AccessError, match="users.manage needs the role admin"):
+        store.add("eve", role="admin", level="SECRET", passphrase=PASS, by=store.get("alice"))
+    with pytest.raises(AccessError, match="users.list needs"):
+        store.list(by=store.get("alice"))
 
 
 def test_change_refused_when_audit_cannot_be_written(env) -> None:
     store, rec, _ = env
     rec.broken = True
     with pytest.raises(AuditWriteError, match="disk full"):
-        store.add("bob", role="analyst", level="SECRET", passphrase=PASS, by="admin")
+        store.add("bob", role="analyst", level="SECRET", passphrase=PASS, by=ADMIN(store))
     with pytest.raises(AuditWriteError):
-        store.grant("alice", compartments=["NUCLEAR"], by="admin")
+        store.grant("alice", compartments=["NUCLEAR"], by=ADMIN(store))
     with pytest.raises(AuditWriteError):
         store.login("alice", PASS)
     rec.broken = False
-    assert [a.name for a in store.list()] == ["alice"] and store.get("alice").compartments == {"CRYPTO"}
+    assert [a.name for a in store.list()] == ["admin", "alice"] and store.get("alice").compartments == {"CRYPTO"}
 
 
 def test_login_lockout_and_same_answer_for_every_refusal(env) -> None:
@@ -113,7 +125,7 @@ def test_session_idle_timeout_logout_and_disable(env) -> None:
     with pytest.raises(AccessError, match="not logged in"):
         store.session(s2.token)
     s3 = store.login("alice", PASS)
-    store.disable("alice", by="admin")
+    store.disable("alice", by=ADMIN(store))
     with pytest.raises(AccessError, match="not logged in"):
         store.session(s3.token)
     with pytest.raises(AccessError, match=BAD_LOGIN):
@@ -123,17 +135,19 @@ def test_session_idle_timeout_logout_and_disable(env) -> None:
 
 def test_grant_revoke_passwd(env) -> None:
     store, rec, _ = env
-    store.grant("alice", compartments=["nuclear"], level="TOP_SECRET", by="admin")
+    store.grant("alice", compartments=["nuclear"], level="TOP_SECRET", by=ADMIN(store))
     assert store.get("alice").compartments == {"CRYPTO", "NUCLEAR"} and store.get("alice").level == "TOP SECRET"
-    store.revoke("alice", compartments=["CRYPTO"], level="SECRET", by="admin")
+    store.revoke("alice", compartments=["CRYPTO"], level="SECRET", by=ADMIN(store))
     assert store.get("alice").compartments == {"NUCLEAR"} and store.get("alice").level == "SECRET"
     with pytest.raises(AccessError, match="does not hold"):
-        store.revoke("alice", compartments=["CRYPTO"], by="admin")
+        store.revoke("alice", compartments=["CRYPTO"], by=ADMIN(store))
     with pytest.raises(AccessError, match="use grant"):
-        store.revoke("alice", level="TOP SECRET", by="admin")
-    store.passwd("alice", "another long passphrase", by="alice")
+        store.revoke("alice", level="TOP SECRET", by=ADMIN(store))
+    store.passwd("alice", "another long passphrase", by=store.get("alice"))  # one's own
+    with pytest.raises(AccessError, match="needs the role admin"):
+        store.passwd("admin", "another long passphrase", by=store.get("alice"))
     with pytest.raises(AccessError):
         store.login("alice", PASS)
     assert store.login("alice", "another long passphrase").account.level == "SECRET"
-    assert [k for k, *_ in rec.entries if k.startswith("user.")] == ["user.add", "user.grant", "user.revoke",
-                                                                    "user.passwd"]
+    assert [k for k, *_ in rec.entries if k.startswith("user.")] == ["user.add", "user.add", "user.grant",
+                                                                    "user.revoke", "user.passwd"]

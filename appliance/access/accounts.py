@@ -28,6 +28,7 @@ from pathlib import Path
 import sqlite_utils
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from appliance.access.authz import authorize
 from appliance.access.labels import LevelScale, Principal, _compartments
 from appliance.audit.log import Auditor
 from appliance.config import AccessSettings
@@ -141,7 +142,10 @@ class AccountStore:
             raise AccessError(f"no account {name!r}")
         return self._account(row)
 
-    def list(self) -> list[Account]:
+    def list(self, by: Account | None = None) -> list[Account]:
+        """All accounts (``by``: checked may list them; None: internal use)."""
+        if by is not None:
+            authorize(self.get(by.name), "users.list")
         with self._lock:
             return [self._account(r) for r in self.db.query("SELECT * FROM accounts ORDER BY name")]
 
@@ -163,8 +167,18 @@ class AccountStore:
             self.db.execute(sql, params)
             self.auditor.record(kind, by, target=name, **fields)  # raises: the change rolls back
 
+    def _admin(self, by: Account) -> str:
+        return authorize(self.get(by.name), "users.manage").name  # as stored now, not as once loaded
+
     def add(self, name: str, *, role: str, level: str, compartments: Iterable[str] = (), passphrase: str,
-            by: str) -> Account:
+            by: Account | None) -> Account:
+        """Add an account; ``by`` None is the bootstrap: only the first account, and only an admin."""
+        if by is None:
+            if self.list():
+                raise AccessError("not logged in: only the first account may be added without an admin")
+            if role != "admin":
+                raise AccessError("the first account must be an admin (--role admin)")
+        who = self._admin(by) if by is not None else "bootstrap"
         if not isinstance(name, str) or not _NAME.match(name):
             raise AccessError(f"bad user name {name!r}: 1-32 of a-z 0-9 . _ -, starting with a letter")
         if role not in ROLES:
@@ -176,7 +190,7 @@ class AccountStore:
             if self._row(name) is not None:
                 raise AccessError(f"account {name!r} already exists")
             now = _now_iso()
-            self._change(by, "user.add", name,
+            self._change(who, "user.add", name,
                          "INSERT INTO accounts (name, role, level, compartments, passphrase, created_at, updated_at)"
                          " VALUES (?, ?, ?, ?, ?, ?, ?)",
                          [name, role, level, json.dumps(sorted(comps)), hashed, now, now],
@@ -184,7 +198,7 @@ class AccountStore:
         return self.get(name)
 
     def import_account(self, name: str, *, role: str, level: str, compartments: Iterable[str],
-                       passphrase_hash: str | None, by: str) -> str | None:
+                       passphrase_hash: str | None, by: Account) -> str | None:
         """Create or update an account from a policy file; returns what changed, or None.
 
         A new account without a passphrase hash is created disabled until an admin sets one.
@@ -196,12 +210,13 @@ class AccountStore:
         if passphrase_hash is not None and not passphrase_hash.startswith("scrypt$"):
             raise AccessError(f"user {name!r}: passphrase_hash must be an scrypt$... hash")
         level, comps = self._labels(level, compartments, name)
+        who = self._admin(by)
         with self._lock:
             row = self._row(name)
             if row is None:
                 now = _now_iso()
                 hashed = passphrase_hash or "disabled$" + secrets.token_hex(16)
-                self._change(by, "user.add", name,
+                self._change(who, "user.add", name,
                              "INSERT INTO accounts (name, role, level, compartments, passphrase, disabled, created_at,"
                              " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              [name, role, level, json.dumps(sorted(comps)), hashed, int(passphrase_hash is None),
@@ -214,7 +229,7 @@ class AccountStore:
             sets: dict[str, object] = {"role": role, "level": level, "compartments": json.dumps(sorted(comps))}
             if passphrase_hash is not None:
                 sets["passphrase"] = passphrase_hash
-            self._update(name, by, "user.policy", sets, role=role, level=level, compartments=sorted(comps))
+            self._update(name, who, "user.policy", sets, role=role, level=level, compartments=sorted(comps))
             return f"updated {name}: {role}, {level} {','.join(sorted(comps))}"
 
     def _update(self, name: str, by: str, kind: str, sets: dict[str, object], **fields: object) -> Account:
@@ -227,29 +242,33 @@ class AccountStore:
                 self.db.execute("DELETE FROM logins WHERE user = ?", [name])  # their sessions end now
         return self.get(name)
 
-    def disable(self, name: str, *, by: str) -> Account:
-        return self._update(name, by, "user.disable", {"disabled": 1})
+    def disable(self, name: str, *, by: Account) -> Account:
+        return self._update(name, self._admin(by), "user.disable", {"disabled": 1})
 
-    def enable(self, name: str, *, by: str) -> Account:
-        return self._update(name, by, "user.enable", {"disabled": 0, "failures": 0, "locked_until": 0})
+    def enable(self, name: str, *, by: Account) -> Account:
+        return self._update(name, self._admin(by), "user.enable", {"disabled": 0, "failures": 0, "locked_until": 0})
 
-    def passwd(self, name: str, passphrase: str, *, by: str) -> Account:
+    def passwd(self, name: str, passphrase: str, *, by: Account) -> Account:
+        """A new passphrase: one's own, or anyone's for an admin."""
+        who = by.name if by.name == name and not self.get(by.name).disabled else self._admin(by)
         self._check_passphrase_rules(passphrase)
-        return self._update(name, by, "user.passwd", {"passphrase": hash_passphrase(passphrase), "failures": 0,
+        return self._update(name, who, "user.passwd", {"passphrase": hash_passphrase(passphrase), "failures": 0,
                                                        "locked_until": 0})
 
-    def grant(self, name: str, *, by: str, level: str | None = None, compartments: Iterable[str] = (),
+    def grant(self, name: str, *, by: Account, level: str | None = None, compartments: Iterable[str] = (),
               role: str | None = None) -> Account:
+        who = self._admin(by)
         acct = self.get(name)
         new_level, add = self._labels(level or acct.level, compartments, name)
         if role is not None and role not in ROLES:
             raise AccessError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
         comps = sorted(acct.compartments | add)
-        return self._update(name, by, "user.grant", {"level": new_level, "compartments": json.dumps(comps),
+        return self._update(name, who, "user.grant", {"level": new_level, "compartments": json.dumps(comps),
                                                       "role": role or acct.role},
                             level=new_level, compartments=comps, role=role or acct.role)
 
-    def revoke(self, name: str, *, by: str, compartments: Iterable[str] = (), level: str | None = None) -> Account:
+    def revoke(self, name: str, *, by: Account, compartments: Iterable[str] = (), level: str | None = None) -> Account:
+        who = self._admin(by)
         acct = self.get(name)
         new_level, drop = self._labels(level or acct.level, compartments, name)
         if self.scale.rank(new_level) > self.scale.rank(acct.level):
@@ -258,7 +277,7 @@ class AccountStore:
         if missing:
             raise AccessError(f"account {name!r} does not hold {', '.join(sorted(missing))}")
         comps = sorted(acct.compartments - drop)
-        return self._update(name, by, "user.revoke", {"level": new_level, "compartments": json.dumps(comps)},
+        return self._update(name, who, "user.revoke", {"level": new_level, "compartments": json.dumps(comps)},
                             level=new_level, compartments=comps)
 
     # -- login sessions -----------------------------------------------------------------

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.access.accounts import _NAME, ROLES, AccountStore
+from appliance.access.accounts import _NAME, ROLES, Account, AccountStore
+from appliance.access.authz import authorize
 from appliance.access.labels import LevelScale, _compartments
 from appliance.errors import AccessError
 
@@ -76,8 +77,9 @@ def load_policy(doc: dict, scale: LevelScale, where: str) -> Policy:
     return Policy(known, tuple(out))
 
 
-def apply_policy(store: AccountStore, policy: Policy, *, by: str) -> list[str]:
+def apply_policy(store: AccountStore, policy: Policy, *, by: Account) -> list[str]:
     """Apply ``policy``; returns the changes made. Everything is checked before anything changes."""
+    authorize(store.get(by.name), "policy.apply")
     for u in policy.users:  # validate first: a bad entry must not leave the accounts half-changed
         if not _NAME.match(u.name) or u.role not in ROLES:
             raise AccessError(f"users.{u.name}: bad name or unknown role {u.role!r} (one of {', '.join(ROLES)})")
@@ -93,8 +95,8 @@ def apply_policy(store: AccountStore, policy: Policy, *, by: str) -> list[str]:
             changes.append(change)
     listed = {u.name for u in policy.users}
     for acct in store.list():
-        if acct.name not in listed and not acct.disabled and acct.name != by:
+        if acct.name not in listed and not acct.disabled and acct.name != by.name:
             store.disable(acct.name, by=by)
             changes.append(f"disabled {acct.name} (not in the policy)")
-    store.auditor.record("policy.apply", by, users=len(policy.users), changes=changes)
+    store.auditor.record("policy.apply", by.name, users=len(policy.users), changes=changes)
     return changes

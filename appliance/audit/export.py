@@ -69,8 +69,9 @@ def _b64(proof: list[bytes]) -> list[str]:
     return [base64.b64encode(h).decode() for h in proof]
 
 
-def export_log(log: AuditLog, out: Path, *, by: str | None, since_checkpoint: bytes | None = None,
+def export_log(log: AuditLog, out: Path, *, by: str, since_checkpoint: bytes | None = None,
                filt: ExportFilter = ExportFilter()) -> dict:
+    """Write an export of ``log`` to ``out``; ``by`` is who asked (the caller has authorized them)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AuditError(f"{out} exists and is not an empty directory")
     previous = None

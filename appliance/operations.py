@@ -1,0 +1,81 @@
+"""Operations done on behalf of an account: each authorizes, audits, then acts.
+
+The CLI and the TUI call these with the logged-in :class:`Account`; neither makes an
+access decision of its own. An operation whose audit entry cannot be written does not
+happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from appliance.access.accounts import Account
+from appliance.access.authz import authorize
+from appliance.access.labels import Labels, Principal
+from appliance.audit.export import ExportFilter, export_log
+from appliance.errors import AccessError, KnowledgeError
+from appliance.knowledge.base import IngestReport
+from appliance.services import Services
+
+__all__ = ["principal_of", "ingest", "delete_document", "check_index", "export_audit", "check_audit"]
+
+
+def _fresh(services: Services, account: Account, action: str | None = None) -> Account:
+    current = services.accounts().get(account.name)  # as stored now: a revoke takes effect at once
+    if current.disabled:
+        raise AccessError(f"{current.name} is disabled")
+    return authorize(current, action) if action else current
+
+
+def principal_of(services: Services, account: Account, narrowed: Labels | None = None) -> Principal:
+    """The account's reading principal; ``narrowed`` (officers, admins) previews a clearance within its own."""
+    me = _fresh(services, account).principal()
+    if narrowed is None:
+        return me
+    authorize(_fresh(services, account), "search.as_clearance")
+    if not me.can_read(narrowed, services.scale):
+        raise AccessError(f"{narrowed} is not within your own clearance")
+    return Principal(name=me.name, level=narrowed.level, compartments=narrowed.compartments)
+
+
+def ingest(services: Services, account: Account, files: Sequence[Path], labels: Labels,
+           progress: Callable[[str, int], None] | None = None) -> IngestReport:
+    by = _fresh(services, account, "documents.manage")
+    if not by.principal().can_read(labels, services.scale):
+        raise AccessError(f"{by.name} is not cleared for {labels}: documents may only be labelled within "
+                          "your own clearance")
+    audit = services.audit()
+    audit.record("document.ingest", by.name, files=[str(f) for f in files][:1000], labels=str(labels))
+    report = services.knowledge().ingest_files(list(files), labels, by=by.name, progress=progress)
+    audit.record("document.ingested", by.name, labels=str(labels),
+                 outcomes=[[o.source, o.status, o.doc_ids] for o in report.outcomes][:1000])
+    return report
+
+
+def delete_document(services: Services, account: Account, doc_id: str) -> None:
+    by = _fresh(services, account, "documents.manage")
+    kb = services.knowledge()
+    doc = kb.catalog.get(doc_id)
+    if doc is None or not by.principal().can_read(doc.labels, kb.scale):
+        raise KnowledgeError(f"no document {doc_id!r}")  # the same words whether absent or not readable
+    services.audit().record("document.delete", by.name, doc=doc_id, version=doc.version, labels=str(doc.labels))
+    kb.delete(doc_id)
+
+
+def check_index(services: Services, account: Account, repair: bool = False) -> list[str]:
+    by = _fresh(services, account, "index.admin")
+    if repair:
+        services.audit().record("index.repair", by.name)
+    return services.knowledge().check(repair=repair)
+
+
+def export_audit(services: Services, account: Account, out: Path, *, since_checkpoint: bytes | None = None,
+                 filt: ExportFilter = ExportFilter()) -> dict:
+    by = _fresh(services, account, "audit.export")
+    return export_log(services.audit(), out, by=by.name, since_checkpoint=since_checkpoint, filt=filt)
+
+
+def check_audit(services: Services, account: Account) -> dict:
+    _fresh(services, account, "audit.check")
+    return services.audit().check()
