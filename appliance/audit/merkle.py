@@ -53,15 +53,18 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
     RFC's split-at-the-largest-power-of-two tree, without recursion.
     """
     level = list(leaf_hashes)
-    for i, h in enumerate(level):
-        _check_hash(h, f"leaf hash {i}")
+    if not all(isinstance(h, bytes) and len(h) == HASH_SIZE for h in level):
+        for i, h in enumerate(level):
+            _check_hash(h, f"leaf hash {i}")
     if not level:
         return EMPTY_ROOT
+    sha256 = hashlib.sha256
     while len(level) > 1:
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
+        odd = level[-1] if len(level) % 2 else None
+        pairs = iter(level)
+        level = [sha256(b"\x01" + left + right).digest() for left, right in zip(pairs, pairs)]
+        if odd is not None:
+            level.append(odd)
     return level[0]
 
 

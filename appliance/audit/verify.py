@@ -6,9 +6,11 @@ Checks, naming the first thing that fails:
 
 * the checkpoint is well formed and signed by the log key (the pinned ``--key`` if
   given, else the export's ``log.vkey``: compare its fingerprint with the one on record);
-* every entry is canonical JSON, numbered in order, nothing missing, repeated or moved;
-* unfiltered: the entries hash to exactly the checkpoint's root; filtered: each entry
-  has an inclusion proof to that root, and matches the stated filter;
+* unfiltered: the entries hash to exactly the checkpoint's root, so they are byte for
+  byte what the appliance wrote and signed (when they do not, every line is parsed to
+  name the first entry that is not canonical, numbered in order, or present);
+* filtered: every entry is canonical JSON, numbered in order, matches the stated
+  filter, and has an inclusion proof to the checkpoint's root;
 * with an earlier checkpoint: same log, not shorter, and the consistency proof shows
   the new log extends the old one unchanged (a truncated or rewritten log fails).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -85,9 +88,43 @@ def verify_export(directory: Path, *, previous: bytes | None = None, key_file: P
             if not isinstance(row, dict) or not isinstance(row.get("seq"), int) or row["seq"] in proofs:
                 raise AuditVerifyError(f"inclusion.jsonl line {n} is malformed or repeats an entry")
             proofs[row["seq"]] = _hashes(row.get("proof"), f"inclusion proof of entry {row['seq']}")
-    leaves: list[bytes] = []
+    if not filtered:
+        count = _unfiltered(entries_path, cp)
+    else:
+        count = _entries(entries_path, cp, filtered, filters, proofs)
+    if filtered and proofs:
+        raise AuditVerifyError(f"inclusion proofs for entries not in the export: {sorted(proofs)[:5]}")
+    if manifest.get("entries") != count:
+        raise AuditVerifyError(f"manifest.json says {manifest.get('entries')} entries, the export holds {count}")
+    prev = _previous(directory, previous, verifier, cp)
+    return VerifyReport(cp.origin, cp.size, count, filtered, verifier.key_id.hex(), prev.size if prev else None)
+
+
+def _unfiltered(path: Path, cp: Checkpoint) -> int:
+    """Hash every line as a leaf; if they give the signed root, the export is exactly what was signed.
+
+    Only when they do not is every line parsed, to say which entry is wrong.
+    """
+    sha256 = hashlib.sha256
+    with open(path, "rb") as fh:
+        leaves = [sha256(b"\x00" + line[:-1]).digest() for line in fh]
+    whole = True  # the last line ends with a newline (an empty file is whole)
+    if path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, 2)
+            whole = fh.read(1) == b"\n"
+    if whole and len(leaves) == cp.size and root(leaves) == cp.root:
+        return len(leaves)
+    _entries(path, cp, False, {}, {})  # names the first bad entry, if one is
+    if len(leaves) != cp.size:
+        raise AuditVerifyError(f"the export holds {len(leaves)} entries, the checkpoint {cp.size}")
+    raise AuditVerifyError("the entries do not hash to the checkpoint's root")
+
+
+def _entries(path: Path, cp: Checkpoint, filtered: bool, filters: dict, proofs: dict[int, list[bytes]]) -> int:
+    """Parse and check every line; returns the count (raises on the first problem)."""
     last, count = -1, 0
-    with open(entries_path, "rb") as fh:
+    with open(path, "rb") as fh:
         for n, line in enumerate(fh, 1):
             count = n
             if not line.endswith(b"\n"):
@@ -113,19 +150,7 @@ def verify_export(directory: Path, *, previous: bytes | None = None, key_file: P
                     verify_inclusion(leaf_hash(data), seq, cp.size, proofs.pop(seq), cp.root)
                 except AuditVerifyError as exc:
                     raise AuditVerifyError(f"entry {seq} is not in the checkpointed log: {exc}") from None
-            else:
-                leaves.append(leaf_hash(data))
-    if not filtered:
-        if len(leaves) != cp.size:
-            raise AuditVerifyError(f"the export holds {len(leaves)} entries, the checkpoint {cp.size}")
-        if root(leaves) != cp.root:
-            raise AuditVerifyError("the entries do not hash to the checkpoint's root")
-    if filtered and proofs:
-        raise AuditVerifyError(f"inclusion proofs for entries not in the export: {sorted(proofs)[:5]}")
-    if manifest.get("entries") != count:
-        raise AuditVerifyError(f"manifest.json says {manifest.get('entries')} entries, the export holds {count}")
-    prev = _previous(directory, previous, verifier, cp)
-    return VerifyReport(cp.origin, cp.size, count, filtered, verifier.key_id.hex(), prev.size if prev else None)
+    return count
 
 
 def _check_filter(entry: dict, filters: dict, n: int) -> None:
