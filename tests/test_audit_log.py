@@ -253,3 +253,16 @@ def test_consistency_proof_accepted_from_an_earlier_export(tmp_path: Path) -> No
     (out / "consistency.json").write_text(json.dumps(cons))
     with pytest.raises(AuditVerifyError, match="does not extend"):
         verify_export(out)
+
+
+def test_disk_full_refuses_the_action_and_keeps_the_log(tmp_path: Path) -> None:
+    log = _log(tmp_path / "audit", n=3)
+    pages = log.conn.execute("PRAGMA page_count").fetchone()[0]
+    log.conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLite's own "database or disk is full"
+    with pytest.raises(AuditWriteError, match="full"):
+        for i in range(100):
+            log.record("question", "alice", question="x" * 3000, n=i)
+    log.conn.execute("PRAGMA max_page_count = 1073741823")
+    size = log.tree.size
+    assert log.check()["entries"] == size  # what was written before is whole and verifies
+    assert log.record("question", "alice", question="after") == size
