@@ -37,7 +37,7 @@ def ask(ctx: click.Context, question: str, session: str | None, as_json: bool) -
     err_console.print()
     if answer.marking:
         console.print(f"[reverse] {answer.marking} [/]")
-    style = {"answered": "bold", "quoted": "bold", "specialist": "bold", "abstained": "yellow"}[answer.outcome]
+    style = {"answered": "bold", "quoted": "bold", "specialist": "bold"}.get(answer.outcome, "yellow")
     console.print(answer.text, style=style, highlight=False)
     for c in answer.citations:
         where = ", ".join(x for x in (f"p. {c.page}" if c.page else "", " > ".join(c.heading)) if x)

@@ -18,7 +18,8 @@ from appliance.errors import AccessError, KnowledgeError
 from appliance.knowledge.base import IngestReport
 from appliance.services import Services
 
-__all__ = ["principal_of", "ingest", "delete_document", "check_index", "export_audit", "check_audit"]
+__all__ = ["principal_of", "ingest", "delete_document", "check_index", "export_audit", "check_audit",
+           "record_feedback"]
 
 
 def _fresh(services: Services, account: Account, action: str | None = None) -> Account:
@@ -71,9 +72,19 @@ def check_index(services: Services, account: Account, repair: bool = False) -> l
 
 
 def export_audit(services: Services, account: Account, out: Path, *, since_checkpoint: bytes | None = None,
-                 filt: ExportFilter = ExportFilter()) -> dict:
+                 filt: ExportFilter = ExportFilter(), progress: Callable[[int, int], None] | None = None) -> dict:
     by = _fresh(services, account, "audit.export")
-    return export_log(services.audit(), out, by=by.name, since_checkpoint=since_checkpoint, filt=filt)
+    return export_log(services.audit(), out, by=by.name, since_checkpoint=since_checkpoint, filt=filt,
+                      progress=progress)
+
+
+def record_feedback(services: Services, account: Account, trace_id: str, verdict: str,
+                    correct_answer: str | None = None) -> None:
+    """An analyst marks one of their answers right or wrong (kept for evaluation, and audited)."""
+    by = _fresh(services, account)
+    services.audit().record("answer.feedback", by.name, trace=trace_id, verdict=verdict,
+                            correct_answer=correct_answer or None)
+    services.agent_store().add_feedback(trace_id, by.name, verdict, correct_answer)
 
 
 def check_audit(services: Services, account: Account) -> dict:

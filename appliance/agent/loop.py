@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ class Citation:
 class Answer:
     question: str
     text: str
-    outcome: str  # answered | quoted | specialist | abstained
+    outcome: str  # answered | quoted | specialist | abstained | cancelled
     sentences: list[SentenceCheck] = field(default_factory=list)
     citations: list[Citation] = field(default_factory=list)
     marking: str = ""
@@ -132,16 +133,19 @@ def marking_of(labels: list[Labels], scale: LevelScale) -> str:
 
 
 class _Run:
-    """Bookkeeping of one request: steps, budget, timing."""
+    """Bookkeeping of one request: steps, budget, timing, cancellation."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, cancel: threading.Event | None = None) -> None:
         self.settings = settings
+        self.cancel = cancel
         self.steps: list[Step] = []
         self.current: Step | None = None
         self.tokens = 0
         self.t0 = time.perf_counter()
 
     def step(self, name: str, **kw: object) -> Step:
+        if self.cancel is not None and self.cancel.is_set():
+            raise _Budget("cancelled")
         if len(self.steps) >= self.settings.max_steps:
             raise _Budget(f"step budget of {self.settings.max_steps} used")
         s = Step(name, **kw)  # type: ignore[arg-type]
@@ -224,7 +228,9 @@ class Agent:
     # -- the state machine --------------------------------------------------------------
 
     def ask(self, question: str, principal: Principal, *, session_id: str | None = None,
-            on_token: Callable[[str], None] | None = None) -> Answer:
+            on_token: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Answer:
+        """Answer ``question`` for ``principal``; setting ``cancel`` (from any thread) stops it at the next step
+        and the generation in progress (see :meth:`cancel`)."""
         if not isinstance(question, str):
             raise AgentError("the question must be text")
         if len(question) > 4 * MAX_QUESTION_CHARS:
@@ -237,15 +243,17 @@ class Agent:
         history = self.store.turns(session_id, principal.name) if session_id else []
         if self.auditor is not None:  # refused here, before any work, if it cannot be recorded
             self.auditor.record("question", principal.name, question=question, session=session_id)
-        run = _Run(self.settings)
+        run = _Run(self.settings, cancel)
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         answer = Answer(question=question, text="", outcome="abstained", session_id=session_id)
         try:
             self._answer(question, principal, history, run, answer, on_token)
         except _Budget as exc:
             run.steps.append(Step("budget", decision=str(exc)))
-            if not answer.text:
+            if not answer.text or str(exc) == "cancelled":
                 self._abstain(answer, f"stopped: {exc}")
+                answer.outcome = "cancelled" if str(exc) == "cancelled" else answer.outcome
+                answer.citations, answer.sentences = [], []
         answer.seconds = time.perf_counter() - run.t0
         answer.trace_id = secrets.token_hex(8)
         if self.auditor is not None:  # before anything is shown or kept: if this fails, nothing is
@@ -486,6 +494,11 @@ class Agent:
         answer.outcome = "specialist"
         self._cite(answer, hits, cited)
         answer.text = " ".join(lines)
+
+    def cancel(self, event: threading.Event) -> None:
+        """Cancel the request that was given ``event``: the generation stops now, the loop at its next step."""
+        event.set()
+        self.engine.cancel()
 
     def _audit(self, principal: Principal, answer: Answer, run: _Run) -> None:
         retrieved = list(dict.fromkeys(c for s in run.steps if s.name == "retrieve" for c in s.chunk_ids))

@@ -47,6 +47,16 @@ def m002_step_time_split(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE trace_steps ADD COLUMN retrieval_ms REAL NOT NULL DEFAULT 0")
 
 
+@MIGRATIONS
+def m003_feedback(db: sqlite_utils.Database) -> None:
+    """An analyst's verdict on an answer, kept for evaluation."""
+    db.execute("""CREATE TABLE feedback (trace_id TEXT NOT NULL, user TEXT NOT NULL, verdict TEXT NOT NULL,
+        correct_answer TEXT, at TEXT NOT NULL, PRIMARY KEY (trace_id, user))""")
+
+
+MAX_FEEDBACK_CHARS = 4000
+
+
 @dataclass
 class Step:
     name: str
@@ -115,6 +125,24 @@ class AgentStore:
                           chunk_ids=json.loads(r["chunk_ids"]), scores=json.loads(r["scores"]))
                      for r in self.db.query("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY n", [trace_id])]
         return dict(rows[0], steps=steps, time_split=time_split(rows[0]["seconds"] or 0.0, steps))
+
+    def add_feedback(self, trace_id: str, user: str, verdict: str, correct_answer: str | None = None) -> None:
+        """Mark one of ``user``'s answers right or wrong (with the correct answer, if given); the last word counts."""
+        if verdict not in ("right", "wrong"):
+            raise AgentError(f"a verdict is right or wrong, not {verdict!r}")
+        if correct_answer is not None and len(correct_answer) > MAX_FEEDBACK_CHARS:
+            raise AgentError(f"the correct answer is over the {MAX_FEEDBACK_CHARS} character limit")
+        with self._lock:
+            self.trace(trace_id, user)  # the user's own answers only
+            with self.db.atomic():
+                self.db.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?)",
+                                [trace_id, user, verdict, (correct_answer or "").strip() or None, _now()])
+
+    def feedback(self, user: str | None = None) -> list[dict]:
+        with self._lock:
+            sql = "SELECT f.*, t.question, t.answer FROM feedback f JOIN traces t ON t.id = f.trace_id"
+            return list(self.db.query(sql + (" WHERE f.user = ?" if user else "") + " ORDER BY f.at",
+                                      [user] if user else []))
 
     # -- sessions -----------------------------------------------------------------------
 

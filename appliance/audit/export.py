@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def _b64(proof: list[bytes]) -> list[str]:
 
 
 def export_log(log: AuditLog, out: Path, *, by: str, since_checkpoint: bytes | None = None,
-               filt: ExportFilter = ExportFilter()) -> dict:
+               filt: ExportFilter = ExportFilter(), progress: Callable[[int, int], None] | None = None) -> dict:
     """Write an export of ``log`` to ``out``; ``by`` is who asked (the caller has authorized them)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AuditError(f"{out} exists and is not an empty directory")
@@ -91,6 +92,8 @@ def export_log(log: AuditLog, out: Path, *, by: str, since_checkpoint: bytes | N
         kept = 0
         with open(tmp / "entries.jsonl", "wb") as entries, open(tmp / "inclusion.jsonl", "w") as inclusion:
             for e in log.entries(0, cp.size):
+                if progress is not None and (e.seq % 1000 == 0 or e.seq == cp.size - 1):
+                    progress(e.seq + 1, cp.size)
                 if filt.active and not filt.matches(e.value()):
                     continue
                 entries.write(e.data + b"\n")

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,12 +117,16 @@ class ModelStore:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        if self._db is None:
+        """The registry, one connection per thread (the TUI reads it from worker threads)."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        db = getattr(local, "db", None)
+        if db is None:
             self.blobs.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite_utils.Database(self.root / "registry.db")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            MIGRATIONS.apply(self._db)
-        return self._db
+            db = local.db = sqlite_utils.Database(self.root / "registry.db")
+            db.execute("PRAGMA journal_mode=WAL")
+            MIGRATIONS.apply(db)
+            self._db = db
+        return db
 
     def blob_path(self, sha256: str) -> Path:
         return self.blobs / f"sha256-{sha256}.gguf"

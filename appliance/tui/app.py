@@ -1,0 +1,195 @@
+"""The application: takes the services, logs a user in, shows the screens their role allows.
+
+Long work (the engine, the index, the audit log) runs in ``@work(thread=True)`` workers
+that only post messages; one handler (:meth:`ApplianceApp.on_failed`) turns any failure
+into a readable notice. The services refuse anything a role may not do; the UI also
+leaves such screens and actions out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from textual import events, work
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
+from appliance.access.accounts import Account, LoginSession
+from appliance.access.authz import ACTIONS
+from appliance.access.labels import Principal
+from appliance.errors import AccessError, ApplianceError, AuditWriteError
+from appliance.services import Services
+from appliance.tui.messages import Failed
+
+__all__ = ["ApplianceApp", "SCREENS_BY_ROLE"]
+
+SCREENS_BY_ROLE: dict[str, tuple[str, ...]] = {
+    "analyst": ("ask", "library", "system"),
+    "officer": ("ask", "library", "system", "audit"),
+    "auditor": ("ask", "library", "system", "audit"),
+    "admin": ("ask", "library", "system", "audit"),
+}
+TITLES = {"ask": "Ask", "library": "Library", "system": "System", "audit": "Audit"}
+
+
+def clearance(account: Account) -> str:
+    comps = ",".join(sorted(account.compartments))
+    return account.level + (f":{comps}" if comps else "")
+
+
+class ApplianceApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "Appliance"
+    BINDINGS = [
+        ("f2", "goto('ask')", "Ask"),
+        ("f3", "goto('library')", "Library"),
+        ("f4", "goto('system')", "System"),
+        ("f5", "goto('audit')", "Audit"),
+        ("ctrl+l", "logout", "Log out"),
+    ]
+
+    def __init__(self, services: Services, *, idle_check_s: float = 5.0, warm_engine: bool = True) -> None:
+        super().__init__()
+        self.services = services
+        self.account: Account | None = None
+        self.token: str | None = None
+        self.session_marking = ""
+        self.last_input = time.monotonic()
+        self.idle_check_s = idle_check_s
+        self.warm_engine = warm_engine
+        self.engine_ready = threading.Event()
+        self.answer_speeds: deque[tuple[str, float]] = deque(maxlen=10)  # (trace id, tokens/s)
+        self.started = time.perf_counter()
+        self.login_shown_s: float | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        from appliance.tui.screens.login import LoginScreen
+
+        self.push_screen(LoginScreen())
+        self.set_interval(self.idle_check_s, self._check_idle)
+        if self.warm_engine:
+            self._warm_engine()
+
+    @work(thread=True, exclusive=True, group="warm")
+    def _warm_engine(self) -> None:
+        """Load the models while the user logs in, so the first answer does not wait for them."""
+        try:
+            self.services.agent()
+        except ApplianceError as exc:
+            self.post_message(Failed(exc, "loading the models"))
+        finally:
+            self.engine_ready.set()
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key | events.MouseDown):
+            self.last_input = time.monotonic()
+        await super().on_event(event)
+
+    def _check_idle(self) -> None:
+        idle = self.services.settings.access.idle_timeout_s
+        if self.account is not None and time.monotonic() - self.last_input > idle:
+            self.to_login("Your session ended after being idle; log in again.")
+
+    # -- account ------------------------------------------------------------------------
+
+    def logged_in(self, session: LoginSession) -> None:
+        self.account, self.token = session.account, session.token
+        self.session_marking = ""
+        self.last_input = time.monotonic()
+        self.refresh_header()
+        for name in self.allowed_screens():
+            self.install_screen(self._make(name), name=name)
+        self.switch_screen(self.allowed_screens()[0])
+
+    def allowed_screens(self) -> tuple[str, ...]:
+        return SCREENS_BY_ROLE.get(self.account.role, ()) if self.account else ()
+
+    def may(self, action: str) -> bool:
+        return self.account is not None and self.account.role in ACTIONS[action]
+
+    def current(self) -> Account:
+        """The account behind the login session, checked by the service (idle clock restarts)."""
+        if self.token is None:
+            raise AccessError("not logged in")
+        self.account = self.services.login_session(self.token)
+        return self.account
+
+    def principal(self) -> Principal:
+        from appliance import operations
+
+        return operations.principal_of(self.services, self.current())
+
+    def refresh_header(self) -> None:
+        if self.account is None:
+            self.title, self.sub_title = "Appliance", "log in"
+            return
+        a = self.account
+        self.title = f"Appliance \u2014 {a.name} ({a.role})"
+        self.sub_title = f"cleared {clearance(a)}" + (f" | session {self.session_marking}"
+                                                      if self.session_marking else "")
+
+    def to_login(self, message: str = "") -> None:
+        from appliance.tui.screens.login import LoginScreen
+
+        if self.token:
+            try:
+                self.services.accounts().logout(self.token)
+            except ApplianceError:
+                pass
+        names = self.allowed_screens()
+        self.account, self.token, self.session_marking = None, None, ""
+        self.refresh_header()
+        self.switch_screen(LoginScreen(message))
+        for name in names:
+            if name in self._installed_screens:
+                self.uninstall_screen(name)
+
+    def _make(self, name: str) -> Screen:
+        from appliance.tui.screens.ask import AskScreen
+        from appliance.tui.screens.audit import AuditScreen
+        from appliance.tui.screens.library import LibraryScreen
+        from appliance.tui.screens.system import SystemScreen
+
+        return {"ask": AskScreen, "library": LibraryScreen, "system": SystemScreen, "audit": AuditScreen}[name]()
+
+    # -- actions ------------------------------------------------------------------------
+
+    def action_goto(self, name: str) -> None:
+        if name not in self.allowed_screens():
+            self.notify(f"{TITLES.get(name, name)} is not available to you.", severity="warning")
+            return
+        self.switch_screen(name)
+
+    def action_logout(self) -> None:
+        if self.account is not None:
+            self.to_login("Logged out.")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for name in self.allowed_screens():
+            yield SystemCommand(f"Go to {TITLES[name]}", f"Open the {TITLES[name]} screen",
+                                lambda name=name: self.action_goto(name))
+        if self.account is not None:
+            yield SystemCommand("Log out", "End the session and return to the login screen", self.action_logout)
+        yield from getattr(screen, "commands", lambda: [])()
+
+    # -- the one place failures become notices ------------------------------------------
+
+    def on_failed(self, message: Failed) -> None:
+        exc = message.error
+        if isinstance(exc, AccessError) and ("not logged in" in str(exc) or "idle" in str(exc)
+                                             or "disabled" in str(exc)):
+            self.to_login(f"{exc}")
+            return
+        if isinstance(exc, AuditWriteError):
+            text = f"Refused: {exc}"
+        elif isinstance(exc, ApplianceError):
+            text = f"{message.what.capitalize()} failed: {exc}"
+        else:
+            text = f"{message.what.capitalize()} failed unexpectedly: {type(exc).__name__}: {exc}"
+        self.notify(text, title="Problem", severity="error", timeout=10)

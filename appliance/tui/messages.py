@@ -1,0 +1,43 @@
+"""Messages that worker threads post to the UI (they never touch a widget themselves)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual.message import Message
+
+__all__ = ["Token", "Answered", "Failed", "Progressed", "Done"]
+
+
+@dataclass
+class Token(Message):
+    """One streamed piece of the answer's draft."""
+
+    text: str
+    at: float  # time.perf_counter() when the engine's piece reached the worker
+
+
+@dataclass
+class Answered(Message):
+    answer: Any  # appliance.agent.loop.Answer
+
+
+@dataclass
+class Failed(Message):
+    """A worker's failure, for the central handler."""
+
+    error: BaseException
+    what: str
+
+
+@dataclass
+class Progressed(Message):
+    done: int
+    total: int | None
+
+
+@dataclass
+class Done(Message):
+    what: str
+    result: Any

@@ -1,0 +1,287 @@
+"""Ask: a conversation with streamed answers, their sources, marking, steps and feedback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Static
+
+from appliance.agent.loop import Answer, Citation, marking_of
+from appliance.tui.messages import Answered, Done, Failed, Token
+
+__all__ = ["AskScreen"]
+
+OUTCOME = {"answered": "VERIFIED ANSWER", "quoted": "QUOTED FROM THE SOURCES", "specialist": "SPECIALIST RESULT",
+           "abstained": "NOT IN THE DOCUMENTS", "cancelled": "CANCELLED"}
+
+
+def where(c: Citation) -> str:
+    return ", ".join(x for x in (f"p. {c.page}" if c.page else "", " > ".join(c.heading)) if x)
+
+
+class AskScreen(Screen[None]):
+    AUTO_FOCUS = "#question"
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+t", "toggle_steps", "Steps"),
+        Binding("ctrl+o", "open_citation", "Open source"),
+        Binding("ctrl+f", "flag", "Flag answer"),
+        Binding("ctrl+s", "sessions", "Sessions"),
+        Binding("ctrl+n", "new_session", "New session"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session_id: str | None = None
+        self.busy: threading.Event | None = None
+        self.draft: Static | None = None
+        self.pieces: list[str] = []
+        self.last: Answer | None = None
+        self.markings: list[Any] = []
+        self.first_token_lag: list[float] = []  # seconds from the engine's piece to the screen
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="banner")
+        with Horizontal(id="ask-body"):
+            with Vertical(id="chat"):
+                yield VerticalScroll(id="messages")
+                yield Input(placeholder="Ask a question about your documents (Enter to send, Esc to cancel)",
+                            id="question", max_length=2000)
+            with Vertical(id="side"):
+                yield Label("Sources", classes="side-title")
+                yield ListView(id="citations")
+                yield Label("Steps", classes="side-title", id="steps-title")
+                yield VerticalScroll(Static("", id="steps-text"), id="steps")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#steps").display = False
+        self.query_one("#steps-title").display = False
+
+    def commands(self) -> list[SystemCommand]:
+        return [SystemCommand("Toggle steps", "Show the agent's steps for the last answer", self.action_toggle_steps),
+                SystemCommand("Open source", "Open the selected source in context", self.action_open_citation),
+                SystemCommand("Flag answer", "Mark the last answer right or wrong", self.action_flag),
+                SystemCommand("Sessions", "Resume an earlier conversation", self.action_sessions),
+                SystemCommand("New session", "Start a new conversation", self.action_new_session)]
+
+    # -- asking -------------------------------------------------------------------------
+
+    @on(Input.Submitted, "#question")
+    def _question_submitted(self, event: Input.Submitted) -> None:
+        question = event.value.strip()
+        if not question:
+            return
+        if self.busy is not None:
+            self.notify("Still answering the last question (Esc cancels it).", severity="warning")
+            return
+        event.input.value = ""
+        messages = self.query_one("#messages", VerticalScroll)
+        messages.mount(Static(Text(f"You: {question}"), classes="question"))
+        self.draft = Static(Text("\u2026 searching your documents", style="dim"), classes="draft")
+        messages.mount(self.draft)
+        messages.scroll_end(animate=False)
+        self.pieces = []
+        self.busy = threading.Event()
+        self._ask_worker(question, self.session_id, self.busy)
+
+    @work(thread=True, exclusive=True, group="ask")
+    def _ask_worker(self, question: str, session_id: str | None, cancel: threading.Event) -> None:
+        app: Any = self.app
+        try:
+            principal = app.principal()
+            app.engine_ready.wait(timeout=300)
+            agent = app.services.agent()
+            if session_id is None:
+                session_id = agent.store.new_session(principal.name)
+                self.post_message(Done("session", session_id))
+            answer = agent.ask(question, principal, session_id=session_id, cancel=cancel,
+                               on_token=lambda piece: self.post_message(Token(piece, time.perf_counter())))
+            self.post_message(Answered(answer))
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the central handler
+            self.post_message(Failed(exc, "answering"))
+            self.post_message(Done("ask-ended", None))
+
+    def on_token(self, message: Token) -> None:
+        if self.draft is None:
+            return
+        if not self.pieces:
+            self.first_token_lag.append(time.perf_counter() - message.at)
+        self.pieces.append(message.text)
+        self.draft.update(Text("".join(self.pieces), style="dim italic"))
+        self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
+
+    def on_done(self, message: Done) -> None:
+        if message.what == "session":
+            self.session_id = message.result
+        elif message.what == "ask-ended":
+            self.busy = None
+            if self.draft is not None:
+                self.draft.update(Text("(no answer)", style="dim"))
+        elif message.what == "trace":
+            self._show_steps(message.result)
+        elif message.what == "context":
+            from appliance.tui.screens.dialogs import CitationScreen
+
+            citation, chunks = message.result
+            self.app.push_screen(CitationScreen(citation, chunks))
+
+    def on_answered(self, message: Answered) -> None:
+        a = message.answer
+        self.busy = None
+        self.last = a
+        label = OUTCOME.get(a.outcome, a.outcome.upper())
+        body = Text()
+        if a.marking:
+            body.append(f"[{a.marking}] ", style="reverse")
+        body.append(f"{label}\n", style="bold")
+        body.append(a.text, style="" if a.outcome != "abstained" else "italic")
+        if self.draft is not None:
+            self.draft.update(body)
+            self.draft.set_classes(f"answer {a.outcome}")
+            self.draft = None
+        self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
+        banner = self.query_one("#banner", Static)
+        banner.update(Text(f" {a.marking or 'NO SOURCES CITED'} ", style="reverse bold"))
+        cites = self.query_one("#citations", ListView)
+        cites.clear()
+        for c in a.citations:
+            item = ListItem(Static(Text(f"[{c.n}] {c.title}\n    {where(c) or c.doc_id}\n    {c.labels}")))
+            item.citation = c  # type: ignore[attr-defined]
+            cites.append(item)
+        app: Any = self.app
+        self.markings.extend(c.labels for c in a.citations)
+        app.session_marking = marking_of(self.markings, app.services.scale)
+        app.refresh_header()
+        if self.query_one("#steps").display:
+            self._load_trace()
+
+    def action_cancel(self) -> None:
+        if self.busy is not None:
+            app: Any = self.app
+            app.services.agent().cancel(self.busy)
+            self.notify("Cancelling\u2026")
+
+    # -- sources, steps, sessions, feedback ---------------------------------------------
+
+    @on(ListView.Selected, "#citations")
+    def _citation_selected(self, event: ListView.Selected) -> None:
+        self._open_citation(getattr(event.item, "citation", None))
+
+    def action_open_citation(self) -> None:
+        cites = self.query_one("#citations", ListView)
+        item = cites.highlighted_child
+        if item is None and self.last and self.last.citations:
+            cites.index = 0
+            item = cites.highlighted_child
+        self._open_citation(getattr(item, "citation", None) if item else None)
+
+    def _open_citation(self, citation: Citation | None) -> None:
+        if citation is not None:
+            self._fetch_context(citation)
+
+    @work(thread=True, group="context")
+    def _fetch_context(self, citation: Citation) -> None:
+        app: Any = self.app
+        try:
+            me = app.principal()
+            kb = app.services.knowledge()
+            if not me.can_read(citation.labels, kb.scale):  # never trust the screen's state alone
+                raise PermissionError("not readable")
+            chunks = [c for c in kb.catalog.chunks_of(citation.doc_id)]
+            self.post_message(Done("context", (citation, chunks)))
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(Failed(exc, "opening the source"))
+
+    def action_toggle_steps(self) -> None:
+        steps = self.query_one("#steps")
+        steps.display = not steps.display
+        self.query_one("#steps-title").display = steps.display
+        if steps.display:
+            self._load_trace()
+
+    def _load_trace(self) -> None:
+        if self.last is not None:
+            self._trace_worker(self.last.trace_id)
+
+    @work(thread=True, group="trace")
+    def _trace_worker(self, trace_id: str) -> None:
+        app: Any = self.app
+        try:
+            me = app.current()
+            self.post_message(Done("trace", app.services.agent_store().trace(trace_id, user=me.name)))
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(Failed(exc, "reading the steps"))
+
+    def _show_steps(self, trace: dict) -> None:
+        import json
+
+        out = Text()
+        for s in trace["steps"]:
+            out.append(f"{s['n']:>2} {s['name']} {s['ms'] or 0:.0f} ms\n", style="bold")
+            if s["decision"] is not None:
+                out.append(f"   {json.dumps(s['decision'])[:240]}\n")
+        ts = trace["time_split"]
+        out.append(f"model {ts['model_ms']:.0f} ms, retrieval {ts['retrieval_ms']:.0f} ms, "
+                   f"orchestration {ts['orchestration_ms']:.0f} ms\n", style="dim")
+        self.query_one("#steps-text", Static).update(out)
+
+    def action_new_session(self) -> None:
+        self.session_id, self.markings = None, []
+        self.query_one("#messages", VerticalScroll).remove_children()
+        self.query_one("#citations", ListView).clear()
+        self.query_one("#banner", Static).update("")
+        app: Any = self.app
+        app.session_marking = ""
+        app.refresh_header()
+
+    def action_sessions(self) -> None:
+        from appliance.tui.screens.dialogs import SessionsScreen
+
+        app: Any = self.app
+        sessions = app.services.agent_store().sessions(app.current().name)
+        self.app.push_screen(SessionsScreen(sessions), self._resume)
+
+    def _resume(self, session_id: str | None) -> None:
+        if not session_id:
+            return
+        app: Any = self.app
+        turns = app.services.agent_store().turns(session_id, app.current().name, last=50)
+        self.action_new_session()
+        self.session_id = session_id
+        messages = self.query_one("#messages", VerticalScroll)
+        for t in turns:
+            messages.mount(Static(Text(f"You: {t.question}"), classes="question"))
+            messages.mount(Static(Text(t.answer), classes="answer"))
+        messages.scroll_end(animate=False)
+
+    def action_flag(self) -> None:
+        from appliance.tui.screens.dialogs import FlagScreen
+
+        if self.last is None:
+            self.notify("No answer to flag yet.", severity="warning")
+            return
+        self.app.push_screen(FlagScreen(self.last.question), self._flagged)
+
+    def _flagged(self, result: tuple[str, str] | None) -> None:
+        if result is None or self.last is None:
+            return
+        from appliance import operations
+
+        app: Any = self.app
+        verdict, correct = result
+        try:
+            operations.record_feedback(app.services, app.current(), self.last.trace_id, verdict, correct or None)
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(Failed(exc, "saving your feedback"))
+            return
+        self.notify(f"Thank you: the answer is marked {verdict}.")

@@ -1,0 +1,90 @@
+"""Library: the documents the user may read, and search over them (full text or meaning)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, Select
+
+from appliance.tui.messages import Done, Failed
+
+__all__ = ["LibraryScreen"]
+
+MODES = [("Full text and meaning", "hybrid"), ("Full text", "bm25"), ("Meaning (semantic)", "dense")]
+
+
+class LibraryScreen(Screen[None]):
+    AUTO_FOCUS = "#search"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="search-bar"):
+            yield Input(placeholder="Search the documents you may read (Enter)", id="search", max_length=4000)
+            yield Select(MODES, value="hybrid", allow_blank=False, id="mode")
+        yield Label("Documents", classes="side-title", id="docs-title")
+        yield DataTable(id="docs", cursor_type="row", zebra_stripes=True)
+        yield Label("Results", classes="side-title")
+        yield DataTable(id="results", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#docs", DataTable).add_columns("document", "title", "labels", "version", "chunks", "source",
+                                                       "ingested by")
+        self.query_one("#results", DataTable).add_columns("#", "title", "labels", "where", "passage")
+        self.on_screen_resume()
+
+    def on_screen_resume(self) -> None:
+        self._load_docs()
+
+    @work(thread=True, exclusive=True, group="library")
+    def _load_docs(self) -> None:
+        app: Any = self.app
+        try:
+            me = app.principal()
+            kb = app.services.knowledge()
+            docs = [d for d in kb.catalog.documents() if me.can_read(d.labels, kb.scale)]
+            self.post_message(Done("docs", docs))
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(Failed(exc, "listing the documents"))
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self._search_worker(event.value.strip(), str(self.query_one("#mode", Select).value))
+
+    @work(thread=True, exclusive=True, group="search")
+    def _search_worker(self, query: str, mode: str) -> None:
+        app: Any = self.app
+        try:
+            from appliance.knowledge.retrieval import Retriever
+
+            me = app.principal()
+            app.engine_ready.wait(timeout=300)
+            hits = Retriever(app.services.knowledge(), app.services.settings.knowledge).retrieve(query, me, k=20,
+                                                                                                 mode=mode)
+            self.post_message(Done("hits", hits))
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(Failed(exc, "searching"))
+
+    def on_done(self, message: Done) -> None:
+        if message.what == "docs":
+            table = self.query_one("#docs", DataTable)
+            table.clear()
+            for d in message.result:
+                table.add_row(d.doc_id[:40], d.title[:50], str(d.labels), str(d.version), str(d.n_chunks),
+                              d.source_name[:30], d.ingested_by or "")
+            self.query_one("#docs-title", Label).update(f"Documents you may read: {len(message.result)}")
+        elif message.what == "hits":
+            table = self.query_one("#results", DataTable)
+            table.clear()
+            for i, h in enumerate(message.result, 1):
+                c = h.chunk
+                place = ", ".join(x for x in (f"p. {c.page}" if c.page else "", " > ".join(c.heading)) if x)
+                table.add_row(str(i), h.document.title[:40], str(h.labels), place[:30],
+                              " ".join(c.text.split())[:120])
+            if not message.result:
+                self.notify("No readable document matches.")

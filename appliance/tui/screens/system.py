@@ -1,0 +1,80 @@
+"""System: models and adapters, GPU offload, recent answer speed, index sizes, air gap, disk."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header
+
+from appliance.tui.messages import Done, Failed
+
+__all__ = ["SystemScreen"]
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+class SystemScreen(Screen[None]):
+    BINDINGS = [Binding("r", "refresh", "Refresh")]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="system", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#system", DataTable).add_columns("what", "value")
+        self.action_refresh()
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh()
+
+    @work(thread=True, exclusive=True, group="system")
+    def action_refresh(self) -> None:
+        app: Any = self.app
+        try:
+            from appliance.airgap import airgap_status
+
+            app.current()
+            s = app.services.settings
+            rows: list[tuple[str, str]] = []
+            for m in app.services.store.list():
+                loaded = m.name in (s.runtime.generator, s.runtime.embedder) or m.kind == "adapter"
+                rows.append((f"{m.kind} {m.name}", f"{_mb(m.size)}{' (in use)' if loaded else ''}"))
+            rows.append(("GPU offload layers", str(s.runtime.n_gpu_layers) + (" (CPU only)" if not
+                                                                               s.runtime.n_gpu_layers else "")))
+            speeds = [v for _, v in app.answer_speeds]
+            rows.append(("tokens/s of the last answers",
+                         ", ".join(f"{v:.0f}" for v in speeds) if speeds else "no answer yet"))
+            kb = app.services.knowledge()
+            st = kb.stats()
+            rows += [(f"index {k}", str(v)) for k, v in st.items()]
+            air = airgap_status()
+            rows.append(("air gap", ", ".join(f"{k}: {v}" for k, v in air.items()) if isinstance(air, dict)
+                         else str(air)))
+            du = shutil.disk_usage(s.data_dir)
+            rows.append(("disk free", f"{_mb(du.free)} of {_mb(du.total)}"))
+            for part in ("knowledge", "audit", "agent.db", "access.db"):
+                rows.append((f"data {part}", _mb(_size(s.data_dir / part))))
+            self.post_message(Done("rows", rows))
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(Failed(exc, "reading the system state"))
+
+    def on_done(self, message: Done) -> None:
+        table = self.query_one("#system", DataTable)
+        table.clear()
+        for k, v in message.result:
+            table.add_row(k, v)

@@ -1,0 +1,260 @@
+"""The terminal UI with Pilot, over the real services: engine, index, accounts, audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input, ListView, Static
+
+from appliance import operations
+from appliance.access.labels import Labels
+from appliance.audit.verify import verify_export
+from appliance.config import load_settings
+from appliance.runtime.model_store import ModelStore
+from appliance.services import Services, build_services
+from appliance.tui.app import ApplianceApp
+from appliance.tui.screens.ask import AskScreen
+from appliance.tui.screens.audit import AuditScreen
+from appliance.tui.screens.dialogs import CitationScreen, FlagScreen
+from appliance.tui.screens.library import LibraryScreen
+from appliance.tui.screens.login import LoginScreen
+
+PASS = "a long enough passphrase"
+DOCS = {
+    "kiosk.md": ("UNCLASSIFIED", "# Media kiosk\n\nEvery USB drive brought into the facility is scanned at the "
+                 "media kiosk before it may be connected to any workstation. The kiosk is staffed from 07:00 to "
+                 "19:00.\n"),
+    "canteen.txt": ("UNCLASSIFIED", "The canteen serves lunch from noon until two in the afternoon on weekdays.\n"),
+    "keys.txt": ("SECRET:CRYPTO", "Cipher keys for the secure link are rotated on the first Monday of each month.\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Services:
+    root = tmp_path_factory.mktemp("tui")
+    settings = load_settings({"APPLIANCE_DATA_DIR": str(root / "data"), "APPLIANCE_MODELS_DIR": str(model_store.root)})
+    s = build_services(settings)
+    acc = s.accounts()
+    acc.add("root", role="admin", level="TOP SECRET", compartments=["CRYPTO"], passphrase=PASS, by=None)
+    admin = acc.get("root")
+    for name, role, level, comps in (("ann", "analyst", "UNCLASSIFIED", []), ("olga", "officer", "SECRET", ["CRYPTO"]),
+                                     ("aud", "auditor", "CONFIDENTIAL", [])):
+        acc.add(name, role=role, level=level, compartments=comps, passphrase=PASS, by=admin)
+    for name, (labels, text) in DOCS.items():
+        (root / name).write_text(text)
+        level, _, comps = labels.partition(":")
+        operations.ingest(s, admin, [root / name], Labels(level, frozenset(filter(None, comps.split(",")))))
+    yield s
+    s.close()
+
+
+def run(services: Services, body: Callable, size: tuple[int, int] = (120, 40), **kw) -> None:
+    async def main() -> None:
+        app = ApplianceApp(services, **kw)
+        async with app.run_test(size=size) as pilot:
+            await body(app, pilot)
+    asyncio.run(main())
+
+
+async def login(app: ApplianceApp, pilot, name: str, passphrase: str = PASS) -> None:
+    await pilot.pause()
+    assert isinstance(app.screen, LoginScreen)
+    app.screen.query_one("#name", Input).value = name
+    app.screen.query_one("#passphrase", Input).value = passphrase
+    await pilot.click("#login")
+    await settle(app, pilot)
+
+
+async def settle(app: ApplianceApp, pilot, until: Callable[[], bool] | None = None, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        await pilot.pause(0.05)
+        if until is None:
+            if not [w for w in app.workers if w.is_running and w.group != "warm"]:
+                await pilot.pause()
+                return
+        elif until():
+            return
+    raise AssertionError("the UI did not settle in time")
+
+
+async def ask(app: ApplianceApp, pilot, question: str) -> AskScreen:
+    screen = app.screen
+    assert isinstance(screen, AskScreen)
+    box = screen.query_one("#question", Input)
+    box.value = question
+    box.focus()
+    await pilot.press("enter")
+    await settle(app, pilot, lambda: screen.busy is None and screen.last is not None
+                 and screen.last.question == question)
+    return screen
+
+
+def test_login_refuses_then_opens_the_ask_screen(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann", "not the passphrase!")
+        assert isinstance(app.screen, LoginScreen)
+        assert "wrong user name or passphrase" in str(app.screen.query_one("#login-message", Static).render())
+        await login(app, pilot, "ann")
+        assert isinstance(app.screen, AskScreen)
+        assert "ann (analyst)" in app.title and "UNCLASSIFIED" in app.sub_title
+    run(services, body)
+    assert services.audit().check()["entries"] > 0
+
+
+def test_ask_streams_a_cited_answer_and_opens_the_source(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        screen = await ask(app, pilot, "When does the canteen serve lunch?")
+        a = screen.last
+        assert a is not None and a.outcome in {"answered", "quoted"} and a.citations[0].doc_id == "canteen.txt"
+        assert screen.pieces or a.outcome == "quoted"  # the draft streamed
+        assert "UNCLASSIFIED" in str(screen.query_one("#banner", Static).render())
+        assert len(screen.query_one("#citations", ListView)) == len(a.citations)
+        await pilot.press("ctrl+o")
+        await settle(app, pilot, lambda: isinstance(app.screen, CitationScreen))
+        assert "noon" in str(app.screen.query_one("#citation-text", Static).render())
+        await pilot.press("escape")
+        await pilot.press("ctrl+t")
+        await settle(app, pilot, lambda: "retrieve" in str(screen.query_one("#steps-text", Static).render()))
+        assert "session UNCLASSIFIED" in app.sub_title
+    run(services, body)
+
+
+def test_an_analyst_never_sees_what_they_may_not_read(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        screen = await ask(app, pilot, "How often are cipher keys rotated?")
+        assert all(c.doc_id != "keys.txt" for c in screen.last.citations)
+        assert "Monday" not in screen.last.text
+        await pilot.press("f3")
+        await settle(app, pilot)
+        table = app.screen.query_one("#docs", DataTable)
+        assert table.row_count == 2  # the SECRET:CRYPTO document is not even listed
+    run(services, body)
+
+
+def test_cancel_stops_an_answer(services: Services) -> None:
+    agent = services.agent()
+    original = agent.retriever.retrieve
+    gate = threading.Event()
+
+    def slow(*args, **kw):
+        gate.wait(5)
+        return original(*args, **kw)
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        screen = app.screen
+        box = screen.query_one("#question", Input)
+        box.value = "When does the canteen serve lunch?"
+        box.focus()
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert screen.busy is not None
+        await pilot.press("escape")
+        gate.set()
+        await settle(app, pilot, lambda: screen.busy is None and screen.last is not None)
+        assert screen.last.outcome == "cancelled" and screen.last.citations == []
+
+    agent.retriever.retrieve = slow  # a seam: hold retrieval so the cancel lands mid-answer
+    try:
+        run(services, body)
+    finally:
+        agent.retriever.retrieve = original
+
+
+def test_flag_an_answer_as_wrong_with_the_right_one(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        screen = await ask(app, pilot, "Where are USB drives scanned?")
+        await pilot.press("ctrl+f")
+        await settle(app, pilot, lambda: isinstance(app.screen, FlagScreen))
+        app.screen.query_one("#correct", Input).value = "At the media kiosk."
+        await pilot.click("#wrong")
+        await settle(app, pilot, lambda: isinstance(app.screen, AskScreen))
+        await pilot.pause(0.2)
+        rows = services.agent_store().feedback("ann")
+        assert rows and rows[-1]["verdict"] == "wrong" and rows[-1]["correct_answer"] == "At the media kiosk."
+        assert rows[-1]["trace_id"] == screen.last.trace_id
+    run(services, body)
+
+
+def test_library_search_full_text(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "olga")
+        await pilot.press("f3")
+        await settle(app, pilot)
+        assert isinstance(app.screen, LibraryScreen)
+        assert app.screen.query_one("#docs", DataTable).row_count == 3
+        box = app.screen.query_one("#search", Input)
+        box.value = "cipher keys"
+        box.focus()
+        await pilot.press("enter")
+        await settle(app, pilot, lambda: app.screen.query_one("#results", DataTable).row_count > 0)
+        first = app.screen.query_one("#results", DataTable).get_row_at(0)
+        assert "SECRET:CRYPTO" in first[2]
+    run(services, body)
+
+
+def test_audit_export_with_progress(services: Services, tmp_path: Path) -> None:
+    out = tmp_path / "media" / "audit"
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "aud")
+        await pilot.press("f5")
+        await settle(app, pilot)
+        assert isinstance(app.screen, AuditScreen)
+        assert app.screen.query_one("#entries", DataTable).row_count > 0
+        app.screen.query_one("#export-dir", Input).value = str(out)
+        await pilot.click("#export")
+        await settle(app, pilot, lambda: "Exported" in str(app.screen.query_one("#audit-status", Static).render()))
+        await pilot.click("#verify")
+        await settle(app, pilot, lambda: "verified" in str(app.screen.query_one("#audit-status", Static).render()))
+    run(services, body)
+    assert verify_export(out).entries > 0
+
+
+def test_role_gating_hides_and_refuses(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        await pilot.press("f5")
+        await pilot.pause()
+        assert isinstance(app.screen, AskScreen) and "audit" not in app._installed_screens
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Go to Audit" not in titles and "Go to Ask" in titles
+        with pytest.raises(Exception, match="audit.export needs the role"):
+            operations.export_audit(services, app.account, Path("/tmp/never"))  # the service refuses too
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        await login(app, pilot, "root")
+        await pilot.press("f5")
+        await settle(app, pilot)
+        assert isinstance(app.screen, AuditScreen) and not app.screen.query("#export")  # admins check, not export
+    run(services, body)
+
+
+def test_idle_timeout_returns_to_login(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        assert isinstance(app.screen, AskScreen)
+        app.last_input -= 10_000  # as if the analyst walked away
+        await settle(app, pilot, lambda: isinstance(app.screen, LoginScreen), timeout=5)
+        assert "idle" in str(app.screen.query_one("#login-message", Static).render())
+        assert app.account is None
+    run(services, body, idle_check_s=0.1)
+
+
+def test_fits_80x24(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        screen = app.screen
+        for wid in ("#question", "#citations", "#messages"):
+            region = screen.query_one(wid).region
+            assert region.width > 0 and region.height > 0 and region.right <= 80 and region.bottom <= 24
+    run(services, body, size=(80, 24))
