@@ -123,6 +123,13 @@ def test_ask_streams_a_cited_answer_and_opens_the_source(services: Services) -> 
         await pilot.press("ctrl+t")
         await settle(app, pilot, lambda: "retrieve" in str(screen.query_one("#steps-text", Static).render()))
         assert "session UNCLASSIFIED" in app.sub_title
+        await pilot.press("f4")
+        await settle(app, pilot)
+        rows = [app.screen.query_one("#system", DataTable).get_row_at(i)
+                for i in range(app.screen.query_one("#system", DataTable).row_count)]
+        info = {r[0]: r[1] for r in rows}
+        assert "generator smollm2-135m-instruct" in info and "index vectors" in info
+        assert info["tokens/s of the last answers"] != "no answer yet" or a.outcome == "quoted"
     run(services, body)
 
 

@@ -95,6 +95,7 @@ class Answer:
     session_id: str | None = None
     route: str = "rag"
     seconds: float = 0.0
+    tokens_per_s: float | None = None  # of the written answer, when the model wrote one
 
     def as_dict(self) -> dict:
         return {"question": self.question, "answer": self.text, "outcome": self.outcome, "marking": self.marking,
@@ -141,6 +142,7 @@ class _Run:
         self.steps: list[Step] = []
         self.current: Step | None = None
         self.tokens = 0
+        self.tokens_per_s: float | None = None
         self.t0 = time.perf_counter()
 
     def step(self, name: str, **kw: object) -> Step:
@@ -255,6 +257,7 @@ class Agent:
                 answer.outcome = "cancelled" if str(exc) == "cancelled" else answer.outcome
                 answer.citations, answer.sentences = [], []
         answer.seconds = time.perf_counter() - run.t0
+        answer.tokens_per_s = run.tokens_per_s
         answer.trace_id = secrets.token_hex(8)
         if self.auditor is not None:  # before anything is shown or kept: if this fails, nothing is
             self._audit(principal, answer, run)
@@ -439,6 +442,8 @@ class Agent:
             grammar=grammar, temperature=0.0), on_token)
         step.ms = (time.perf_counter() - t0) * 1000
         step.decision = text
+        if step.tokens and step.model_ms:
+            run.tokens_per_s = step.tokens / (step.model_ms / 1000)
         return text
 
     def _route_model(self, run: _Run) -> Callable[[str, Sequence[str]], str]:

@@ -159,6 +159,8 @@ class AskScreen(Screen[None]):
             item.citation = c  # type: ignore[attr-defined]
             cites.append(item)
         app: Any = self.app
+        if a.tokens_per_s:
+            app.answer_speeds.append((a.trace_id, a.tokens_per_s))
         self.markings.extend(c.labels for c in a.citations)
         app.session_marking = marking_of(self.markings, app.services.scale)
         app.refresh_header()
