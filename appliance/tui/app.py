@@ -125,6 +125,7 @@ class ApplianceApp(App[None]):
         return operations.principal_of(self.services, self.current())
 
     def refresh_header(self) -> None:
+        self.refresh_bindings()
         if self.account is None:
             self.title, self.sub_title = "Appliance", "log in"
             return
@@ -158,6 +159,14 @@ class ApplianceApp(App[None]):
         return {"ask": AskScreen, "library": LibraryScreen, "system": SystemScreen, "audit": AuditScreen}[name]()
 
     # -- actions ------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Screen keys show only for a logged-in user, and only for the screens their role may use."""
+        if action == "goto":
+            return bool(parameters) and parameters[0] in self.allowed_screens()
+        if action == "logout":
+            return self.account is not None
+        return True
 
     def action_goto(self, name: str) -> None:
         if name not in self.allowed_screens():
