@@ -135,8 +135,7 @@ class ApplianceApp(App[None]):
                                                       if self.session_marking else "")
 
     def to_login(self, message: str = "") -> None:
-        from appliance.tui.screens.login import LoginScreen
-
+        """End the session and show the login screen; the last user's screens (and what they showed) go."""
         if self.token:
             try:
                 self.services.accounts().logout(self.token)
@@ -144,11 +143,16 @@ class ApplianceApp(App[None]):
                 pass
         names = self.allowed_screens()
         self.account, self.token, self.session_marking = None, None, ""
-        self.refresh_header()
-        self.switch_screen(LoginScreen(message))
+        self.call_later(self._swap_to_login, message, names)
+
+    async def _swap_to_login(self, message: str, names: tuple[str, ...]) -> None:
+        from appliance.tui.screens.login import LoginScreen
+
+        await self.switch_screen(LoginScreen(message))
         for name in names:
             if name in self._installed_screens:
                 self.uninstall_screen(name)
+        self.refresh_header()
 
     def _make(self, name: str) -> Screen:
         from appliance.tui.screens.ask import AskScreen
