@@ -61,6 +61,8 @@ class ApplianceApp(App[None]):
         self.idle_check_s = idle_check_s
         self.warm_engine = warm_engine
         self.engine_ready = threading.Event()
+        if not warm_engine:
+            self.engine_ready.set()  # nothing loads in the background: the first answer loads the models
         self.answer_speeds: deque[tuple[str, float]] = deque(maxlen=10)  # (trace id, tokens/s)
         self.started = time.perf_counter()
         self.login_shown_s: float | None = None

@@ -37,10 +37,14 @@ class AuditScreen(Screen[None]):
 
     def on_mount(self) -> None:
         app: Any = self.app
-        self.query_one("#entries", DataTable).add_columns("#", "time", "kind", "user", "details")
+        table = self.query_one("#entries", DataTable)
+        for label, width in (("#", 8), ("time", 19), ("kind", 18), ("user", 12), ("details", 100)):
+            table.add_column(label, width=width)
         if not app.may("audit.export"):  # absent, and the service refuses it anyway
             self.query_one("#export-bar").remove()
             self.query_one("#export-progress").remove()
+        else:
+            self.query_one("#export-progress").display = False
         self._load_entries("")
 
     @on(Input.Submitted, "#audit-filter")
@@ -105,6 +109,7 @@ class AuditScreen(Screen[None]):
 
     def on_progressed(self, message: Progressed) -> None:
         bar = self.query_one("#export-progress", ProgressBar)
+        bar.display = True
         bar.update(total=message.total, progress=message.done)
 
     def on_done(self, message: Done) -> None:

@@ -1,0 +1,143 @@
+"""Snapshots of each screen (pytest-textual-snapshot): what the user sees, kept under review.
+
+Run `pytest tests/test_tui_snapshots.py --snapshot-update` after an intended change of
+look, and review the SVGs in tests/__snapshots__/. Times, disk figures and speeds are
+pinned so that a snapshot changes only when the screen does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance import operations
+from appliance.access.labels import Labels
+from appliance.config import load_settings
+from appliance.runtime.model_store import ModelStore
+from appliance.services import Services, build_services
+from appliance.tui.app import ApplianceApp
+
+PASS = "a long enough passphrase"
+SIZE = (100, 30)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Services:
+    mp = pytest.MonkeyPatch()
+    mp.setattr("appliance.audit.log._now", lambda: "2026-11-24T08:00:00.000Z")
+    mp.setattr("appliance.access.accounts._now_iso", lambda: "2026-11-24T08:00:00+00:00")
+    root = tmp_path_factory.mktemp("snap")
+    settings = load_settings({"APPLIANCE_DATA_DIR": str(root / "data"), "APPLIANCE_MODELS_DIR": str(model_store.root)})
+    s = build_services(settings)
+    acc = s.accounts()
+    acc.add("root", role="admin", level="TOP SECRET", compartments=["CRYPTO"], passphrase=PASS, by=None)
+    admin = acc.get("root")
+    acc.add("ann", role="analyst", level="SECRET", compartments=["CRYPTO"], passphrase=PASS, by=admin)
+    acc.add("aud", role="auditor", level="CONFIDENTIAL", passphrase=PASS, by=admin)
+    docs = {"canteen.txt": ("UNCLASSIFIED", "The canteen serves lunch from noon until two in the afternoon on "
+                                            "weekdays.\n"),
+            "keys.txt": ("SECRET:CRYPTO", "Cipher keys for the secure link are rotated on the first Monday of "
+                                          "each month.\n")}
+    for name, (labels, text) in docs.items():
+        (root / name).write_text(text)
+        level, _, comps = labels.partition(":")
+        operations.ingest(s, admin, [root / name], Labels(level, frozenset(filter(None, comps.split(",")))))
+    yield s
+    s.close()
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _steady(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as _shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("appliance.tui.screens.system.shutil", type("S", (), {
+        "disk_usage": staticmethod(lambda _p: usage(100 * 2**30, 40 * 2**30, 60 * 2**30))}))
+    monkeypatch.setattr("appliance.tui.screens.system._size", lambda _p: 2**20)
+    monkeypatch.setattr("appliance.audit.log._now", lambda: "2026-11-24T08:00:00.000Z")
+    assert _shutil  # the real module is untouched elsewhere
+
+
+def _login(name: str):
+    async def run_before(pilot) -> None:
+        from appliance.tui.screens.login import LoginScreen
+
+        app = pilot.app
+        await pilot.pause()
+        assert isinstance(app.screen, LoginScreen)
+        app.screen.query_one("#name").value = name
+        app.screen.query_one("#passphrase").value = PASS
+        await pilot.click("#login")
+        await _settle(pilot)
+    return run_before
+
+
+async def _settle(pilot, until=None) -> None:
+    import time
+
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        await pilot.pause(0.05)
+        busy = [w for w in pilot.app.workers if w.is_running and w.group != "warm"]
+        if not busy and (until is None or until()):
+            await pilot.pause(0.2)
+            return
+    raise AssertionError("the UI did not settle")
+
+
+def _app(services: Services) -> ApplianceApp:
+    return ApplianceApp(services, warm_engine=False)
+
+
+def test_login_screen(snap_compare, services: Services) -> None:
+    assert snap_compare(_app(services), terminal_size=SIZE)
+
+
+def test_ask_screen_with_a_cited_answer(snap_compare, services: Services) -> None:
+    async def run_before(pilot) -> None:
+        await _login("ann")(pilot)
+        box = pilot.app.screen.query_one("#question")
+        box.value = "How often are cipher keys rotated?"
+        box.focus()
+        await pilot.press("enter")
+        await _settle(pilot, lambda: pilot.app.screen.last is not None)
+        pilot.app.screen.query_one("#question").blur()
+    assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
+
+
+def test_library_screen(snap_compare, services: Services) -> None:
+    async def run_before(pilot) -> None:
+        await _login("ann")(pilot)
+        await pilot.press("f3")
+        await _settle(pilot)
+    assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
+
+
+def test_system_screen(snap_compare, services: Services) -> None:
+    async def run_before(pilot) -> None:
+        await _login("ann")(pilot)
+        pilot.app.answer_speeds.clear()
+        await pilot.press("f4")
+        await _settle(pilot)
+    assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
+
+
+def test_audit_screen(snap_compare, services: Services) -> None:
+    async def run_before(pilot) -> None:
+        await _login("aud")(pilot)
+        await pilot.press("f5")
+        await _settle(pilot)
+        pilot.app.screen.query_one("#audit-filter").value = "user."
+        pilot.app.screen.query_one("#audit-filter").focus()
+        await pilot.press("enter")
+        await _settle(pilot)
+        pilot.app.screen.query_one("#audit-filter").blur()
+    assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshots_are_kept() -> None:
+    here = Path(__file__).parent / "__snapshots__" / "test_tui_snapshots"
+    assert len(list(here.glob("*.svg"))) >= 5, "run with --snapshot-update once and commit tests/__snapshots__"
