@@ -46,7 +46,8 @@ class AskScreen(Screen[None]):
         self.pieces: list[str] = []
         self.last: Answer | None = None
         self.markings: list[Any] = []
-        self.first_token_lag: list[float] = []  # seconds from the engine's piece to the screen
+        self.first_token_lag: list[float] = []  # seconds from the engine's first piece to the screen
+        self.token_lag: list[float] = []  # the same for every piece
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -114,8 +115,10 @@ class AskScreen(Screen[None]):
     def on_token(self, message: Token) -> None:
         if self.draft is None:
             return
+        lag = time.perf_counter() - message.at
+        self.token_lag.append(lag)
         if not self.pieces:
-            self.first_token_lag.append(time.perf_counter() - message.at)
+            self.first_token_lag.append(lag)
         self.pieces.append(message.text)
         self.draft.update(Text("".join(self.pieces), style="dim italic"))
         self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
