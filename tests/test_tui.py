@@ -265,3 +265,26 @@ def test_fits_80x24(services: Services) -> None:
             region = screen.query_one(wid).region
             assert region.width > 0 and region.height > 0 and region.right <= 80 and region.bottom <= 24
     run(services, body, size=(80, 24))
+
+
+def test_resume_a_session_and_every_action_is_in_the_palette(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "olga")
+        await ask(app, pilot, "When is the kiosk staffed?")
+        first = app.screen.session_id
+        await pilot.press("ctrl+n")
+        assert app.screen.session_id is None and not app.screen.query(".question")
+        await pilot.press("ctrl+s")
+        await settle(app, pilot, lambda: app.screen.query("#sessions-list"))
+        await pilot.press("enter")
+        await settle(app, pilot, lambda: isinstance(app.screen, AskScreen))
+        assert app.screen.session_id == first
+        assert "When is the kiosk staffed?" in str(app.screen.query(".question").first().render())
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Toggle steps", "Open source", "Flag answer", "Sessions", "New session", "Go to Audit",
+                "Log out"} <= titles
+        await pilot.press("f5")
+        await settle(app, pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Verify the audit log", "Export the audit log"} <= titles
+    run(services, body)

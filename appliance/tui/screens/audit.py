@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Static
@@ -34,6 +34,16 @@ class AuditScreen(Screen[None]):
         yield Static("", id="audit-status")
         yield DataTable(id="entries", cursor_type="row", zebra_stripes=True)
         yield Footer()
+
+    def commands(self) -> list[SystemCommand]:
+        app: Any = self.app
+        out = [SystemCommand("Verify the audit log", "Re-hash every entry and check every checkpoint", self._verify_log),
+               SystemCommand("Filter audit entries", "Show one user's or one kind's entries",
+                             lambda: self.query_one("#audit-filter", Input).focus())]
+        if app.may("audit.export"):
+            out.append(SystemCommand("Export the audit log", "Write entries, checkpoint and proofs to a directory",
+                                     lambda: self.query_one("#export-dir", Input).focus()))
+        return out
 
     def on_mount(self) -> None:
         app: Any = self.app

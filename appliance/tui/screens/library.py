@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Select
@@ -30,6 +30,11 @@ class LibraryScreen(Screen[None]):
         yield Label("Results", classes="side-title")
         yield DataTable(id="results", cursor_type="row", zebra_stripes=True)
         yield Footer()
+
+    def commands(self) -> list[SystemCommand]:
+        return [SystemCommand("Search the library", "Search the documents you may read",
+                              lambda: self.query_one("#search", Input).focus()),
+                SystemCommand("Reload the document list", "List the documents you may read again", self._load_docs)]
 
     def on_mount(self) -> None:
         self.query_one("#docs", DataTable).add_columns("document", "title", "labels", "version", "chunks", "source",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from textual import work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
@@ -34,6 +34,10 @@ class SystemScreen(Screen[None]):
         yield Header()
         yield DataTable(id="system", cursor_type="row", zebra_stripes=True)
         yield Footer()
+
+    def commands(self) -> list[SystemCommand]:
+        return [SystemCommand("Refresh the system view", "Read models, index, air gap and disk again",
+                              self.action_refresh)]
 
     def on_mount(self) -> None:
         self.query_one("#system", DataTable).add_columns("what", "value")
