@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help install models test-models run doctor test test-all bench clean
 
 help:
-	@echo "make run        set up, provision models, check the appliance and generate an answer"
+	@echo "make run        set up, provision models, install the demo data, open the terminal UI"
 	@echo "make test       set up and run the default tests (under 15 minutes)"
 	@echo "make test-all   every test, slow ones included"
 	@echo "make bench      benchmarks; results in bench/results/"
@@ -35,7 +35,8 @@ test-models: install
 
 run: models
 	$(BIN)/appliance doctor
-	$(BIN)/appliance generate "In two sentences, what does an air-gapped appliance protect against?" --max-tokens 80
+	$(BIN)/appliance demo install
+	$(BIN)/appliance tui
 
 doctor: install
 	$(BIN)/appliance doctor

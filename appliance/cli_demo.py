@@ -1,0 +1,73 @@
+"""Demo commands: ``demo install`` (registered on ``appliance``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from appliance.cli import _services, console, main
+
+__all__ = ["demo"]
+
+
+@main.group()
+def demo() -> None:
+    """The demo data set: a fictional facility's documents, SciFact abstracts, demo accounts."""
+
+
+@demo.command("install")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="The bundle directory (default: bundles/demo of this checkout).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def demo_install(ctx: click.Context, root: Path | None, as_json: bool) -> None:
+    """Create the demo accounts and ingest the demo documents (idempotent; demo only)."""
+    from appliance.demo import DEMO_ROOT, install_demo, load_bundle
+
+    services = _services(ctx)
+    s = services.settings
+    bundle = load_bundle(root or DEMO_ROOT, scale=services.scale, knowledge=s.knowledge,
+                         min_passphrase_chars=s.access.min_passphrase_chars)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(), console=console,
+                  disable=as_json) as progress:
+        task = progress.add_task("demo accounts", total=len(bundle.entries), chunks=0)
+        done: set[str] = set()
+
+        def step(source: str, chunks: int) -> None:
+            fields = progress.tasks[0].fields
+            progress.update(task, description=source[:40], chunks=fields["chunks"] + chunks)
+            if source not in done:
+                done.add(source)
+                progress.advance(task)
+
+        result = install_demo(services, bundle.root, progress=step, bundle=bundle)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        _print(result)
+    if result["failed"]:
+        sys.exit(1)
+
+
+def _print(result: dict) -> None:
+    acc = result["accounts"]
+    console.print(f"[bold]accounts[/] created: {', '.join(acc['created']) or '-'}; "
+                  f"existing: {', '.join(acc['existing']) or '-'}", highlight=False)
+    table = Table(title=f"documents ingested by {result['ingested_by']}", box=box.SIMPLE, pad_edge=False)
+    for col in ("collection", "added", "replaced", "unchanged", "failed", "chunks"):
+        table.add_column(col, justify="left" if col == "collection" else "right")
+    for name, c in result["collections"].items():
+        table.add_row(name, *(str(c[k]) for k in ("added", "replaced", "unchanged", "failed", "chunks")))
+    console.print(table)
+    for f in result["failed"]:
+        console.print(f"[red]failed[/] {f['path']}: {f['reason']}", highlight=False)
+    for w in result["warnings"]:
+        console.print(f"[yellow]warning[/] {w}", highlight=False)
+    console.print(f"[dim]{result['seconds']:.1f} s; demo accounts and passphrases: see the README (demo only)[/]")
