@@ -225,7 +225,7 @@ def eval_progress(quiet: bool) -> Progress:
 def scratch_agent(services: Services, kb: KnowledgeBase) -> Agent:
     """An agent over an evaluation's scratch knowledge base."""
     return Agent(Retriever(kb, services.settings.knowledge), services.engine(), services.agent_store(),
-                 services.scale)
+                 services.scale, settings=services.settings.agent)
 
 
 @main.group("eval")

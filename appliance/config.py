@@ -29,7 +29,8 @@ from typing import Any
 
 from appliance.errors import ConfigError
 
-__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "AuditSettings", "KnowledgeSettings",
+__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "AuditSettings", "AgentSettings",
+           "KnowledgeSettings",
            "load_settings",
            "default_data_dir"]
 
@@ -122,6 +123,33 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    """The question-answering loop: budgets, the evidence rule, the verification policy."""
+
+    k: int = 4  # passages retrieved per query
+    max_sub_questions: int = 3
+    max_steps: int = 24
+    max_tokens: int = 160  # generated, over the whole request
+    max_seconds: float = 30.0
+    evidence_corroborated: float = 0.5  # relevance for a passage both searches rank first
+    evidence_single: float = 0.7  # relevance for a passage only one search ranks first
+    support_threshold: float = 0.55
+    policy: str = "block"  # block: drop unsupported sentences; flag: keep them marked
+    hyde: bool = True
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        return [("k", 1 <= self.k <= 50, "from 1 to 50"),
+                ("max_sub_questions", 1 <= self.max_sub_questions <= 10, "from 1 to 10"),
+                ("max_steps", 3 <= self.max_steps <= 200, "from 3 to 200"),
+                ("max_tokens", 16 <= self.max_tokens <= 4096, "from 16 to 4096"),
+                ("max_seconds", 1 <= self.max_seconds <= 600, "from 1 to 600"),
+                ("evidence_corroborated", 0 <= self.evidence_corroborated <= 1, "from 0 to 1"),
+                ("evidence_single", 0 <= self.evidence_single <= 1, "from 0 to 1"),
+                ("support_threshold", 0 <= self.support_threshold <= 1, "from 0 to 1"),
+                ("policy", self.policy in ("block", "flag"), '"block" or "flag"')]
+
+
+@dataclass(frozen=True)
 class KnowledgeSettings:
     """Ingestion and retrieval."""
 
@@ -165,6 +193,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
     config_file: Path | None = None
     models_dir_override: Path | None = None
 
@@ -187,6 +216,7 @@ SECTIONS: dict[str, type] = {
     "access": AccessSettings,
     "knowledge": KnowledgeSettings,
     "audit": AuditSettings,
+    "agent": AgentSettings,
 }
 
 

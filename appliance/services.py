@@ -80,7 +80,8 @@ class Services:
         if self._agent is None:
             kb = self.knowledge()
             self._agent = Agent(Retriever(kb, self.settings.knowledge), self.engine(), self.agent_store(),
-                                self.scale, auditor=self.audit(), audit_answers=self.settings.audit.answers)
+                                self.scale, settings=self.settings.agent, auditor=self.audit(),
+                                audit_answers=self.settings.audit.answers)
         return self._agent
 
     def agent_store(self) -> AgentStore:

@@ -133,3 +133,10 @@ def test_doctor_reports_missing_models(tmp_path: Path) -> None:
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert any("not in the store" in p for p in report["problems"])
+
+
+def test_config_errors_keep_their_section_name(tmp_path: Path) -> None:
+    env = dict(os.environ, APPLIANCE_DATA_DIR=str(tmp_path / "data"), APPLIANCE_AGENT_POLICY="maybe")
+    proc = subprocess.run([sys.executable, "-m", "appliance", "doctor"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "[agent] policy: expected" in proc.stderr  # not eaten as markup

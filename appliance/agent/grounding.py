@@ -198,7 +198,7 @@ class Grounder:
                min_score: float = 0.45) -> list[Quote]:
         """Passage sentences that best answer ``question``, for the extractive fallback."""
         candidates = [(i + 1, s) for i, p in enumerate(passages) for s in passage_sentences(p)
-                      if len(s) > 20 and not INSTRUCTION.search(s)]
+                      if len(s) > 20 and not INSTRUCTION.search(s) and not _QUESTION.match(s.strip())]
         if not candidates:
             return []
         vecs = _unit(self.embed([question] + [s for _, s in candidates]))
