@@ -42,9 +42,11 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--labels", "label_text", required=True, help="LEVEL[:COMPARTMENT,...] for every document.")
+@click.option("--collection", help="The collection the documents belong to, e.g. facility-handbook.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file report as JSON.")
 @click.pass_context
-def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, as_json: bool) -> None:
+def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, collection: str | None,
+           as_json: bool) -> None:
     """Ingest documents (TXT, MD, HTML, PDF, DOCX, CSV, JSONL) under one label (officers, admins)."""
     from appliance import operations
     from appliance.cli_access import current_account
@@ -66,7 +68,7 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, as_json
                 done.add(source)
                 progress.advance(task)
 
-        report = operations.ingest(services, acct, files, labels, progress=step)
+        report = operations.ingest(services, acct, files, labels, progress=step, collection=collection)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -99,10 +101,11 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
     table = Table(box=box.SIMPLE, pad_edge=False)
-    for col in ("doc id", "v", "title", "labels", "chunks", "by"):
+    for col in ("doc id", "v", "title", "labels", "collection", "chunks", "by"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r.doc_id, str(r.version), r.title[:50], str(r.labels), str(r.n_chunks), r.ingested_by or "")
+        table.add_row(r.doc_id, str(r.version), r.title[:50], str(r.labels), r.collection or "", str(r.n_chunks),
+                      r.ingested_by or "")
     console.print(table)
 
 

@@ -9,8 +9,8 @@ for every label. :func:`install_demo` then creates the absent demo accounts and 
 every entry through :func:`appliance.operations.ingest` (authorized and audited). It is
 idempotent: unchanged documents are skipped by the knowledge base without re-embedding.
 
-The catalog has no collection column, so the collection of a document is looked up from
-the manifest: :func:`collection_of`.
+Each document is ingested into its manifest collection (the catalog's ``collection``);
+:func:`collection_of` answers the same from the manifest alone.
 """
 
 from __future__ import annotations
@@ -293,7 +293,8 @@ def install_demo(services: Services, root: Path = DEMO_ROOT, progress: Callable[
     outcomes = {}
     try:
         for (_, labels), group in groups.items():
-            report = operations.ingest(services, officer, [e.path for e in group], labels, progress=progress)
+            report = operations.ingest(services, officer, [e.path for e in group], labels, progress=progress,
+                                       collection=group[0].collection)
             for o in report.outcomes:
                 outcomes.setdefault(o.source, []).append(o)
     finally:

@@ -41,14 +41,16 @@ def principal_of(services: Services, account: Account, narrowed: Labels | None =
 
 
 def ingest(services: Services, account: Account, files: Sequence[Path], labels: Labels,
-           progress: Callable[[str, int], None] | None = None) -> IngestReport:
+           progress: Callable[[str, int], None] | None = None, collection: str | None = None) -> IngestReport:
     by = _fresh(services, account, "documents.manage")
     if not by.principal().can_read(labels, services.scale):
         raise AccessError(f"{by.name} is not cleared for {labels}: documents may only be labelled within "
                           "your own clearance")
     audit = services.audit()
-    audit.record("document.ingest", by.name, files=[str(f) for f in files][:1000], labels=str(labels))
-    report = services.knowledge().ingest_files(list(files), labels, by=by.name, progress=progress)
+    audit.record("document.ingest", by.name, files=[str(f) for f in files][:1000], labels=str(labels),
+                 collection=collection)
+    report = services.knowledge().ingest_files(list(files), labels, by=by.name, progress=progress,
+                                               collection=collection)
     audit.record("document.ingested", by.name, labels=str(labels),
                  outcomes=[[o.source, o.status, o.doc_ids] for o in report.outcomes][:1000])
     return report

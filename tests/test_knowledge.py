@@ -226,3 +226,36 @@ def test_old_vectors_outlive_a_replace_for_the_grace_period(tmp_path: Path) -> N
     assert all("@2#" in i for i in kb.vectors.ids(UNCLASS.partition))
     reopened = fake_kb(tmp_path / "kb", retire_grace_s=30)  # a restart deletes them at once
     assert reopened.check() == []
+
+
+def test_collections_are_recorded_and_follow_an_unchanged_reingest(kb, tmp_path: Path) -> None:
+    f = tmp_path / "canteen.txt"
+    f.write_text("The canteen serves lunch from noon.\n")
+    kb.ingest_files([f], Labels("UNCLASSIFIED"), collection="facility-handbook")
+    assert kb.catalog.get("canteen.txt").collection == "facility-handbook"
+    report = kb.ingest_files([f], Labels("UNCLASSIFIED"), collection="handbook-2026")
+    assert report.count("unchanged") == 1 and kb.catalog.get("canteen.txt").collection == "handbook-2026"
+    f.write_text("The canteen serves lunch from one o'clock.\n")
+    kb.ingest_files([f], Labels("UNCLASSIFIED"))  # a new version keeps its collection
+    assert kb.catalog.get("canteen.txt").version == 2 and kb.catalog.get("canteen.txt").collection == "handbook-2026"
+    with pytest.raises(KnowledgeError, match="bad collection name"):
+        kb.ingest_files([f], Labels("UNCLASSIFIED"), collection="../etc")
+
+
+def test_bm25_ranks_each_partition_on_its_own_scale(kb, tmp_path: Path) -> None:
+    # a big partition where the query's words are rare, a small one where they are everywhere:
+    # raw BM25 would rank every big-partition match above the small partition's exact answer
+    for i in range(30):
+        text = "Report {i} on the canteen menu" + (" and the key that was replaced." if i < 6 else ".")
+        (tmp_path / f"u{i}.txt").write_text(text.format(i=i) + "\n")
+    kb.ingest_files([tmp_path / f"u{i}.txt" for i in range(30)], Labels("UNCLASSIFIED"))
+    for i, text in enumerate(["A key is compromised, reported and replaced.", "A compromised key is replaced "
+                              "within one hour of the report.", "A compromised key is replaced by the custodian."]):
+        (tmp_path / f"k{i}.txt").write_text(text + "\n")
+        kb.ingest_files([tmp_path / f"k{i}.txt"], parse_labels("SECRET:CRYPTO"))
+    who = Principal("c", "SECRET", frozenset({"CRYPTO"}))
+    hits = Retriever(kb, kb.settings).retrieve("compromised key replaced within one hour", who, k=4, mode="bm25")
+    assert "k1.txt" in [h.document.doc_id for h in hits[:2]]
+    raw = sorted(((cid, sc) for part in kb.catalog.partitions() for cid, sc in
+                  kb.catalog.bm25(part, "compromised key replaced within one hour", 50)), key=lambda h: -h[1])
+    assert [cid.split("@")[0] for cid, _ in raw].index("k1.txt") >= 2  # what raw merging would have done

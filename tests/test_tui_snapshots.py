@@ -42,7 +42,8 @@ def services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) 
     for name, (labels, text) in docs.items():
         (root / name).write_text(text)
         level, _, comps = labels.partition(":")
-        operations.ingest(s, admin, [root / name], Labels(level, frozenset(filter(None, comps.split(",")))))
+        operations.ingest(s, admin, [root / name], Labels(level, frozenset(filter(None, comps.split(",")))),
+                          collection="facility-handbook" if name == "canteen.txt" else "security")
     yield s
     s.close()
     mp.undo()

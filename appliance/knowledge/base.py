@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from appliance.runtime.vector_index import VectorIndex
 
 __all__ = ["KnowledgeBase", "IngestReport", "FileOutcome"]
 
+COLLECTION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_DOC_ID = 256
 Embedder = Callable[[Sequence[str]], list[list[float]]]
 
@@ -109,7 +111,8 @@ class KnowledgeBase:
     # -- ingest -------------------------------------------------------------------------
 
     def ingest_files(self, paths: Iterable[Path], labels: Labels, *, by: str | None = None,
-                     progress: Callable[[str, int], None] | None = None) -> IngestReport:
+                     progress: Callable[[str, int], None] | None = None,
+                     collection: str | None = None) -> IngestReport:
         """Parse and ingest files; a bad file is reported and the rest go on."""
         report = IngestReport()
         for path in paths:
@@ -120,12 +123,17 @@ class KnowledgeBase:
                 if progress:
                     progress(path.name, 0)
                 continue
-            self.ingest_documents(docs, labels, by=by, report=report, source=path.name, progress=progress)
+            self.ingest_documents(docs, labels, by=by, report=report, source=path.name, progress=progress,
+                                  collection=collection)
         return report
 
     def ingest_documents(self, docs: Sequence[ParsedDocument], labels: Labels, *, by: str | None = None,
                          report: IngestReport | None = None, source: str | None = None,
-                         progress: Callable[[str, int], None] | None = None, batch_docs: int = 64) -> IngestReport:
+                         progress: Callable[[str, int], None] | None = None, batch_docs: int = 64,
+                         collection: str | None = None) -> IngestReport:
+        if collection is not None and not COLLECTION.match(collection):
+            raise KnowledgeError(f"bad collection name {collection[:70]!r}: 1-63 of a-z 0-9 . _ -, starting with a "
+                                 "letter or digit")
         report = report if report is not None else IngestReport()
         seen: set[str] = set()
         for start in range(0, len(docs), batch_docs):
@@ -134,13 +142,16 @@ class KnowledgeBase:
                 outcome = FileOutcome(source=source or doc.source_name, status="failed", warnings=list(doc.warnings))
                 report.outcomes.append(outcome)
                 try:
-                    prepared = self._prepare(doc, labels, by, seen)
+                    prepared = self._prepare(doc, labels, by, seen, collection)
                 except KnowledgeError as exc:
                     outcome.reason = str(exc)
                     continue
                 if prepared is None:
                     outcome.status = "unchanged"
                     outcome.doc_ids = [self._doc_id(doc)]
+                    old = self.catalog.get(outcome.doc_ids[0])
+                    if collection is not None and old is not None and old.collection != collection:
+                        self.catalog.set_collection(old.doc_id, collection)
                     continue
                 new, texts = prepared
                 outcome.doc_ids = [new.doc_id]
@@ -162,8 +173,8 @@ class KnowledgeBase:
     def _doc_id(doc: ParsedDocument) -> str:
         return doc.doc_id if doc.doc_id else doc.source_name
 
-    def _prepare(self, doc: ParsedDocument, labels: Labels, by: str | None,
-                 seen: set[str]) -> tuple[NewDocument, list[str]] | None:
+    def _prepare(self, doc: ParsedDocument, labels: Labels, by: str | None, seen: set[str],
+                 collection: str | None = None) -> tuple[NewDocument, list[str]] | None:
         doc_id = self._doc_id(doc)
         if not doc_id or len(doc_id) > MAX_DOC_ID or any(ord(c) < 32 for c in doc_id):
             raise KnowledgeError(f"{doc.source_name}: bad document id {doc_id[:40]!r}")
@@ -185,7 +196,7 @@ class KnowledgeBase:
                            page=c.page, heading=tuple(c.heading_path)) for c in pieces]
         new = NewDocument(doc_id=doc_id, version=version, title=doc.title, source_name=doc.source_name,
                           format=doc.format, sha256=sha, labels=labels, ingested_by=by, chunks=chunks,
-                          chars=len(doc.text))
+                          chars=len(doc.text), collection=collection or (old.collection if old else None))
         return new, [embedding_text(doc.title, c.heading, c.text) for c in chunks]
 
     def _write(self, docs: Sequence[NewDocument], texts: Sequence[str]) -> None:

@@ -51,6 +51,12 @@ def m001_catalog(db: sqlite_utils.Database) -> None:
         chunk_ids TEXT NOT NULL, PRIMARY KEY (kind, doc_id, version))""")
 
 
+@MIGRATIONS
+def m002_collections(db: sqlite_utils.Database) -> None:
+    """Documents belong to a named collection (a handbook, a research corpus, a bundle's set)."""
+    db.execute("ALTER TABLE documents ADD COLUMN collection TEXT")
+
+
 @dataclass(frozen=True)
 class DocumentRow:
     doc_id: str
@@ -65,9 +71,10 @@ class DocumentRow:
     ingested_by: str | None
     n_chunks: int
     chars: int
+    collection: str | None = None
 
     def as_dict(self) -> dict:
-        return {"doc_id": self.doc_id, "version": self.version, "title": self.title,
+        return {"collection": self.collection, "doc_id": self.doc_id, "version": self.version, "title": self.title,
                 "source_name": self.source_name, "format": self.format, "sha256": self.sha256,
                 "labels": str(self.labels), "partition": self.partition, "ingested_at": self.ingested_at,
                 "ingested_by": self.ingested_by, "n_chunks": self.n_chunks, "chars": self.chars}
@@ -118,6 +125,7 @@ def _doc(row: dict) -> DocumentRow:
         format=row["format"] or "", sha256=row["sha256"],
         labels=Labels(row["level"], frozenset(json.loads(row["compartments"]))), partition=row["partition"],
         ingested_at=row["ingested_at"], ingested_by=row["ingested_by"], n_chunks=row["n_chunks"], chars=row["chars"],
+        collection=row.get("collection"),
     )
 
 
@@ -141,6 +149,7 @@ class NewDocument:
     ingested_by: str | None
     chunks: Sequence[ChunkRow]
     chars: int
+    collection: str | None = None
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -288,6 +297,11 @@ class Catalog:
                     ["pending", d.doc_id, d.version, d.labels.partition, json.dumps([c.chunk_id for c in d.chunks])])
 
     @_locked
+    def set_collection(self, doc_id: str, collection: str | None) -> None:
+        with self.db.atomic():
+            self.db.execute("UPDATE documents SET collection = ? WHERE doc_id = ?", [collection, doc_id])
+
+    @_locked
     def swap_in(self, docs: Sequence[NewDocument]) -> list[dict]:
         """One transaction: new versions replace old ones; returns the retired vector sets."""
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -300,9 +314,11 @@ class Catalog:
                     retired.append(self._remove_rows(old))
                 self.db.execute(
                     "INSERT INTO documents (doc_id, version, title, source_name, format, sha256, level, compartments,"
-                    " partition, ingested_at, ingested_by, n_chunks, chars) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " partition, ingested_at, ingested_by, n_chunks, chars, collection)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [d.doc_id, d.version, d.title, d.source_name, d.format, d.sha256, d.labels.level,
-                     json.dumps(sorted(d.labels.compartments)), part, now, d.ingested_by, len(d.chunks), d.chars])
+                     json.dumps(sorted(d.labels.compartments)), part, now, d.ingested_by, len(d.chunks), d.chars,
+                     d.collection])
                 self.db.conn.executemany(
                     'INSERT INTO chunks (chunk_id, doc_id, version, partition, ordinal, text, start, "end", page,'
                     " heading) VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -132,15 +132,16 @@ class Retriever:
         if mode in ("hybrid", "bm25"):
             t0 = time.perf_counter()
             # BM25 weighs a word by how rare it is in its own partition, so raw scores from a
-            # small partition and a large one are not comparable: each partition's scores are
-            # taken relative to its best match before they are merged.
-            scored: list[tuple[str, float, float]] = []
+            # small partition and a large one are not comparable: the partitions' lists are
+            # merged by rank (each partition's best first, then each one's second, ...), and
+            # within a rank by score relative to the partition's best, then by raw score.
+            scored: list[tuple[str, int, float, float]] = []
             for part in timing.partitions:
                 found = self.kb.catalog.bm25(part, query, n)
                 top = max((sc for _, sc in found), default=0.0)
-                scored.extend((cid, sc / top if top > 0 else 0.0, sc) for cid, sc in found)
-            scored.sort(key=lambda h: (-h[1], -h[2]))
-            for rank, (cid, _, _) in enumerate(scored[:n]):
+                scored.extend((cid, i, -(sc / top if top > 0 else 0.0), -sc) for i, (cid, sc) in enumerate(found))
+            scored.sort(key=lambda h: h[1:])
+            for rank, (cid, *_) in enumerate(scored[:n]):
                 bm25_rank[cid] = rank + 1
                 fused[cid] = fused.get(cid, 0.0) + s.bm25_weight / (s.rrf_k + rank + 1)
             timing.bm25_s = time.perf_counter() - t0

@@ -37,8 +37,8 @@ class LibraryScreen(Screen[None]):
                 SystemCommand("Reload the document list", "List the documents you may read again", self._load_docs)]
 
     def on_mount(self) -> None:
-        self.query_one("#docs", DataTable).add_columns("document", "title", "labels", "version", "chunks", "source",
-                                                       "ingested by")
+        self.query_one("#docs", DataTable).add_columns("collection", "document", "title", "labels", "version",
+                                                       "chunks", "source", "ingested by")
         self.query_one("#results", DataTable).add_columns("#", "title", "labels", "where", "passage")
         self.on_screen_resume()
 
@@ -79,10 +79,13 @@ class LibraryScreen(Screen[None]):
         if message.what == "docs":
             table = self.query_one("#docs", DataTable)
             table.clear()
-            for d in message.result:
-                table.add_row(d.doc_id[:40], d.title[:50], str(d.labels), str(d.version), str(d.n_chunks),
-                              d.source_name[:30], d.ingested_by or "")
-            self.query_one("#docs-title", Label).update(f"Documents you may read: {len(message.result)}")
+            docs = sorted(message.result, key=lambda d: (d.collection or "", d.title))
+            for d in docs:
+                table.add_row(d.collection or "-", d.doc_id[:40], d.title[:50], str(d.labels), str(d.version),
+                              str(d.n_chunks), d.source_name[:30], d.ingested_by or "")
+            collections = sorted({d.collection or "-" for d in docs})
+            self.query_one("#docs-title", Label).update(f"Documents you may read: {len(docs)} in "
+                                                        f"{len(collections)} collection(s): {', '.join(collections)}")
         elif message.what == "hits":
             table = self.query_one("#results", DataTable)
             table.clear()
