@@ -54,6 +54,9 @@ def test_abstains_when_the_documents_do_not_say(agent: Agent) -> None:
     a = agent.ask("What is the capital of Mongolia?", ALICE)
     assert a.outcome == "abstained" and a.citations == []
     assert "do not say" in a.text and "Searched for: What is the capital of Mongolia?" in a.text
+    hyde = [s for s in agent.store.trace(a.trace_id)["steps"] if s["name"] == "rewrite"][0]["decision"]
+    guess = next(d["query"] for d in hyde if d["why"].startswith("hypothetical"))
+    assert guess not in a.text and "(a hypothetical answer)" in a.text  # the model's guess is never shown
 
 
 def test_never_cites_what_the_user_may_not_read(agent: Agent) -> None:

@@ -371,7 +371,8 @@ class Agent:
         sub_vec: list[float] = []
         while tried:
             q, why = tried.pop(0)
-            answer.searched.append(q)
+            # a hypothetical answer is the model's guess, not a fact: it is searched with, never shown
+            answer.searched.append("(a hypothetical answer)" if why.startswith("hypothetical") else q)
 
             def search(q: str = q) -> tuple[list[Hit], list[float]]:
                 vec = self._embed(run, [q])[0]
