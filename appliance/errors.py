@@ -28,6 +28,8 @@ __all__ = [
     "AuditWriteError",
     "AuditVerifyError",
     "CheckpointError",
+    "BundleError",
+    "BundleKeyError",
 ]
 
 
@@ -148,3 +150,14 @@ class AuditVerifyError(AuditError):
 
 class CheckpointError(AuditVerifyError):
     """A checkpoint, its signature, a verifier key or its format is bad."""
+
+
+# -- bundles -----------------------------------------------------------------------------
+
+
+class BundleError(ApplianceError):
+    """An update bundle, its keys or its spec was refused; the message says why."""
+
+
+class BundleKeyError(BundleError):
+    """A signing key is missing, unreadable, or its passphrase is wrong."""

@@ -1,0 +1,53 @@
+"""Update commands: build-station keys (registered on ``appliance``); bundles follow."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from appliance.cli import console, main
+
+__all__: list[str] = []
+
+
+def _passphrase(from_stdin: bool, confirm: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline(4096).rstrip("\r\n")
+    return click.prompt("key passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys of the build station (root M-of-N, roles, delegations)."""
+
+
+@keys.command("init")
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Where the key ring goes (keep it offline, e.g. on the build station's encrypted disk).")
+@click.option("--root-keys", default=3, show_default=True, help="How many root keys.")
+@click.option("--root-threshold", default=2, show_default=True, help="How many root keys must sign.")
+@click.option("--password-stdin", is_flag=True, help="Read the passphrase from standard input.")
+def keys_init(directory: Path, root_keys: int, root_threshold: int, password_stdin: bool) -> None:
+    """Make new keys for every role; private keys are encrypted with the passphrase."""
+    from appliance.updates.keys import init_keys
+
+    ring = init_keys(directory, _passphrase(password_stdin, True), root_keys=root_keys,
+                     root_threshold=root_threshold)
+    for role, rk in ring.items():
+        console.print(f"{role:>10}: {rk.threshold} of {len(rk.keys)}  " + " ".join(k.keyid[:12] for k in rk.keys),
+                      highlight=False)
+
+
+@keys.command("rotate")
+@click.argument("role")
+@click.option("--dir", "directory", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the passphrase from standard input.")
+def keys_rotate(role: str, directory: Path, password_stdin: bool) -> None:
+    """New keys for ROLE; the old ones are kept as retired (a root rotation is signed by both)."""
+    from appliance.updates.keys import rotate_role
+
+    rk = rotate_role(directory, role, _passphrase(password_stdin, False))
+    console.print(f"{role}: new keys {' '.join(k.keyid[:12] for k in rk.keys)}; retired "
+                  f"{' '.join(k.keyid[:12] for k in rk.retired)}", highlight=False)
