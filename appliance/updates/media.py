@@ -1,0 +1,56 @@
+"""Reading a bundle from removable media: the fetcher python-tuf's client uses instead of HTTP.
+
+URLs are ``media:///<relative path>``; a path that escapes the bundle directory, goes
+through a symlink, or names anything but a regular file is refused, and nothing larger
+than the client asks for is read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from tuf.api.exceptions import DownloadHTTPError
+from tuf.ngclient import FetcherInterface
+
+__all__ = ["MediaFetcher", "MEDIA_URL", "BLOCK"]
+
+MEDIA_URL = "media:///"
+BLOCK = 1 << 16
+
+
+class MediaFetcher(FetcherInterface):
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, url: str) -> Path:
+        if not url.startswith(MEDIA_URL):
+            raise DownloadHTTPError(f"not a media URL: {url[:80]!r}", 400)
+        rel = url[len(MEDIA_URL):]
+        if not rel or "\x00" in rel or rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+            raise DownloadHTTPError(f"refused path {rel[:80]!r}", 400)
+        path = self.root / rel
+        # every component must be a real directory or, last, a regular file: no symlinks anywhere
+        current = self.root
+        for part in rel.split("/"):
+            current = current / part
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                raise DownloadHTTPError(f"{rel} is not on the media", 404) from None
+            if stat.S_ISLNK(mode):
+                raise DownloadHTTPError(f"{rel} goes through a symlink", 403)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise DownloadHTTPError(f"{rel} is not a regular file", 403)
+        return path
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        path = self._path(url)
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as fh:
+                while block := fh.read(BLOCK):
+                    yield block
+        return chunks()

@@ -1,0 +1,121 @@
+"""Building a bundle on the build station, verified by python-tuf's own client from the media."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from tuf.api.exceptions import DownloadError, RepositoryError
+from tuf.ngclient import Updater
+
+from appliance.errors import BundleError
+from appliance.updates.build import build_bundle, load_spec
+from appliance.updates.keys import init_keys
+from appliance.updates.media import MEDIA_URL, MediaFetcher
+
+PASS = "build station passphrase"
+
+
+def _spec(tmp: Path, release: int = 1, extra: str = "") -> Path:
+    (tmp / "docs").mkdir(exist_ok=True)
+    (tmp / "docs" / "canteen.txt").write_text("The canteen serves lunch from noon.\n")
+    (tmp / "docs" / "keys.txt").write_text("Cipher keys are rotated monthly.\n")
+    spec = tmp / "demo.toml"
+    spec.write_text(f"""
+[bundle]
+name = "northgate-knowledge"
+appliance_class = "northgate"
+release = {release}
+expires_days = 30
+
+[[knowledge]]
+collection = "facility-handbook"
+labels = "UNCLASSIFIED"
+paths = ["docs/canteen.txt"]
+
+[[knowledge]]
+collection = "security"
+labels = "SECRET:CRYPTO"
+paths = ["docs/keys.txt"]
+{extra}""")
+    return spec
+
+
+def _client(bundle: Path, trusted_root: bytes, work: Path) -> Updater:
+    (work / "md").mkdir(parents=True, exist_ok=True)
+    return Updater(str(work / "md"), MEDIA_URL + "metadata/", str(work / "dl"), MEDIA_URL + "targets/",
+                   fetcher=MediaFetcher(bundle), bootstrap=trusted_root)
+
+
+def test_built_bundle_verifies_with_the_tuf_client(tmp_path: Path) -> None:
+    init_keys(tmp_path / "keys", PASS)
+    spec = load_spec(_spec(tmp_path))
+    assert [p.target for p in spec.payloads] == ["knowledge/facility-handbook/canteen.txt",
+                                                 "knowledge/security/keys.txt"]
+    summary = build_bundle(spec, tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "bundle1")
+    assert summary["root_version"] == 1
+    trusted = (tmp_path / "bundle1" / "metadata" / "1.root.json").read_bytes()
+    client = _client(tmp_path / "bundle1", trusted, tmp_path / "appliance")
+    client.refresh()
+    info = client.get_targetinfo("knowledge/security/keys.txt")
+    assert info is not None and info.unrecognized_fields["custom"] == {"labels": "SECRET:CRYPTO",
+                                                                       "collection": "security"}
+    (tmp_path / "appliance" / "dl").mkdir()
+    got = client.download_target(info, str(tmp_path / "appliance" / "dl" / "keys.txt"))
+    assert Path(got).read_text() == "Cipher keys are rotated monthly.\n"
+
+
+def test_tampered_blob_and_escaping_paths_are_refused(tmp_path: Path) -> None:
+    init_keys(tmp_path / "keys", PASS)
+    build_bundle(load_spec(_spec(tmp_path)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "b")
+    blob = next((tmp_path / "b" / "targets" / "knowledge" / "security").iterdir())
+    blob.write_text("Cipher keys are never rotated.\n")  # same length, other bytes
+    client = _client(tmp_path / "b", (tmp_path / "b" / "metadata" / "1.root.json").read_bytes(), tmp_path / "a")
+    client.refresh()
+    (tmp_path / "a" / "dl").mkdir()
+    with pytest.raises(RepositoryError):
+        client.download_target(client.get_targetinfo("knowledge/security/keys.txt"), str(tmp_path / "a" / "dl" / "k"))
+    fetcher = MediaFetcher(tmp_path / "b")
+    for url in (MEDIA_URL + "../keys/keys.json", MEDIA_URL + "/etc/passwd", MEDIA_URL + "a/\x00b", "file:///etc"):
+        with pytest.raises(DownloadError):
+            b"".join(fetcher.fetch(url))
+    (tmp_path / "b" / "metadata" / "link.json").symlink_to(tmp_path / "keys" / "keys.json")
+    with pytest.raises(DownloadError, match="symlink"):
+        b"".join(fetcher.fetch(MEDIA_URL + "metadata/link.json"))
+
+
+def test_versions_grow_and_a_lower_release_is_refused(tmp_path: Path) -> None:
+    init_keys(tmp_path / "keys", PASS)
+    build_bundle(load_spec(_spec(tmp_path, 1)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "b1")
+    build_bundle(load_spec(_spec(tmp_path, 2)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "b2")
+    assert (tmp_path / "b2" / "metadata" / "2.snapshot.json").is_file()
+    with pytest.raises(BundleError, match="not above the last built release 2"):
+        build_bundle(load_spec(_spec(tmp_path, 2)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "b3")
+    # an appliance that trusted bundle 1 accepts bundle 2 and refuses to go back to bundle 1
+    trusted = (tmp_path / "b1" / "metadata" / "1.root.json").read_bytes()
+    _client(tmp_path / "b2", trusted, tmp_path / "a").refresh()
+    with pytest.raises(RepositoryError):
+        _client(tmp_path / "b1", trusted, tmp_path / "a").refresh()
+
+
+def test_expired_bundle_refused(tmp_path: Path) -> None:
+    init_keys(tmp_path / "keys", PASS)
+    long_ago = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    build_bundle(load_spec(_spec(tmp_path)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "b", now=long_ago)
+    client = _client(tmp_path / "b", (tmp_path / "b" / "metadata" / "1.root.json").read_bytes(), tmp_path / "a")
+    with pytest.raises(RepositoryError, match="expired"):
+        client.refresh()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('[[knowledge]]\ncollection = "Bad Name"\nlabels = "UNCLASSIFIED"\npaths = []\n', "bad collection"),
+    ('[[knowledge]]\ncollection = "x"\nlabels = "COSMIC"\npaths = []\n', "unknown classification level"),
+    ('[[knowledge]]\ncollection = "x"\nlabels = "UNCLASSIFIED"\npaths = ["nope.txt"]\n', "no such file"),
+    ('[[adapters]]\nname = "a"\npath = "docs/keys.txt"\nbase_sha256 = "xyz"\n', "base_sha256"),
+    ('[[knowledge]]\ncollection = "facility-handbook"\nlabels = "UNCLASSIFIED"\npaths = ["docs/canteen.txt"]\n',
+     "share a target name"),
+])
+def test_bad_specs_refused(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(BundleError, match=message):
+        load_spec(_spec(tmp_path, extra=extra))
