@@ -51,3 +51,28 @@ def keys_rotate(role: str, directory: Path, password_stdin: bool) -> None:
     rk = rotate_role(directory, role, _passphrase(password_stdin, False))
     console.print(f"{role}: new keys {' '.join(k.keyid[:12] for k in rk.keys)}; retired "
                   f"{' '.join(k.keyid[:12] for k in rk.retired)}", highlight=False)
+
+
+@main.group()
+def bundle() -> None:
+    """Signed offline update bundles: build (build station); verify and apply arrive next."""
+
+
+@bundle.command("build")
+@click.option("--spec", "spec_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="The bundle spec, e.g. bundles/demo.toml.")
+@click.option("--keys", "keys_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="The key ring made by `appliance keys init`.")
+@click.option("--state", "state_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the build remembers its versions (default: <keys>/state).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="A new directory for the bundle.")
+@click.option("--password-stdin", is_flag=True, help="Read the key passphrase from standard input.")
+def bundle_build(spec_path: Path, keys_dir: Path, state_dir: Path | None, out: Path, password_stdin: bool) -> None:
+    """Sign a bundle: root chain, targets and its delegations, snapshot, timestamp, and the blobs."""
+    from appliance.updates.build import build_bundle, load_spec
+
+    spec = load_spec(spec_path)
+    summary = build_bundle(spec, keys_dir, _passphrase(password_stdin, False), state_dir or keys_dir / "state", out)
+    console.print(f"built {summary['bundle']} release {summary['release']} for class {summary['class']}: "
+                  f"{summary['payloads']} payloads, root v{summary['root_version']}, expires {summary['expires']} "
+                  f"-> {out}", highlight=False)

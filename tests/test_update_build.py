@@ -119,3 +119,25 @@ def test_expired_bundle_refused(tmp_path: Path) -> None:
 def test_bad_specs_refused(tmp_path: Path, extra: str, message: str) -> None:
     with pytest.raises(BundleError, match=message):
         load_spec(_spec(tmp_path, extra=extra))
+
+
+def test_bundle_build_cli_signs_the_demo_spec(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env["APPLIANCE_DATA_DIR"] = str(tmp_path / "data")
+    init_keys(tmp_path / "keys", PASS)
+    proc = subprocess.run([sys.executable, "-m", "appliance", "bundle", "build", "--spec",
+                           str(repo / "bundles" / "demo.toml"), "--keys", str(tmp_path / "keys"), "--out",
+                           str(tmp_path / "usb" / "demo-1"), "--password-stdin"], env=env, capture_output=True,
+                          text=True, input=PASS + "\n", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "built northgate-demo-knowledge release 1" in proc.stdout
+    client = _client(tmp_path / "usb" / "demo-1",
+                     (tmp_path / "usb" / "demo-1" / "metadata" / "1.root.json").read_bytes(), tmp_path / "a")
+    client.refresh()
+    info = client.get_targetinfo("knowledge/security/crypto-key-rotation-schedule.md")
+    assert info is not None and info.unrecognized_fields["custom"]["labels"] == "SECRET:CRYPTO"
