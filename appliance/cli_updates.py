@@ -76,3 +76,45 @@ def bundle_build(spec_path: Path, keys_dir: Path, state_dir: Path | None, out: P
     console.print(f"built {summary['bundle']} release {summary['release']} for class {summary['class']}: "
                   f"{summary['payloads']} payloads, root v{summary['root_version']}, expires {summary['expires']} "
                   f"-> {out}", highlight=False)
+
+
+@bundle.command("trust")
+@click.argument("root_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.pass_context
+def bundle_trust(ctx: click.Context, root_file: Path) -> None:
+    """Provision the appliance's first trusted root (officers, once; later roots come in bundles)."""
+    from appliance.cli import _services
+    from appliance.cli_access import current_account
+    from appliance.updates.check import trust_root
+
+    keyids = trust_root(_services(ctx), current_account(ctx), root_file)
+    console.print(f"trusted root keys: {keyids}", highlight=False)
+
+
+@bundle.command("verify")
+@click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def bundle_verify(ctx: click.Context, directory: Path, as_json: bool) -> None:
+    """Dry run: verify a bundle on the media completely and show what applying it would change."""
+    import json as _json
+    import shutil
+
+    from appliance.cli import _services
+    from appliance.cli_access import current_account
+    from appliance.updates.check import verify_bundle
+
+    services = _services(ctx)
+    with console.status("verifying the bundle (staging, signatures, versions, hashes)…"):
+        plan = verify_bundle(services, current_account(ctx), directory, services.settings.updates.appliance_class)
+    if plan.work is not None:
+        shutil.rmtree(plan.work, ignore_errors=True)  # a dry run keeps nothing
+    s = plan.summary()
+    if as_json:
+        click.echo(_json.dumps(s, indent=2))
+        return
+    console.print(f"verified {s['bundle']} release {s['release']} for {s['class']}: {s['targets']} payloads",
+                  highlight=False)
+    for word in ("add", "replace", "revoke"):
+        console.print(f"  would {word} {len(s[word])}: {', '.join(s[word][:10])}{' …' if len(s[word]) > 10 else ''}",
+                      highlight=False)

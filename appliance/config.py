@@ -29,7 +29,7 @@ from typing import Any
 
 from appliance.errors import ConfigError
 
-__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "AuditSettings", "AgentSettings",
+__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "AuditSettings", "AgentSettings", "UpdatesSettings",
            "KnowledgeSettings",
            "load_settings",
            "default_data_dir"]
@@ -123,6 +123,19 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class UpdatesSettings:
+    """Signed bundles: which appliance class this box is (a bundle for another class is refused)."""
+
+    appliance_class: str = "northgate"
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        import re as _re
+
+        return [("appliance_class", bool(_re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", self.appliance_class)),
+                 "1-63 of a-z 0-9 . _ -")]
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     """The question-answering loop: budgets, the evidence rule, the verification policy."""
 
@@ -194,6 +207,7 @@ class Settings:
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    updates: UpdatesSettings = field(default_factory=UpdatesSettings)
     config_file: Path | None = None
     models_dir_override: Path | None = None
 
@@ -217,6 +231,7 @@ SECTIONS: dict[str, type] = {
     "knowledge": KnowledgeSettings,
     "audit": AuditSettings,
     "agent": AgentSettings,
+    "updates": UpdatesSettings,
 }
 
 

@@ -25,6 +25,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "index.admin": ("admin",),
     "audit.export": ("officer", "auditor"),
     "audit.check": ("officer", "auditor", "admin"),
+    "bundles.manage": ("officer", "admin"),
 }
 
 

@@ -1,0 +1,138 @@
+"""Verifying a bundle on the appliance: a dry run that says what would change, and refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance.access.labels import Labels
+from appliance.config import load_settings
+from appliance.errors import AccessError, BundleError
+from appliance.services import build_services
+from appliance.updates.build import build_bundle, load_spec
+from appliance.updates.check import applied_state, trust_root, verify_bundle
+from appliance.updates.keys import init_keys
+from tests.knowledge_fakes import hashed_embed
+from tests.test_update_build import PASS, _spec
+
+ACCOUNT_PASS = "a long enough passphrase"
+
+
+@pytest.fixture
+def appliance(tmp_path: Path):
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "appliance")}))
+    from appliance.knowledge.base import KnowledgeBase
+
+    s._knowledge = KnowledgeBase(s.settings.knowledge_dir, hashed_embed, scale=s.scale,  # a fake at the engine seam
+                                 settings=s.settings.knowledge)
+    s.accounts().add("root", role="admin", level="TOP SECRET", passphrase=ACCOUNT_PASS, by=None)
+    admin = s.accounts().get("root")
+    s.accounts().add("olga", role="officer", level="SECRET", compartments=["CRYPTO"], passphrase=ACCOUNT_PASS,
+                     by=admin)
+    s.accounts().add("ann", role="analyst", level="SECRET", passphrase=ACCOUNT_PASS, by=admin)
+    return s
+
+
+def _bundle(tmp_path: Path, release: int = 1, name: str = "b1", now=None) -> Path:
+    if not (tmp_path / "keys").exists():
+        init_keys(tmp_path / "keys", PASS)
+    build_bundle(load_spec(_spec(tmp_path, release)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / name,
+                 now=now)
+    return tmp_path / name
+
+
+def test_dry_run_verifies_plans_and_changes_nothing(appliance, tmp_path: Path) -> None:
+    media = _bundle(tmp_path)
+    olga = appliance.accounts().get("olga")
+    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    before = appliance.knowledge().catalog.counts()
+    plan = verify_bundle(appliance, olga, media, "northgate")
+    assert plan.summary() == {"bundle": "northgate-knowledge", "class": "northgate", "release": 1, "targets": 2,
+                              "add": ["canteen.txt", "keys.txt"], "replace": [], "revoke": []}
+    assert appliance.knowledge().catalog.counts() == before
+    assert not (appliance.settings.data_dir / "updates" / "metadata").exists()  # nothing trusted changed
+    assert applied_state(appliance) == {"release": 0}
+    kinds = [e.value()["kind"] for e in appliance.audit().entries()]
+    assert kinds[-1] == "bundle.verify" and "bundle.trust_root" in kinds
+
+
+def test_plan_names_what_would_be_replaced_and_revoked(appliance, tmp_path: Path) -> None:
+    media = _bundle(tmp_path)
+    olga = appliance.accounts().get("olga")
+    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    kb = appliance.knowledge()
+    (tmp_path / "old-menu.txt").write_text("The old canteen menu.\n")
+    (tmp_path / "canteen.txt").write_text("An older canteen text.\n")
+    kb.ingest_files([tmp_path / "old-menu.txt", tmp_path / "canteen.txt"], Labels("UNCLASSIFIED"),
+                    collection="facility-handbook")
+    plan = verify_bundle(appliance, olga, media, "northgate")
+    assert plan.replace == ["canteen.txt"] and plan.revoke == ["old-menu.txt"] and plan.add == ["keys.txt"]
+
+
+def test_refusals_are_clear_and_audited(appliance, tmp_path: Path) -> None:
+    media = _bundle(tmp_path)
+    olga = appliance.accounts().get("olga")
+    with pytest.raises(BundleError, match="no trusted root"):
+        verify_bundle(appliance, olga, media, "northgate")
+    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    with pytest.raises(BundleError, match="already provisioned"):
+        trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    with pytest.raises(BundleError, match="for appliance class 'northgate', this is 'other'"):
+        verify_bundle(appliance, olga, media, "other")
+    with pytest.raises(AccessError, match="bundles.manage needs"):
+        verify_bundle(appliance, appliance.accounts().get("ann"), media, "northgate")
+    (appliance.settings.data_dir / "updates" / "state.json").write_text(json.dumps({"release": 3}))
+    with pytest.raises(BundleError, match="release 1, not above the applied release 3"):
+        verify_bundle(appliance, olga, media, "northgate")
+    reasons = [e.value() for e in appliance.audit().entries() if e.value()["kind"] == "bundle.refused"]
+    assert len(reasons) == 3 and "no trusted root" in reasons[0]["reason"]
+
+
+def test_signature_over_different_bytes_refused(appliance, tmp_path: Path) -> None:
+    media = _bundle(tmp_path)
+    olga = appliance.accounts().get("olga")
+    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    targets = media / "metadata" / "1.targets.json"
+    doc = json.loads(targets.read_text())
+    doc["signed"]["x-appliance"]["release"] = 99  # the signature no longer covers these bytes
+    targets.write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="refused"):
+        verify_bundle(appliance, olga, media, "northgate")
+
+
+def test_unsigned_data_appended_to_signed_metadata_refused(appliance, tmp_path: Path) -> None:
+    media = _bundle(tmp_path)
+    olga = appliance.accounts().get("olga")
+    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    ts = media / "metadata" / "timestamp.json"
+    ts.write_bytes(ts.read_bytes() + b'\n{"extra": true}')
+    with pytest.raises(BundleError, match="refused"):
+        verify_bundle(appliance, olga, media, "northgate")
+
+
+def test_payload_one_byte_long_refused(appliance, tmp_path: Path) -> None:
+    media = _bundle(tmp_path)
+    olga = appliance.accounts().get("olga")
+    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    blob = next((media / "targets" / "knowledge" / "security").iterdir())
+    blob.write_bytes(blob.read_bytes() + b"x")
+    with pytest.raises(BundleError, match="refused"):
+        verify_bundle(appliance, olga, media, "northgate")
+    assert not list((appliance.settings.data_dir / "updates" / "work").iterdir())  # the bad blob is not kept
+
+
+def test_bundle_trust_and_verify_through_the_cli(tmp_path: Path) -> None:
+    from tests.test_knowledge_real import _accounts, _run
+
+    media = _bundle(tmp_path)
+    store = type("S", (), {"root": tmp_path / "models"})()
+    tokens = _accounts(tmp_path, store, {"olga": ("officer", "SECRET:CRYPTO")})
+    proc = _run(["bundle", "trust", str(media / "metadata" / "1.root.json")], tmp_path, store, token=tokens["olga"])
+    assert proc.returncode == 0, proc.stderr
+    proc = _run(["bundle", "verify", str(media), "--json"], tmp_path, store, token=tokens["olga"])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["add"] == ["canteen.txt", "keys.txt"]
+    bad = _run(["bundle", "verify", str(tmp_path / "docs")], tmp_path, store, token=tokens["olga"])
+    assert bad.returncode == 2 and "not a bundle" in bad.stderr
