@@ -94,9 +94,10 @@ def docs() -> None:
 @click.pass_context
 def docs_list(ctx: click.Context, as_json: bool) -> None:
     """List the catalogued documents you may read, with labels, versions and sources."""
-    me = principal_for(ctx)
-    scale = _services(ctx).scale
-    rows = [r for r in _services(ctx).knowledge().catalog.documents() if me.can_read(r.labels, scale)]
+    from appliance import operations
+    from appliance.cli_access import current_account
+
+    rows = operations.list_documents(_services(ctx), current_account(ctx))
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -115,12 +116,10 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def docs_show(ctx: click.Context, doc_id: str, as_json: bool) -> None:
     """Show one document's catalog entry and its chunks (page, heading, offsets)."""
-    me = principal_for(ctx)
-    kb = _services(ctx).knowledge()
-    doc = kb.catalog.get(doc_id)
-    if doc is None or not me.can_read(doc.labels, kb.scale):
-        raise KnowledgeError(f"no document {doc_id!r}")  # the same words whether absent or not readable
-    chunks = kb.catalog.chunks_of(doc_id)
+    from appliance import operations
+    from appliance.cli_access import current_account
+
+    doc, chunks = operations.show_document(_services(ctx), current_account(ctx), doc_id)
     if as_json:
         click.echo(json.dumps(doc.as_dict() | {"chunks": [c.__dict__ for c in chunks]}, indent=2, default=list))
         return
@@ -168,9 +167,12 @@ def principal_for(ctx: click.Context, label_text: str | None = None) -> Principa
 @click.pass_context
 def search(ctx: click.Context, query: str, label_text: str | None, k: int, mode: str, as_json: bool) -> None:
     """Search the documents you may read."""
-    principal = principal_for(ctx, label_text)
+    from appliance import operations
+    from appliance.cli_access import current_account
+
     services = _services(ctx)
-    hits = Retriever(services.knowledge(), services.settings.knowledge).retrieve(query, principal, k=k, mode=mode)
+    narrowed = parse_labels(label_text, services.scale) if label_text else None
+    hits = operations.search(services, current_account(ctx), query, k=k, mode=mode, narrowed=narrowed)
     if as_json:
         click.echo(json.dumps([h.as_dict() for h in hits], indent=2))
         return

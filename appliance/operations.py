@@ -19,7 +19,7 @@ from appliance.knowledge.base import IngestReport
 from appliance.services import Services
 
 __all__ = ["principal_of", "ingest", "delete_document", "check_index", "export_audit", "check_audit",
-           "record_feedback"]
+           "record_feedback", "search", "show_document", "list_documents"]
 
 
 def _fresh(services: Services, account: Account, action: str | None = None) -> Account:
@@ -49,8 +49,10 @@ def ingest(services: Services, account: Account, files: Sequence[Path], labels: 
     audit = services.audit()
     audit.record("document.ingest", by.name, files=[str(f) for f in files][:1000], labels=str(labels),
                  collection=collection)
-    report = services.knowledge().ingest_files(list(files), labels, by=by.name, progress=progress,
-                                               collection=collection)
+    me = by.principal()
+    report = services.knowledge().ingest_files(  # never over a document the officer may not read
+        list(files), labels, by=by.name, progress=progress, collection=collection,
+        may_replace=lambda old: me.can_read(old.labels, services.scale))
     audit.record("document.ingested", by.name, labels=str(labels),
                  outcomes=[[o.source, o.status, o.doc_ids] for o in report.outcomes][:1000])
     return report
@@ -92,3 +94,35 @@ def record_feedback(services: Services, account: Account, trace_id: str, verdict
 def check_audit(services: Services, account: Account) -> dict:
     _fresh(services, account, "audit.check")
     return services.audit().check()
+
+
+def search(services: Services, account: Account, query: str, *, k: int = 10, mode: str = "hybrid",
+           narrowed: Labels | None = None) -> list:
+    """Search what the account may read; the query and the chunk ids shown are audited first."""
+    from appliance.knowledge.retrieval import Retriever
+
+    me = principal_of(services, account, narrowed)
+    hits = Retriever(services.knowledge(), services.settings.knowledge).retrieve(query, me, k=k, mode=mode)
+    services.audit().record("search", me.name, query=query[:2000], mode=mode, clearance=str(Labels(me.level,
+                            me.compartments)), chunks=[h.chunk.chunk_id for h in hits])
+    return hits
+
+
+def show_document(services: Services, account: Account, doc_id: str, version: int | None = None) -> tuple:
+    """A readable document's catalog row and chunks (of ``version``, if given); audited before it is shown."""
+    me = principal_of(services, account)
+    kb = services.knowledge()
+    doc = kb.catalog.get(doc_id)
+    if doc is None or not me.can_read(doc.labels, kb.scale) or (version is not None and doc.version != version):
+        raise KnowledgeError(f"no document {doc_id!r}")  # the same words whether absent, unreadable or replaced
+    chunks = [c for c in kb.catalog.chunks_of(doc_id) if c.version == doc.version]
+    services.audit().record("document.show", me.name, doc=doc_id, version=doc.version, labels=str(doc.labels))
+    return doc, chunks
+
+
+def list_documents(services: Services, account: Account) -> list:
+    me = principal_of(services, account)
+    kb = services.knowledge()
+    docs = [d for d in kb.catalog.documents() if me.can_read(d.labels, kb.scale)]
+    services.audit().record("document.list", me.name, count=len(docs))
+    return docs

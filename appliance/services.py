@@ -134,7 +134,9 @@ class Services:
 
 def build_services(settings: Settings | None = None) -> Services:
     settings = settings or load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # every database, index and key the appliance writes is its own user's alone
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
     store = ModelStore(
         settings.models_dir,
         max_model_bytes=settings.limits.max_model_bytes,

@@ -136,3 +136,25 @@ def test_bundle_trust_and_verify_through_the_cli(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["add"] == ["canteen.txt", "keys.txt"]
     bad = _run(["bundle", "verify", str(tmp_path / "docs")], tmp_path, store, token=tokens["olga"])
     assert bad.returncode == 2 and "not a bundle" in bad.stderr
+
+
+def test_an_officer_cannot_overwrite_a_document_above_their_clearance(appliance, tmp_path: Path) -> None:
+    from appliance import operations
+    from appliance.errors import KnowledgeError
+
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "plan.txt").write_text("The top secret plan.\n")
+    admin = appliance.accounts().get("root")
+    operations.ingest(appliance, admin, [top / "plan.txt"], Labels("TOP SECRET"))
+    (tmp_path / "plan.txt").write_text("An innocent plan.\n")
+    report = operations.ingest(appliance, appliance.accounts().get("olga"), [tmp_path / "plan.txt"], Labels("SECRET"))
+    assert report.count("failed") == 1 and "cannot be used" in report.outcomes[0].reason
+    assert appliance.knowledge().catalog.get("plan.txt").labels == Labels("TOP SECRET")
+    with pytest.raises(KnowledgeError, match="no document 'plan.txt'"):
+        operations.show_document(appliance, appliance.accounts().get("olga"), "plan.txt")
+    kinds = [e.value()["kind"] for e in appliance.audit().entries()]
+    assert "document.ingest" in kinds and "document.show" not in kinds  # refused reads leave no show entry
+    operations.search(appliance, appliance.accounts().get("olga"), "plan")
+    last = list(appliance.audit().entries())[-1].value()
+    assert last["kind"] == "search" and last["query"] == "plan" and last["chunks"] == []

@@ -289,7 +289,8 @@ class AccountStore:
             raise AccessError(BAD_LOGIN)
         with self._lock:
             row = self._row(name) if isinstance(name, str) else None
-            ok = check_passphrase(passphrase, row["passphrase"] if row else _DUMMY)
+            stored = row["passphrase"] if row and row["passphrase"].startswith("scrypt$") else _DUMMY
+            ok = check_passphrase(passphrase, stored) and row is not None and stored is not _DUMMY
             now = self.clock()
             reason = ("no such account" if row is None else "disabled" if row["disabled"]
                       else "locked" if row["locked_until"] > now else None if ok else "wrong passphrase")
@@ -315,19 +316,21 @@ class AccountStore:
         """The account a live session belongs to; its idle clock restarts."""
         if not isinstance(token, str) or len(token) > 128:
             raise AccessError("not logged in")
-        with self._lock, self.db.atomic():
+        with self._lock:
             rows = list(self.db.query("SELECT * FROM logins WHERE token_sha256 = ?", [_digest(token)]))
             now = self.clock()
             if not rows:
                 raise AccessError("not logged in")
             if now - rows[0]["last_seen"] > self.settings.idle_timeout_s:
-                self.db.execute("DELETE FROM logins WHERE token_sha256 = ?", [_digest(token)])
-                self.auditor.record("logout", rows[0]["user"], reason="idle timeout")
+                with self.db.atomic():  # committed, then refused: the session is gone for good
+                    self.db.execute("DELETE FROM logins WHERE token_sha256 = ?", [_digest(token)])
+                    self.auditor.record("logout", rows[0]["user"], reason="idle timeout")
                 raise AccessError("session ended after being idle; log in again")
             acct = self.get(rows[0]["user"])
             if acct.disabled:
                 raise AccessError("not logged in")
-            self.db.execute("UPDATE logins SET last_seen = ? WHERE token_sha256 = ?", [now, _digest(token)])
+            with self.db.atomic():
+                self.db.execute("UPDATE logins SET last_seen = ? WHERE token_sha256 = ?", [now, _digest(token)])
         return acct
 
     def logout(self, token: str) -> None:

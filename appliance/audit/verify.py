@@ -78,6 +78,8 @@ def verify_export(directory: Path, *, previous: bytes | None = None, key_file: P
         raise AuditVerifyError("manifest.json does not agree with the checkpoint")
     filtered = bool(manifest.get("filtered"))
     filters = manifest.get("filters") or {}
+    if filtered and not any(filters.get(k) for k in ("user", "from", "to")):
+        raise AuditVerifyError("manifest.json says filtered but names no filter: a full export must hold every entry")
     entries_path = directory / "entries.jsonl"
     if not entries_path.is_file() or entries_path.stat().st_size > MAX_ENTRIES_FILE:
         raise AuditVerifyError("entries.jsonl is missing or over its size limit")

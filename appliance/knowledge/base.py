@@ -28,7 +28,7 @@ from pathlib import Path
 from appliance.access.labels import Labels, LevelScale
 from appliance.config import KnowledgeSettings
 from appliance.errors import ApplianceError, KnowledgeError
-from appliance.knowledge.catalog import Catalog, ChunkRow, NewDocument, chunk_id
+from appliance.knowledge.catalog import DocumentRow, Catalog, ChunkRow, NewDocument, chunk_id
 from appliance.knowledge.chunking import chunk_document
 from appliance.knowledge.parsers import ParsedDocument, ParseLimits, parse_file
 from appliance.runtime.vector_index import VectorIndex
@@ -112,7 +112,8 @@ class KnowledgeBase:
 
     def ingest_files(self, paths: Iterable[Path], labels: Labels, *, by: str | None = None,
                      progress: Callable[[str, int], None] | None = None,
-                     collection: str | None = None) -> IngestReport:
+                     collection: str | None = None,
+                     may_replace: Callable[[DocumentRow], bool] | None = None) -> IngestReport:
         """Parse and ingest files; a bad file is reported and the rest go on."""
         report = IngestReport()
         for path in paths:
@@ -124,13 +125,14 @@ class KnowledgeBase:
                     progress(path.name, 0)
                 continue
             self.ingest_documents(docs, labels, by=by, report=report, source=path.name, progress=progress,
-                                  collection=collection)
+                                  collection=collection, may_replace=may_replace)
         return report
 
     def ingest_documents(self, docs: Sequence[ParsedDocument], labels: Labels, *, by: str | None = None,
                          report: IngestReport | None = None, source: str | None = None,
                          progress: Callable[[str, int], None] | None = None, batch_docs: int = 64,
-                         collection: str | None = None) -> IngestReport:
+                         collection: str | None = None,
+                         may_replace: Callable[[DocumentRow], bool] | None = None) -> IngestReport:
         if collection is not None and not COLLECTION.match(collection):
             raise KnowledgeError(f"bad collection name {collection[:70]!r}: 1-63 of a-z 0-9 . _ -, starting with a "
                                  "letter or digit")
@@ -142,7 +144,7 @@ class KnowledgeBase:
                 outcome = FileOutcome(source=source or doc.source_name, status="failed", warnings=list(doc.warnings))
                 report.outcomes.append(outcome)
                 try:
-                    prepared = self._prepare(doc, labels, by, seen, collection)
+                    prepared = self._prepare(doc, labels, by, seen, collection, may_replace)
                 except KnowledgeError as exc:
                     outcome.reason = str(exc)
                     continue
@@ -174,7 +176,8 @@ class KnowledgeBase:
         return doc.doc_id if doc.doc_id else doc.source_name
 
     def _prepare(self, doc: ParsedDocument, labels: Labels, by: str | None, seen: set[str],
-                 collection: str | None = None) -> tuple[NewDocument, list[str]] | None:
+                 collection: str | None = None, may_replace: Callable[[DocumentRow], bool] | None = None,
+                 ) -> tuple[NewDocument, list[str]] | None:
         doc_id = self._doc_id(doc)
         if not doc_id or len(doc_id) > MAX_DOC_ID or any(ord(c) < 32 for c in doc_id):
             raise KnowledgeError(f"{doc.source_name}: bad document id {doc_id[:40]!r}")
@@ -183,6 +186,8 @@ class KnowledgeBase:
         seen.add(doc_id)
         sha = digest(doc, labels)
         old = self.catalog.get(doc_id)
+        if old is not None and may_replace is not None and not may_replace(old):
+            raise KnowledgeError(f"{doc.source_name}: document id {doc_id!r} cannot be used")
         if old is not None and old.sha256 == sha:
             return None
         version = old.version + 1 if old else 1

@@ -150,6 +150,8 @@ class ApplianceApp(App[None]):
     async def _swap_to_login(self, message: str, names: tuple[str, ...]) -> None:
         from appliance.tui.screens.login import LoginScreen
 
+        while len(self.screen_stack) > 2:  # dialogs over the screen go first
+            await self.pop_screen()
         await self.switch_screen(LoginScreen(message))
         for name in names:
             if name in self._installed_screens:

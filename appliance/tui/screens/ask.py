@@ -198,11 +198,11 @@ class AskScreen(Screen[None]):
     def _fetch_context(self, citation: Citation) -> None:
         app: Any = self.app
         try:
-            me = app.principal()
-            kb = app.services.knowledge()
-            if not me.can_read(citation.labels, kb.scale):  # never trust the screen's state alone
-                raise PermissionError("not readable")
-            chunks = [c for c in kb.catalog.chunks_of(citation.doc_id)]
+            from appliance import operations
+
+            version = int(citation.chunk_id.rsplit("@", 1)[1].split("#", 1)[0])
+            # the document as it is now, checked against the user's clearance now, and only the cited version
+            _, chunks = operations.show_document(app.services, app.current(), citation.doc_id, version)
             self.post_message(Done("context", (citation, chunks)))
         except Exception as exc:  # noqa: BLE001
             self.post_message(Failed(exc, "opening the source"))
@@ -253,14 +253,22 @@ class AskScreen(Screen[None]):
         from appliance.tui.screens.dialogs import SessionsScreen
 
         app: Any = self.app
-        sessions = app.services.agent_store().sessions(app.current().name)
+        try:
+            sessions = app.services.agent_store().sessions(app.current().name)
+        except Exception as exc:  # noqa: BLE001 - a lost session goes to the central handler
+            self.post_message(Failed(exc, "listing your sessions"))
+            return
         self.app.push_screen(SessionsScreen(sessions), self._resume)
 
     def _resume(self, session_id: str | None) -> None:
         if not session_id:
             return
         app: Any = self.app
-        turns = app.services.agent_store().turns(session_id, app.current().name, last=50)
+        try:
+            turns = app.services.agent_store().turns(session_id, app.current().name, last=50)
+        except Exception as exc:  # noqa: BLE001
+            self.post_message(Failed(exc, "resuming the session"))
+            return
         self.action_new_session()
         self.session_id = session_id
         messages = self.query_one("#messages", VerticalScroll)

@@ -49,10 +49,9 @@ class LibraryScreen(Screen[None]):
     def _load_docs(self) -> None:
         app: Any = self.app
         try:
-            me = app.principal()
-            kb = app.services.knowledge()
-            docs = [d for d in kb.catalog.documents() if me.can_read(d.labels, kb.scale)]
-            self.post_message(Done("docs", docs))
+            from appliance import operations
+
+            self.post_message(Done("docs", operations.list_documents(app.services, app.current())))
         except Exception as exc:  # noqa: BLE001
             self.post_message(Failed(exc, "listing the documents"))
 
@@ -65,12 +64,10 @@ class LibraryScreen(Screen[None]):
     def _search_worker(self, query: str, mode: str) -> None:
         app: Any = self.app
         try:
-            from appliance.knowledge.retrieval import Retriever
+            from appliance import operations
 
-            me = app.principal()
             app.engine_ready.wait(timeout=300)
-            hits = Retriever(app.services.knowledge(), app.services.settings.knowledge).retrieve(query, me, k=20,
-                                                                                                 mode=mode)
+            hits = operations.search(app.services, app.current(), query, k=20, mode=mode)
             self.post_message(Done("hits", hits))
         except Exception as exc:  # noqa: BLE001
             self.post_message(Failed(exc, "searching"))
