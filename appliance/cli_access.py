@@ -163,8 +163,16 @@ def users_enable(ctx: click.Context, name: str) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the new passphrase from standard input.")
 @click.pass_context
 def users_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
-    """Set a passphrase: your own, or anyone's as admin."""
-    _services(ctx).accounts().passwd(name, _passphrase(password_stdin, confirm=True), by=current_account(ctx))
+    """Set a passphrase: your own (the current one first), or anyone's as admin.
+
+    With --password-stdin, your own change reads two lines: the current passphrase, then the new one.
+    """
+    me = current_account(ctx)
+    current = None
+    if me.name == name and me.role != "admin":
+        current = (sys.stdin.readline(4096).rstrip("\r\n") if password_stdin
+                   else click.prompt("current passphrase", hide_input=True))
+    _services(ctx).accounts().passwd(name, _passphrase(password_stdin, confirm=True), by=me, current=current)
     console.print(f"passphrase of {name} changed; their sessions have ended")
 
 

@@ -215,6 +215,11 @@ def index_check(ctx: click.Context, repair: bool) -> None:
 @contextmanager
 def scratch_knowledge(services: Services, index_dir: Path | None, generator: bool = True) -> Iterator[KnowledgeBase]:
     """A knowledge base for an evaluation: in ``index_dir`` (kept) or a temporary directory."""
+    if index_dir is not None:
+        data = services.settings.data_dir.resolve()
+        if index_dir.resolve() == data or data in index_dir.resolve().parents:
+            raise KnowledgeError(f"--index-dir {index_dir} is inside the appliance's data; evaluations use their "
+                                 "own index")
     with tempfile.TemporaryDirectory(prefix="eval-", dir=services.settings.data_dir) as tmp:
         engine = services.engine(generator=generator)
         yield KnowledgeBase(index_dir or Path(tmp), lambda texts: engine.embed(list(texts), batch=256),

@@ -143,7 +143,9 @@ def test_grant_revoke_passwd(env) -> None:
         store.revoke("alice", compartments=["CRYPTO"], by=ADMIN(store))
     with pytest.raises(AccessError, match="use grant"):
         store.revoke("alice", level="TOP SECRET", by=ADMIN(store))
-    store.passwd("alice", "another long passphrase", by=store.get("alice"))  # one's own
+    with pytest.raises(AccessError, match="current passphrase is wrong"):  # a session alone is not enough
+        store.passwd("alice", "another long passphrase", by=store.get("alice"))
+    store.passwd("alice", "another long passphrase", by=store.get("alice"), current=PASS)  # one's own
     with pytest.raises(AccessError, match="needs the role admin"):
         store.passwd("admin", "another long passphrase", by=store.get("alice"))
     with pytest.raises(AccessError):

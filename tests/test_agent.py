@@ -222,3 +222,23 @@ def test_compound_question_says_which_part_it_could_not_answer(agent: Agent) -> 
     a = agent.ask("When is lunch served in the canteen and what is the capital of Mongolia?", ALICE)
     assert a.outcome in {"answered", "quoted"} and [c.doc_id for c in a.citations] == ["canteen.txt"]
     assert a.unanswered == ["what is the capital of Mongolia?"] and "Mongolia" in a.text
+
+
+def test_nothing_streams_when_the_evidence_cannot_be_audited(agent: Agent) -> None:
+    from appliance.errors import AuditWriteError
+
+    class Refusing:
+        def __init__(self) -> None:
+            self.kinds: list[str] = []
+
+        def record(self, kind: str, user, **fields) -> None:
+            self.kinds.append(kind)
+            if kind == "evidence":
+                raise AuditWriteError("audit log cannot be written (disk full): the action is refused")
+
+    auditor = Refusing()
+    audited = Agent(agent.retriever, agent.engine, agent.store, agent.scale, auditor=auditor)
+    streamed: list[str] = []
+    with pytest.raises(AuditWriteError):
+        audited.ask("When does the canteen serve lunch?", ALICE, on_token=streamed.append)
+    assert auditor.kinds == ["question", "evidence"] and streamed == []

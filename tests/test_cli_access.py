@@ -60,6 +60,10 @@ def test_policy_file_applies_whole_or_not_at_all(tmp_path: Path) -> None:
                    'compartments = ["NUCLEAR"]\n')
     proc = run(["policy", "apply", str(bad)], tmp_path, token=root)
     assert proc.returncode == 2 and "does not declare: NUCLEAR" in proc.stderr
+    demote = tmp_path / "demote.toml"
+    demote.write_text('[users.root]\nrole = "analyst"\nlevel = "SECRET"\ncompartments = []\n')
+    proc = run(["policy", "apply", str(demote)], tmp_path, token=root)
+    assert proc.returncode == 2 and "apply it as another admin" in proc.stderr
     good = tmp_path / "policy.toml"
     good.write_text('levels = ["UNCLASSIFIED", "CONFIDENTIAL", "SECRET", "TOP SECRET"]\ncompartments = ["CRYPTO"]\n'
                     '[users.zed]\nrole = "officer"\nlevel = "SECRET"\ncompartments = ["CRYPTO"]\n')

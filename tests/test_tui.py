@@ -224,6 +224,7 @@ def test_audit_export_with_progress(services: Services, tmp_path: Path) -> None:
         await pilot.click("#verify")
         await settle(app, pilot, lambda: "verified" in str(app.screen.query_one("#audit-status", Static).render()))
     run(services, body)
+    assert any(e.value()["kind"] == "audit.view" and e.value()["user"] == "aud" for e in services.audit().entries())
     assert verify_export(out).entries > 0
 
 
@@ -243,6 +244,7 @@ def test_role_gating_hides_and_refuses(services: Services) -> None:
         await pilot.press("f5")
         await settle(app, pilot)
         assert isinstance(app.screen, AuditScreen) and not app.screen.query("#export")  # admins check, not export
+        assert not app.screen.query("#entries")  # nor read other users' entries
     run(services, body)
 
 

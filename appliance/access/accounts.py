@@ -248,9 +248,15 @@ class AccountStore:
     def enable(self, name: str, *, by: Account) -> Account:
         return self._update(name, self._admin(by), "user.enable", {"disabled": 0, "failures": 0, "locked_until": 0})
 
-    def passwd(self, name: str, passphrase: str, *, by: Account) -> Account:
-        """A new passphrase: one's own, or anyone's for an admin."""
-        who = by.name if by.name == name and not self.get(by.name).disabled else self._admin(by)
+    def passwd(self, name: str, passphrase: str, *, by: Account, current: str | None = None) -> Account:
+        """A new passphrase: one's own (with the current one), or anyone's for an admin."""
+        if by.name == name and by.role != "admin":
+            row = self._row(name)
+            if row is None or row["disabled"] or current is None or not check_passphrase(current, row["passphrase"]):
+                raise AccessError("the current passphrase is wrong")
+            who = by.name
+        else:
+            who = self._admin(by)
         self._check_passphrase_rules(passphrase)
         return self._update(name, who, "user.passwd", {"passphrase": hash_passphrase(passphrase), "failures": 0,
                                                        "locked_until": 0})

@@ -24,6 +24,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "search.as_clearance": ("officer", "admin"),
     "index.admin": ("admin",),
     "audit.export": ("officer", "auditor"),
+    "audit.read": ("officer", "auditor"),
     "audit.check": ("officer", "auditor", "admin"),
     "bundles.manage": ("officer", "admin"),
 }

@@ -80,6 +80,9 @@ def load_policy(doc: dict, scale: LevelScale, where: str) -> Policy:
 def apply_policy(store: AccountStore, policy: Policy, *, by: Account) -> list[str]:
     """Apply ``policy``; returns the changes made. Everything is checked before anything changes."""
     authorize(store.get(by.name), "policy.apply")
+    mine = next((u for u in policy.users if u.name == by.name), None)
+    if mine is not None and mine.role != "admin":
+        raise AccessError(f"the policy makes {by.name}, who applies it, a {mine.role}: apply it as another admin")
     for u in policy.users:  # validate first: a bad entry must not leave the accounts half-changed
         if not _NAME.match(u.name) or u.role not in ROLES:
             raise AccessError(f"users.{u.name}: bad name or unknown role {u.role!r} (one of {', '.join(ROLES)})")

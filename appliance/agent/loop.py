@@ -130,6 +130,8 @@ class _Run:
         self.current: Step | None = None
         self.tokens = 0
         self.tokens_per_s: float | None = None
+        self.user = ""
+        self.trace_id = ""
         self.t0 = time.perf_counter()
 
     def step(self, name: str, **kw: object) -> Step:
@@ -233,6 +235,7 @@ class Agent:
         if self.auditor is not None:  # refused here, before any work, if it cannot be recorded
             self.auditor.record("question", principal.name, question=question, session=session_id)
         run = _Run(self.settings, cancel)
+        run.user, run.trace_id = principal.name, secrets.token_hex(8)
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         answer = Answer(question=question, text="", outcome="abstained", session_id=session_id)
         try:
@@ -245,7 +248,7 @@ class Agent:
                 answer.citations, answer.sentences = [], []
         answer.seconds = time.perf_counter() - run.t0
         answer.tokens_per_s = run.tokens_per_s
-        answer.trace_id = secrets.token_hex(8)
+        answer.trace_id = run.trace_id
         if self.auditor is not None:  # before anything is shown or kept: if this fails, nothing is
             self._audit(principal, answer, run)
         self.store.save_trace(trace_id=answer.trace_id, user=principal.name, session_id=session_id,
@@ -299,6 +302,8 @@ class Agent:
             run.step("sanitize", decision={"instruction_sentences_removed": sum(d for _, d in shown)},
                      chunk_ids=[h.chunk.chunk_id for h, (_, d) in zip(hits, shown, strict=True) if d])
         grounder = self._grounder(run)
+        if self.auditor is not None:  # what the model is shown is on record before its draft streams
+            self.auditor.record("evidence", run.user, trace=run.trace_id, chunks=[h.chunk.chunk_id for h in hits])
         draft = self._synthesize(question, hits, texts, run, on_token)
         checks = self._timed(run, "verify", lambda: grounder.check(split_cited(draft), texts, question),
                              input=draft)
