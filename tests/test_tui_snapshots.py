@@ -93,8 +93,17 @@ def _app(services: Services) -> ApplianceApp:
     return ApplianceApp(services, warm_engine=False)
 
 
+async def _still(pilot) -> None:
+    """No focused input: a blinking cursor would make two snapshots of one screen differ."""
+    pilot.app.screen.set_focus(None)
+    await pilot.pause(0.1)
+
+
 def test_login_screen(snap_compare, services: Services) -> None:
-    assert snap_compare(_app(services), terminal_size=SIZE)
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        await _still(pilot)
+    assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
 
 
 def test_ask_screen_with_a_cited_answer(snap_compare, services: Services) -> None:
@@ -105,7 +114,7 @@ def test_ask_screen_with_a_cited_answer(snap_compare, services: Services) -> Non
         box.focus()
         await pilot.press("enter")
         await _settle(pilot, lambda: pilot.app.screen.last is not None)
-        pilot.app.screen.query_one("#question").blur()
+        await _still(pilot)
     assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
 
 
@@ -114,6 +123,7 @@ def test_library_screen(snap_compare, services: Services) -> None:
         await _login("ann")(pilot)
         await pilot.press("f3")
         await _settle(pilot)
+        await _still(pilot)
     assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
 
 
@@ -123,6 +133,7 @@ def test_system_screen(snap_compare, services: Services) -> None:
         pilot.app.answer_speeds.clear()
         await pilot.press("f4")
         await _settle(pilot)
+        await _still(pilot)
     assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
 
 
@@ -135,7 +146,7 @@ def test_audit_screen(snap_compare, services: Services) -> None:
         pilot.app.screen.query_one("#audit-filter").focus()
         await pilot.press("enter")
         await _settle(pilot)
-        pilot.app.screen.query_one("#audit-filter").blur()
+        await _still(pilot)
     assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
 
 
