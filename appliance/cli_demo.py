@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from appliance.cli import _services, console, main
+from appliance.cli_knowledge import ingest_progress
 
 __all__ = ["demo"]
 
@@ -34,19 +34,7 @@ def demo_install(ctx: click.Context, root: Path | None, as_json: bool) -> None:
     s = services.settings
     bundle = load_bundle(root or DEMO_ROOT, scale=services.scale, knowledge=s.knowledge,
                          min_passphrase_chars=s.access.min_passphrase_chars)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(), console=console,
-                  disable=as_json) as progress:
-        task = progress.add_task("demo accounts", total=len(bundle.entries), chunks=0)
-        done: set[str] = set()
-
-        def step(source: str, chunks: int) -> None:
-            fields = progress.tasks[0].fields
-            progress.update(task, description=source[:40], chunks=fields["chunks"] + chunks)
-            if source not in done:
-                done.add(source)
-                progress.advance(task)
-
+    with ingest_progress("demo accounts", len(bundle.entries), quiet=as_json) as step:
         result = install_demo(services, bundle.root, progress=step, bundle=bundle)
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,19 +55,7 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, collect
     acct = current_account(ctx)
     labels = parse_labels(label_text, services.scale)
     files = _expand(paths)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(), console=console,
-                  disable=as_json) as progress:
-        task = progress.add_task("ingesting", total=len(files), chunks=0)
-        done: set[str] = set()
-
-        def step(source: str, chunks: int) -> None:
-            fields = progress.tasks[0].fields
-            progress.update(task, description=source[:40], chunks=fields["chunks"] + chunks)
-            if source not in done:
-                done.add(source)
-                progress.advance(task)
-
+    with ingest_progress("ingesting", len(files), quiet=as_json) as step:
         report = operations.ingest(services, acct, files, labels, progress=step, collection=collection)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -141,6 +129,25 @@ def docs_delete(ctx: click.Context, doc_id: str) -> None:
 
     operations.delete_document(_services(ctx), current_account(ctx), doc_id)
     console.print(f"deleted {doc_id}")
+
+
+@contextmanager
+def ingest_progress(what: str, files: int, quiet: bool) -> Iterator[Callable[[str, int], None]]:
+    """The ingest progress display (files done, chunks so far); yields the knowledge base's progress callback."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(), console=console,
+                  disable=quiet) as progress:
+        task = progress.add_task(what, total=files, chunks=0)
+        done: set[str] = set()
+
+        def step(source: str, chunks: int) -> None:
+            fields = progress.tasks[0].fields
+            progress.update(task, description=source[:40], chunks=fields["chunks"] + chunks)
+            if source not in done:
+                done.add(source)
+                progress.advance(task)
+
+        yield step
 
 
 def principal_for(ctx: click.Context, label_text: str | None = None) -> Principal:

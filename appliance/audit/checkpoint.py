@@ -15,7 +15,6 @@ import binascii
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from appliance.audit.merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from appliance.errors import AuditError, AuditVerifyError, CheckpointError
+from appliance.private_files import write_private
 
 __all__ = [
     "MAX_CHECKPOINT_BYTES", "Checkpoint", "Signer", "Verifier", "generate_key", "key_id",
@@ -249,20 +249,7 @@ def generate_key(path: Path, name: str) -> Signer:
     private_key = ed25519.Ed25519PrivateKey.generate()
     signer, seed = Signer(name, private_key), private_key.private_bytes_raw()
     text = f"{_SKEY_PREFIX}{name}+{signer.key_id.hex()}+{base64.b64encode(bytes([ED25519]) + seed).decode()}\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0600
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    os.fsync(dir_fd)
-    os.close(dir_fd)
+    write_private(path, text.encode("ascii"))
     return signer
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from appliance.errors import BundleKeyError
+from appliance.private_files import write_private
 
 __all__ = ["ROLES", "DELEGATED", "RoleKeys", "init_keys", "load_keyring", "load_signers", "rotate_role",
            "MIN_PASSPHRASE_CHARS"]
@@ -47,19 +47,8 @@ def _check_passphrase(passphrase: str) -> bytes:
 
 
 def _write_private(path: Path, key: ed25519.Ed25519PrivateKey, passphrase: bytes) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.BestAvailableEncryption(passphrase))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.BestAvailableEncryption(passphrase)))
 
 
 def _public(key: ed25519.Ed25519PrivateKey) -> SSlibKey:
