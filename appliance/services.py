@@ -56,6 +56,7 @@ class Services:
     _agent: Agent | None = field(default=None, repr=False)
     _audit: AuditLog | None = field(default=None, repr=False)
     _accounts: AccountStore | None = field(default=None, repr=False)
+    _agent_store: AgentStore | None = field(default=None, repr=False)
 
     def audit(self) -> AuditLog:
         """The tamper-evident audit log (``<data dir>/audit``); its key is made on first use."""
@@ -85,7 +86,10 @@ class Services:
         return self._agent
 
     def agent_store(self) -> AgentStore:
-        return AgentStore(self.settings.data_dir / "agent.db")
+        """Traces, sessions and feedback: one store (one connection, migrations run once) per process."""
+        if self._agent_store is None:
+            self._agent_store = AgentStore(self.settings.data_dir / "agent.db")
+        return self._agent_store
 
     @property
     def scale(self) -> LevelScale:
