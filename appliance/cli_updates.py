@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -55,7 +57,7 @@ def keys_rotate(role: str, directory: Path, password_stdin: bool) -> None:
 
 @main.group()
 def bundle() -> None:
-    """Signed offline update bundles: build (build station); verify and apply arrive next."""
+    """Signed offline update bundles: build (build station); trust, verify, apply, history, rollback."""
 
 
 @bundle.command("build")
@@ -105,8 +107,9 @@ def bundle_verify(ctx: click.Context, directory: Path, as_json: bool) -> None:
     from appliance.updates.check import verify_bundle
 
     services = _services(ctx)
-    with console.status("verifying the bundle (staging, signatures, versions, hashes)…"):
-        plan = verify_bundle(services, current_account(ctx), directory, services.settings.updates.appliance_class)
+    with _progress() as step:
+        plan = verify_bundle(services, current_account(ctx), directory, services.settings.updates.appliance_class,
+                             step)
     if plan.work is not None:
         shutil.rmtree(plan.work, ignore_errors=True)  # a dry run keeps nothing
     s = plan.summary()
@@ -115,6 +118,97 @@ def bundle_verify(ctx: click.Context, directory: Path, as_json: bool) -> None:
         return
     console.print(f"verified {s['bundle']} release {s['release']} for {s['class']}: {s['targets']} payloads",
                   highlight=False)
+    if plan.already_applied:
+        console.print("  this bundle is already applied: applying it again changes nothing", highlight=False)
+        return
     for word in ("add", "replace", "revoke"):
         console.print(f"  would {word} {len(s[word])}: {', '.join(s[word][:10])}{' …' if len(s[word]) > 10 else ''}",
                       highlight=False)
+    for kind in ("models", "adapters", "policy"):
+        if s[kind]:
+            console.print(f"  would install {kind}: {', '.join(s[kind])}", highlight=False)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress display driven by (phase, done, total) calls."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=None, detail="")
+
+        def step(phase: str, done: int, total: int) -> None:
+            bytes_phase = phase in ("staging", "checking payloads")
+            detail = f"{done / 2**20:.1f} MiB" if bytes_phase else (f"{done}/{total}" if total > 1 else "")
+            bar.update(task, description=phase, completed=done, total=total or None, detail=detail)
+        yield step
+
+
+@bundle.command("apply")
+@click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def bundle_apply(ctx: click.Context, directory: Path, as_json: bool) -> None:
+    """Verify a bundle and apply it: into a new generation, switched to atomically after a health check."""
+    import json as _json
+
+    from appliance.cli import _services
+    from appliance.cli_access import current_account
+    from appliance.updates.apply import apply_bundle
+
+    services = _services(ctx)
+    with _progress() as step:
+        result = apply_bundle(services, current_account(ctx), directory, step)
+    if as_json:
+        click.echo(_json.dumps(result.as_dict(), indent=2))
+        return
+    if result.noop:
+        console.print(f"{result.bundle} release {result.release} is already applied: nothing changed", highlight=False)
+        return
+    c = result.changes
+    console.print(f"applied {result.bundle} release {result.release} as generation {result.generation} in "
+                  f"{result.seconds:.1f} s: {c.get('added', 0)} added, {c.get('replaced', 0)} replaced, "
+                  f"{c.get('unchanged', 0)} unchanged, {c.get('revoked', 0)} revoked", highlight=False)
+
+
+@bundle.command("history")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def bundle_history(ctx: click.Context, as_json: bool) -> None:
+    """The kept generations: which bundle made each, when and by whom; which one serves."""
+    import json as _json
+
+    from rich.table import Table
+
+    from appliance.cli import _services
+    from appliance.cli_access import current_account
+    from appliance.updates.apply import history
+
+    serving, kept, state = history(_services(ctx), current_account(ctx))
+    if as_json:
+        click.echo(_json.dumps({"serving": serving, "generations": [g.as_dict() for g in kept], "state": state},
+                               indent=2))
+        return
+    table = Table(title=f"generations (highest release applied: {state.get('release', 0)})")
+    for col in ("", "generation", "bundle", "release", "applied", "by", "changes"):
+        table.add_column(col)
+    for g in kept:
+        changes = ", ".join(f"{v} {k}" for k, v in g.changes.items() if v)
+        table.add_row("serving" if g.generation == serving else "", str(g.generation), g.bundle or "(initial)",
+                      str(g.release), g.applied_at or "", g.by or "", changes)
+    console.print(table)
+
+
+@bundle.command("rollback")
+@click.option("--to", "to", type=int, help="The generation to serve (default: the one before the serving one).")
+@click.pass_context
+def bundle_rollback(ctx: click.Context, to: int | None) -> None:
+    """Serve an earlier kept generation again (the release high-water mark stays: no replay)."""
+    from appliance.cli import _services
+    from appliance.cli_access import current_account
+    from appliance.updates.apply import rollback
+
+    info = rollback(_services(ctx), current_account(ctx), to)
+    console.print(f"generation {info.generation} serves again ({info.bundle or 'initial'} release {info.release})",
+                  highlight=False)

@@ -127,12 +127,14 @@ class UpdatesSettings:
     """Signed bundles: which appliance class this box is (a bundle for another class is refused)."""
 
     appliance_class: str = "northgate"
+    keep_generations: int = 3  # the serving generation and the ones before it, for rollback
 
     def checks(self) -> list[tuple[str, bool, str]]:
         import re as _re
 
         return [("appliance_class", bool(_re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", self.appliance_class)),
-                 "1-63 of a-z 0-9 . _ -")]
+                 "1-63 of a-z 0-9 . _ -"),
+                ("keep_generations", 2 <= self.keep_generations <= 20, "2 to 20")]
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,8 @@ class Settings:
 
     @property
     def knowledge_dir(self) -> Path:
-        return self.data_dir / "knowledge"
+        """The serving generation's knowledge (``current`` is a symlink a bundle apply switches)."""
+        return self.data_dir / "current" / "knowledge"
 
 
 SECTIONS: dict[str, type] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,20 +16,35 @@ from appliance.agent.store import AgentStore
 from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient, RequestLimits
-from appliance.runtime.model_store import ModelStore
+from appliance.runtime.model_store import ModelRecord, ModelStore
 from appliance.runtime.protocol import EngineSpec
+from appliance.updates.generations import GenerationInfo, current_path, ensure_layout, read_info
 
-__all__ = ["Services", "build_services", "engine_spec"]
+__all__ = ["Services", "build_services", "engine_spec", "active_models"]
 
 
-def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True, embedder: bool = True) -> EngineSpec:
-    """The host's start-up description: the configured models and every adapter for that base."""
+def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | None) -> dict[str, ModelRecord]:
+    """The generator and embedder that serve: a bundle's (by digest) if it brought one, else the configured."""
     rt = settings.runtime
-    gen = store.get(rt.generator) if generator else None
-    emb = store.get(rt.embedder) if embedder else None
+    out = {}
+    for kind, configured in (("generator", rt.generator), ("embedder", rt.embedder)):
+        chosen = (info.models.get(kind) if info else None) or None
+        out[kind] = store.by_sha256(chosen["sha256"]) if chosen else store.get(configured)
+    return out
+
+
+def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True, embedder: bool = True,
+                info: GenerationInfo | None = None) -> EngineSpec:
+    """The host's start-up description: the serving models and every adapter for that base."""
+    rt = settings.runtime
+    models = active_models(settings, store, info) if (generator or embedder) else {}
+    gen = models["generator"] if generator else None
+    emb = models["embedder"] if embedder else None
     adapters = {}
     if gen is not None:
         adapters = {a.name: str(a.path) for a in store.list("adapter") if a.base_sha256 in (None, gen.sha256)}
+        for name, sha in (info.adapters.items() if info else ()):  # a bundle's adapters, by digest
+            adapters[name] = str(store.by_sha256(sha).path)
     return EngineSpec(
         generator_path=str(gen.path) if gen else None,
         embedder_path=str(emb.path) if emb else None,
@@ -57,6 +73,33 @@ class Services:
     _audit: AuditLog | None = field(default=None, repr=False)
     _accounts: AccountStore | None = field(default=None, repr=False)
     _agent_store: AgentStore | None = field(default=None, repr=False)
+    _generation: Path | None = field(default=None, repr=False)
+    embed_fn: Callable[[Sequence[str]], list] | None = None  # a test seam: embeddings without the engine
+
+    def embed(self, texts: Sequence[str]) -> list:
+        """Embed with the serving embedder (through the engine, unless a test set ``embed_fn``)."""
+        if self.embed_fn is not None:
+            return self.embed_fn(texts)
+        return self.engine(generator=False).embed(list(texts), batch=self.settings.knowledge.embed_batch)
+
+    def generation(self) -> GenerationInfo:
+        """The serving generation (a bundle apply or rollback in any process switches it)."""
+        self._follow_generation()
+        return read_info(self._generation)
+
+    def _follow_generation(self) -> None:
+        """Reopen what belongs to a generation once another one serves."""
+        path = current_path(self.settings.data_dir)
+        if path == self._generation:
+            return
+        old = read_info(self._generation) if self._generation is not None and self._generation.is_dir() else None
+        self._generation = path
+        self._knowledge = None
+        self._agent = None
+        new = read_info(path)
+        if self._engine is not None and (old is None or (old.models, old.adapters) != (new.models, new.adapters)):
+            self._engine.close()
+            self._engine = None
 
     def audit(self) -> AuditLog:
         """The tamper-evident audit log (``<data dir>/audit``); its key is made on first use."""
@@ -78,6 +121,7 @@ class Services:
 
     def agent(self) -> Agent:
         """The question-answering agent over the knowledge base and the engine."""
+        self._follow_generation()
         if self._agent is None:
             kb = self.knowledge()
             self._agent = Agent(Retriever(kb, self.settings.knowledge), self.engine(), self.agent_store(),
@@ -97,16 +141,16 @@ class Services:
 
     def knowledge(self) -> KnowledgeBase:
         """The knowledge base (catalog, full-text, Chroma), embedding through the engine."""
+        self._follow_generation()
         if self._knowledge is None:
-            batch = self.settings.knowledge.embed_batch
             self._knowledge = KnowledgeBase(
-                self.settings.knowledge_dir,
-                lambda texts: self.engine(generator=False).embed(list(texts), batch=batch),
+                self._generation / "knowledge", self.embed,
                 scale=self.scale, settings=self.settings.knowledge)
         return self._knowledge
 
     def engine(self, *, generator: bool = True, embedder: bool = True) -> EngineClient:
         """The llama.cpp host client, started on first use (restarted if it lacks a needed model)."""
+        self._follow_generation()
         have = self._engine_parts
         if self._engine is not None and (generator and not have[0] or embedder and not have[1]):
             generator, embedder = generator or have[0], embedder or have[1]
@@ -116,7 +160,8 @@ class Services:
             self._engine_parts = (generator, embedder)
             lim = self.settings.limits
             self._engine = EngineClient(
-                engine_spec(self.settings, self.store, generator=generator, embedder=embedder),
+                engine_spec(self.settings, self.store, generator=generator, embedder=embedder,
+                            info=read_info(self._generation)),
                 limits=RequestLimits(
                     max_prompt_chars=lim.max_prompt_chars, max_schema_bytes=lim.max_schema_bytes,
                     max_grammar_bytes=lim.max_grammar_bytes, max_embed_texts=lim.max_embed_texts,
@@ -141,6 +186,7 @@ def build_services(settings: Settings | None = None) -> Services:
     os.umask(0o077)  # every database, index and key the appliance writes is its own user's alone
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
+    ensure_layout(settings.data_dir)
     store = ModelStore(
         settings.models_dir,
         max_model_bytes=settings.limits.max_model_bytes,

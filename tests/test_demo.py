@@ -121,8 +121,7 @@ def _fake_services(tmp_path: Path, calls: list[int]) -> Services:
         calls.append(len(texts))
         return hashed_embed(texts)
 
-    services._knowledge = KnowledgeBase(tmp_path / "data" / "knowledge", embed, scale=services.scale,
-                                        settings=services.settings.knowledge)
+    services.embed_fn = embed  # a fake at the engine seam
     return services
 
 

@@ -23,10 +23,7 @@ ACCOUNT_PASS = "a long enough passphrase"
 @pytest.fixture
 def appliance(tmp_path: Path):
     s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "appliance")}))
-    from appliance.knowledge.base import KnowledgeBase
-
-    s._knowledge = KnowledgeBase(s.settings.knowledge_dir, hashed_embed, scale=s.scale,  # a fake at the engine seam
-                                 settings=s.settings.knowledge)
+    s.embed_fn = hashed_embed  # a fake at the engine seam
     s.accounts().add("root", role="admin", level="TOP SECRET", passphrase=ACCOUNT_PASS, by=None)
     admin = s.accounts().get("root")
     s.accounts().add("olga", role="officer", level="SECRET", compartments=["CRYPTO"], passphrase=ACCOUNT_PASS,
@@ -50,9 +47,10 @@ def test_dry_run_verifies_plans_and_changes_nothing(appliance, tmp_path: Path) -
     before = appliance.knowledge().catalog.counts()
     plan = verify_bundle(appliance, olga, media, "northgate")
     assert plan.summary() == {"bundle": "northgate-knowledge", "class": "northgate", "release": 1, "targets": 2,
-                              "add": ["canteen.txt", "keys.txt"], "replace": [], "revoke": []}
+                              "add": ["canteen.txt", "keys.txt"], "replace": [], "revoke": [], "models": [],
+                              "adapters": [], "policy": []}
     assert appliance.knowledge().catalog.counts() == before
-    assert not (appliance.settings.data_dir / "updates" / "metadata").exists()  # nothing trusted changed
+    assert not list((appliance.settings.data_dir / "updates").glob("meta-*"))  # nothing trusted changed
     assert applied_state(appliance) == {"release": 0}
     kinds = [e.value()["kind"] for e in appliance.audit().entries()]
     assert kinds[-1] == "bundle.verify" and "bundle.trust_root" in kinds

@@ -170,6 +170,13 @@ class AccountStore:
     def _admin(self, by: Account) -> str:
         return authorize(self.get(by.name), "users.manage").name  # as stored now, not as once loaded
 
+    def _who(self, by: Account | None, signed: str | None) -> str:
+        if signed is not None:
+            return signed
+        if by is None:
+            raise AccessError("not logged in")
+        return self._admin(by)
+
     def add(self, name: str, *, role: str, level: str, compartments: Iterable[str] = (), passphrase: str,
             by: Account | None) -> Account:
         """Add an account; ``by`` None is the bootstrap: only the first account, and only an admin."""
@@ -198,10 +205,12 @@ class AccountStore:
         return self.get(name)
 
     def import_account(self, name: str, *, role: str, level: str, compartments: Iterable[str],
-                       passphrase_hash: str | None, by: Account) -> str | None:
+                       passphrase_hash: str | None, by: Account | None, signed: str | None = None) -> str | None:
         """Create or update an account from a policy file; returns what changed, or None.
 
         A new account without a passphrase hash is created disabled until an admin sets one.
+        ``signed`` names a verified signed bundle whose policy role is the authority (then
+        ``by``, the officer applying it, needs no admin role).
         """
         if not _NAME.match(name):
             raise AccessError(f"bad user name {name!r}: 1-32 of a-z 0-9 . _ -, starting with a letter")
@@ -210,7 +219,7 @@ class AccountStore:
         if passphrase_hash is not None and not passphrase_hash.startswith("scrypt$"):
             raise AccessError(f"user {name!r}: passphrase_hash must be an scrypt$... hash")
         level, comps = self._labels(level, compartments, name)
-        who = self._admin(by)
+        who = self._who(by, signed)
         with self._lock:
             row = self._row(name)
             if row is None:
@@ -242,8 +251,8 @@ class AccountStore:
                 self.db.execute("DELETE FROM logins WHERE user = ?", [name])  # their sessions end now
         return self.get(name)
 
-    def disable(self, name: str, *, by: Account) -> Account:
-        return self._update(name, self._admin(by), "user.disable", {"disabled": 1})
+    def disable(self, name: str, *, by: Account | None, signed: str | None = None) -> Account:
+        return self._update(name, self._who(by, signed), "user.disable", {"disabled": 1})
 
     def enable(self, name: str, *, by: Account) -> Account:
         return self._update(name, self._admin(by), "user.enable", {"disabled": 0, "failures": 0, "locked_until": 0})

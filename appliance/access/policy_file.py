@@ -25,7 +25,7 @@ from appliance.access.authz import authorize
 from appliance.access.labels import LevelScale, _compartments
 from appliance.errors import AccessError
 
-__all__ = ["Policy", "PolicyUser", "load_policy", "apply_policy", "MAX_POLICY_USERS"]
+__all__ = ["Policy", "PolicyUser", "load_policy", "check_policy", "apply_policy", "MAX_POLICY_USERS"]
 
 MAX_POLICY_USERS = 10_000
 
@@ -77,29 +77,43 @@ def load_policy(doc: dict, scale: LevelScale, where: str) -> Policy:
     return Policy(known, tuple(out))
 
 
-def apply_policy(store: AccountStore, policy: Policy, *, by: Account) -> list[str]:
-    """Apply ``policy``; returns the changes made. Everything is checked before anything changes."""
-    authorize(store.get(by.name), "policy.apply")
-    mine = next((u for u in policy.users if u.name == by.name), None)
-    if mine is not None and mine.role != "admin":
-        raise AccessError(f"the policy makes {by.name}, who applies it, a {mine.role}: apply it as another admin")
-    for u in policy.users:  # validate first: a bad entry must not leave the accounts half-changed
+def check_policy(store: AccountStore, policy: Policy) -> None:
+    """Every entry valid (names, roles, hashes, levels, compartments); raises AccessError naming it."""
+    for u in policy.users:
         if not _NAME.match(u.name) or u.role not in ROLES:
             raise AccessError(f"users.{u.name}: bad name or unknown role {u.role!r} (one of {', '.join(ROLES)})")
         if u.passphrase_hash is not None and not u.passphrase_hash.startswith("scrypt$"):
             raise AccessError(f"users.{u.name}: passphrase_hash must be an scrypt$... hash")
         store.scale.canonical(u.level)
         _compartments(list(u.compartments), f"users.{u.name}")
+
+
+def apply_policy(store: AccountStore, policy: Policy, *, by: Account | None, signed: str | None = None) -> list[str]:
+    """Apply ``policy``; returns the changes made. Everything is checked before anything changes.
+
+    Unsigned (``appliance policy apply``) it takes an admin. ``signed`` names the verified
+    bundle it came in: its signature is the authority, and ``by`` is the officer applying it.
+    """
+    if signed is None:
+        if by is None:
+            raise AccessError("not logged in")
+        authorize(store.get(by.name), "policy.apply")
+        mine = next((u for u in policy.users if u.name == by.name), None)
+        if mine is not None and mine.role != "admin":
+            raise AccessError(f"the policy makes {by.name}, who applies it, a {mine.role}: apply it as another admin")
+    check_policy(store, policy)  # validate first: a bad entry must not leave the accounts half-changed
     changes = []
     for u in policy.users:
         change = store.import_account(u.name, role=u.role, level=u.level, compartments=u.compartments,
-                                      passphrase_hash=u.passphrase_hash, by=by)
+                                      passphrase_hash=u.passphrase_hash, by=by, signed=signed)
         if change:
             changes.append(change)
     listed = {u.name for u in policy.users}
+    applier = by.name if by is not None else None
     for acct in store.list():
-        if acct.name not in listed and not acct.disabled and acct.name != by.name:
-            store.disable(acct.name, by=by)
+        if acct.name not in listed and not acct.disabled and acct.name != applier:
+            store.disable(acct.name, by=by, signed=signed)
             changes.append(f"disabled {acct.name} (not in the policy)")
-    store.auditor.record("policy.apply", by.name, users=len(policy.users), changes=changes)
+    store.auditor.record("policy.apply", signed or applier or "-", users=len(policy.users), changes=changes,
+                         **({"applied_by": applier} if signed else {}))
     return changes

@@ -159,6 +159,14 @@ class ModelStore:
             raise UnknownModelError(f"unknown model {name!r} (known: {known})")
         return self._record(rows[0])
 
+    def by_sha256(self, sha256: str) -> ModelRecord:
+        """The registered model or adapter with this content digest (bundles name models by digest)."""
+        rows = list(self.db["models"].rows_where("sha256 = ?", [sha256], limit=1)) if (
+            self.root / "registry.db").exists() else []
+        if not rows:
+            raise UnknownModelError(f"no registered model has sha256 {sha256[:16]}…")
+        return self._record(rows[0])
+
     def has(self, name: str) -> bool:
         try:
             self.get(name)

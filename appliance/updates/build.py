@@ -154,6 +154,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _metafile(path: Path, version: int) -> MetaFile:
+    """A reference with length and hash, so metadata from another bundle cannot be mixed in."""
+    data = path.read_bytes()
+    return MetaFile(version=version, length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()})
+
+
 def _versions(state: Path) -> dict[str, int]:
     f = state / "versions.json"
     return json.loads(f.read_text()) if f.is_file() else {}
@@ -214,7 +220,7 @@ def build_bundle(spec: BundleSpec, keys_dir: Path, passphrase: str, state: Path,
             for s in load_signers(keys_dir, role, passphrase):
                 md_role.sign(s, append=True)
             md_role.to_file(str(md / f"{v}.{role}.json"), serializer)
-            meta[f"{role}.json"] = MetaFile(version=v)
+            meta[f"{role}.json"] = _metafile(md / f"{v}.{role}.json", v)
         tv = versions.get("targets", 0) + 1
         roles = {r: DelegatedRole(r, [k.keyid for k in ring[r].keys], ring[r].threshold, True,
                                   paths=[f"{r}/*/*"]) for r in DELEGATED}
@@ -225,14 +231,14 @@ def build_bundle(spec: BundleSpec, keys_dir: Path, passphrase: str, state: Path,
         for s in load_signers(keys_dir, "targets", passphrase):
             top.sign(s, append=True)
         top.to_file(str(md / f"{tv}.targets.json"), serializer)
-        meta["targets.json"] = MetaFile(version=tv)
+        meta["targets.json"] = _metafile(md / f"{tv}.targets.json", tv)
         sv = versions.get("snapshot", 0) + 1
         snap = Metadata(Snapshot(version=sv, expires=expires, meta=meta))
         for s in load_signers(keys_dir, "snapshot", passphrase):
             snap.sign(s, append=True)
         snap.to_file(str(md / f"{sv}.snapshot.json"), serializer)
         tsv = versions.get("timestamp", 0) + 1
-        ts = Metadata(Timestamp(version=tsv, expires=expires, snapshot_meta=MetaFile(version=sv)))
+        ts = Metadata(Timestamp(version=tsv, expires=expires, snapshot_meta=_metafile(md / f"{sv}.snapshot.json", sv)))
         for s in load_signers(keys_dir, "timestamp", passphrase):
             ts.sign(s, append=True)
         ts.to_file(str(md / "timestamp.json"), serializer)

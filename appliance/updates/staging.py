@@ -9,9 +9,11 @@ a media file changed after it was staged cannot reach the appliance.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +35,19 @@ def _check_name(name: str, where: str) -> None:
         raise BundleError(f"unsafe name {name[:60]!r} in {where}")
 
 
-def stage(media: Path, staging: Path, limits: StagingLimits = StagingLimits()) -> Path:
-    """Copy ``media`` (a bundle directory) into the new directory ``staging``; returns it."""
+def stage(media: Path, staging: Path, limits: StagingLimits = StagingLimits(),
+          progress: Callable[[int, int], None] | None = None) -> Path:
+    """Copy ``media`` (a bundle directory) into the new directory ``staging``; returns it.
+
+    ``progress(bytes_copied, 0)`` is called as the copy goes (the total is not known ahead).
+    """
     if not media.is_dir() or media.is_symlink():
         raise BundleError(f"{media} is not a bundle directory")
     for part in ("metadata", "targets"):
         if not (media / part).is_dir() or (media / part).is_symlink():
             raise BundleError(f"{media} has no {part}/ directory: not a bundle")
     staging.mkdir(parents=True, exist_ok=False)
-    total, files = 0, 0
+    total, files, copied_total = 0, 0, 0
     try:
         for top, dirs, names in os.walk(media, followlinks=False):
             rel_dir = Path(top).relative_to(media)
@@ -85,10 +91,16 @@ def stage(media: Path, staging: Path, limits: StagingLimits = StagingLimits()) -
                         if copied > st.st_size:  # grew while being read: a changing file is refused
                             raise BundleError(f"{rel} changed while it was being copied")
                         fout.write(block)
+                        if progress:
+                            progress(copied_total + copied, 0)
+                    copied_total += copied
                     fout.flush()
                     os.fsync(fout.fileno())
     except OSError as exc:  # disk full and the like: nothing half-staged is left behind
         shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise BundleError(f"staging failed: the appliance's disk is full ({staging.parent}); nothing was "
+                              "changed") from None
         raise BundleError(f"staging failed: {exc}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,358 @@
+"""Apply a verified bundle into a new generation, switch to it atomically; roll back; recover.
+
+Order of :func:`apply_bundle` (each step named for the fault-injection tests):
+
+1. ``verified``   stage and verify (:func:`verify_bundle`); check every payload
+2. ``copied``     a new generation: a copy of the serving knowledge (catalog and index)
+3. ``models``     register the bundle's models and adapters (content-addressed, additive)
+4. ``knowledge``  ingest, replace and revoke documents in the new generation (re-embed all
+                  of it if the embedder changes)
+5. ``healthy``    health check: the models load, the index answers a probe query
+6. ``metadata``   the verified TUF metadata written beside the old (not yet trusted)
+7. ``sealed``     the generation flushed to disk and renamed into place
+8. ``switched``   ``current`` points at it: the commit point
+9. ``state``      the high-water mark (release, trusted metadata, last trusted time)
+10. ``policy``    the signed access policy applied to the accounts
+11. ``audited``   the apply entry in the audit log; old generations pruned
+
+A crash before step 8 leaves the old generation serving and the old metadata trusted
+(leftovers are removed on the next start); after it, :func:`recover` finishes steps 9-11
+from the new generation's own description. Nothing is trusted before every check passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.access.accounts import Account
+from appliance.access.authz import authorize
+from appliance.access.labels import Principal
+from appliance.access.policy_file import apply_policy, load_policy
+from appliance.errors import ApplianceError, BundleError
+from appliance.knowledge.base import KnowledgeBase
+from appliance.runtime.client import EngineClient
+from appliance.runtime.protocol import GenerateRequest
+from appliance.services import Services, engine_spec
+from appliance.updates import generations as gens
+from appliance.updates.check import Plan, Progress, applied_state, blob_cache, updates_dir, verify_bundle
+from appliance.updates.generations import GenerationInfo
+from appliance.updates.payloads import Checked, apply_knowledge, check_payloads, register_models
+
+__all__ = ["ApplyResult", "apply_bundle", "rollback", "history", "recover", "FAULT_ENV"]
+
+FAULT_ENV = "APPLIANCE_FAULT_AT"  # tests: SIGKILL this process at the named step
+PROBE = "health check probe"
+
+
+@dataclass
+class ApplyResult:
+    bundle: str
+    release: int
+    generation: int | None  # None: nothing to do (the same bundle again)
+    noop: bool = False
+    changes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    removed_generations: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _fault(step: str) -> None:
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _exclusive(services: Services) -> Iterator[None]:
+    up = updates_dir(services)
+    up.mkdir(parents=True, exist_ok=True)
+    with open(up / "apply.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BundleError("another bundle apply or rollback is running on this appliance") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_state(services: Services, state: dict) -> None:
+    f = updates_dir(services) / "state.json"
+    tmp = f.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(state, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, f)
+
+
+# -- apply ----------------------------------------------------------------------------
+
+
+def apply_bundle(services: Services, account: Account, media: Path, progress: Progress | None = None,
+                 now: dt.datetime | None = None) -> ApplyResult:
+    """Verify and apply the bundle on ``media``; completely or not at all. BundleError says why not."""
+    by = authorize(services.accounts().get(account.name), "bundles.manage")
+    step = progress or (lambda phase, done, total: None)
+    started = time.perf_counter()
+    with _exclusive(services):
+        recover(services)
+        plan = verify_bundle(services, account, media, services.settings.updates.appliance_class, step, now=now)
+        try:
+            if plan.already_applied:
+                services.audit().record("bundle.noop", by.name, bundle=plan.bundle, release=plan.release)
+                return ApplyResult(plan.bundle, plan.release, None, noop=True,
+                                   seconds=time.perf_counter() - started)
+            checked = check_payloads(services, plan)
+            _fault("verified")
+            result = _apply(services, by, plan, checked, step)
+        except ApplianceError as exc:
+            services.audit().record("bundle.refused", by.name, media=str(media), bundle=plan.bundle,
+                                    release=plan.release, reason=str(exc)[:500])
+            raise
+        finally:
+            if plan.work is not None:
+                shutil.rmtree(plan.work, ignore_errors=True)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: Progress) -> ApplyResult:
+    data = services.settings.data_dir
+    serving = services.generation()
+    number, building = gens.new_building(data)
+    try:
+        info = GenerationInfo(number, kind="apply", bundle=plan.bundle, release=plan.release, applied_at=_now(),
+                              by=by.name, parent=serving.generation, models=dict(serving.models),
+                              adapters=dict(serving.adapters), policy_sha256=serving.policy_sha256,
+                              targets_sha256=plan.targets_sha256, metadata=f"meta-{number:06d}")
+        step("copying the serving generation", 0, 1)
+        gens.copy_knowledge(gens.current_path(data) / "knowledge", building / "knowledge",
+                            vectors=not checked.embedder_changes)
+        if (gens.current_path(data) / "policy.toml").is_file() and checked.policy is None:
+            shutil.copyfile(gens.current_path(data) / "policy.toml", building / "policy.toml")
+        _fault("copied")
+        register_models(services, checked, info)
+        _fault("models")
+        with _generation_engine(services, serving, info) as embed:
+            kb = KnowledgeBase(building / "knowledge", embed, scale=services.scale, settings=services.settings.knowledge)
+            if checked.embedder_changes:  # a new embedder: every chunk is embedded again, into a new index
+                step("re-embedding the index", 0, 1)
+                kb.check(repair=True)
+            info.changes = apply_knowledge(services, plan, kb, by.name,
+                                           lambda done, total: step("ingesting knowledge", done, total))
+            _fault("knowledge")
+            step("health check", 0, 1)
+            _health_check(services, kb, info, serving)
+            del kb
+        _fault("healthy")
+        if checked.policy is not None:
+            shutil.copyfile(checked.policy[0].verified_file, building / "policy.toml")
+            info.policy_sha256 = checked.policy[0].sha256
+        _keep_payloads(services, plan, building)
+        meta = updates_dir(services) / info.metadata
+        shutil.rmtree(meta, ignore_errors=True)
+        shutil.copytree(plan.work / "metadata", meta)
+        gens.fsync_tree(meta)
+        _fault("metadata")
+        gens.seal(data, building, info)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(updates_dir(services) / f"meta-{number:06d}", ignore_errors=True)
+        raise
+    _fault("sealed")
+    step("switching", 0, 1)
+    gens.switch_to(data, number)
+    _fault("switched")
+    removed = _finish(services, info, by.name)
+    return ApplyResult(plan.bundle, plan.release, number, changes=info.changes, removed_generations=removed)
+
+
+def _keep_payloads(services: Services, plan: Plan, building: Path) -> None:
+    """Record what the generation serves, and keep knowledge and policy payloads for delta bundles."""
+    cache = blob_cache(services)
+    cache.mkdir(parents=True, exist_ok=True)
+    for t in plan.targets:
+        if t.role in ("knowledge", "policy") and not (cache / t.sha256).is_file():
+            tmp = cache / f".{t.sha256}.tmp"
+            shutil.copyfile(t.verified_file, tmp)
+            os.replace(tmp, cache / t.sha256)
+    gens.write_targets(building, [{"path": t.path, "role": t.role, "sha256": t.sha256, "length": t.length,
+                                   "custom": t.custom, "docs": plan.docs.get(t.path, [])} for t in plan.targets])
+
+
+def _prune_blobs(services: Services) -> None:
+    """Drop cached payloads no kept generation serves."""
+    data = services.settings.data_dir
+    wanted = {a["sha256"] for g in gens.list_generations(data)
+              for a in gens.read_targets(gens.generation_dir(data, g.generation))}
+    cache = blob_cache(services)
+    for f in cache.iterdir() if cache.is_dir() else []:
+        if f.name not in wanted:
+            f.unlink(missing_ok=True)
+
+
+def _finish(services: Services, info: GenerationInfo, by: str, recovered: bool = False) -> list[int]:
+    """Steps 9-11 for the serving generation ``info`` (after a switch, or on recovery)."""
+    state = applied_state(services)
+    old_meta = state.get("metadata")
+    state.update(release=info.release, bundle=info.bundle, metadata=info.metadata, targets_sha256=info.targets_sha256,
+                 generation=info.generation, last_trusted_time=max(state.get("last_trusted_time") or "", _now()))
+    _write_state(services, state)
+    _fault("state")
+    _apply_policy(services, info, by)
+    _fault("policy")
+    services.audit().record("bundle.apply", by, bundle=info.bundle, release=info.release, generation=info.generation,
+                            changes=info.changes, models=info.models, adapters=sorted(info.adapters),
+                            policy=info.policy_sha256, **({"recovered": True} if recovered else {}))
+    _fault("audited")
+    if old_meta and old_meta != info.metadata:
+        shutil.rmtree(updates_dir(services) / old_meta, ignore_errors=True)
+    removed = gens.prune(services.settings.data_dir, services.settings.updates.keep_generations)
+    _prune_blobs(services)
+    return removed
+
+
+def _apply_policy(services: Services, info: GenerationInfo, by: str) -> None:
+    state = applied_state(services)
+    if not info.policy_sha256 or state.get("policy_sha256") == info.policy_sha256:
+        return
+    import tomllib
+
+    text = (gens.generation_dir(services.settings.data_dir, info.generation) / "policy.toml").read_text("utf-8")
+    policy = load_policy(tomllib.loads(text), services.scale, "policy.toml")
+    store = services.accounts()
+    applier = store.get(by) if by in {a.name for a in store.list()} else None
+    apply_policy(store, policy, by=applier, signed=f"bundle:{info.bundle}#{info.release}")
+    state["policy_sha256"] = info.policy_sha256
+    _write_state(services, state)
+
+
+@contextlib.contextmanager
+def _generation_engine(services: Services, serving: GenerationInfo, info: GenerationInfo) -> Iterator:
+    """The embedding function for the new generation: the serving one, or the bundle's new embedder's."""
+    if info.models.get("embedder") == serving.models.get("embedder"):
+        yield services.embed
+        return
+    client = _engine(services, info, generator=False)
+    try:
+        yield lambda texts: client.embed(list(texts), batch=services.settings.knowledge.embed_batch)
+    finally:
+        client.close()
+
+
+def _engine(services: Services, info: GenerationInfo, *, generator: bool) -> EngineClient:
+    s = services.settings
+    client = EngineClient(engine_spec(s, services.store, generator=generator, info=info),
+                          request_timeout_s=s.runtime.request_timeout_s, start_timeout_s=s.runtime.start_timeout_s,
+                          log_path=s.log_dir / "host-health.log")
+    client.start()
+    return client
+
+
+def _health_check(services: Services, kb: KnowledgeBase, info: GenerationInfo, serving: GenerationInfo) -> None:
+    """The new generation must work before it serves: models load and answer, the index finds a document."""
+    try:
+        if (info.models, info.adapters) != (serving.models, serving.adapters):
+            client = _engine(services, info, generator=True)
+            try:
+                if len(client.embed([PROBE])[0]) == 0:
+                    raise BundleError("health check: the embedder returned an empty vector")
+                for adapter in [None, *sorted(info.adapters)]:
+                    client.generate(GenerateRequest(prompt="Say OK.", max_tokens=2, adapter=adapter))
+            finally:
+                client.close()
+        docs = kb.catalog.documents()
+        if not docs:
+            return
+        doc = docs[0]
+        chunks = kb.catalog.chunks_of(doc.doc_id)
+        probe = chunks[0].text[:500] if chunks else doc.title
+        partition = doc.labels.partition
+        vec = kb.embed([probe])[0]
+        dense = kb.vectors.nearest(partition, vec, 5) if partition in kb.vectors.names() else []
+        keyword = kb.catalog.bm25(partition, probe, 5)
+        ids = {c.chunk_id for c in chunks}
+        if not ids & ({h[0] for h in keyword} | {h[0] for h in dense}):
+            raise BundleError(f"health check: the new index does not find {doc.doc_id!r} by its own text")
+        if kb.check():
+            raise BundleError(f"health check: the new index is inconsistent: {'; '.join(kb.check())}")
+    except BundleError:
+        raise
+    except ApplianceError as exc:
+        raise BundleError(f"health check failed: {exc}") from None
+
+
+# -- rollback, history, recovery --------------------------------------------------------
+
+
+def rollback(services: Services, account: Account, to: int | None = None) -> GenerationInfo:
+    """Serve an earlier kept generation (default: the serving one's parent). Trusted metadata stays."""
+    by = authorize(services.accounts().get(account.name), "bundles.manage")
+    data = services.settings.data_dir
+    with _exclusive(services):
+        recover(services)
+        serving = services.generation()
+        kept = {g.generation: g for g in gens.list_generations(data)}
+        target = to if to is not None else serving.parent
+        if target is None or target not in kept:
+            raise BundleError(f"no generation {target} to roll back to (kept: {', '.join(map(str, sorted(kept)))})")
+        if target == serving.generation:
+            raise BundleError(f"generation {target} is already serving")
+        info = kept[target]
+        gens.switch_to(data, target)
+        _apply_policy(services, info, by.name)
+        services.audit().record("bundle.rollback", by.name, from_generation=serving.generation,
+                                to_generation=target, bundle=info.bundle, release=info.release)
+        return info
+
+
+def history(services: Services, account: Account) -> tuple[int, list[GenerationInfo], dict]:
+    """The kept generations (oldest first), which one serves, and the high-water state."""
+    authorize(services.accounts().get(account.name), "bundles.manage")
+    return services.generation().generation, gens.list_generations(services.settings.data_dir), applied_state(services)
+
+
+def recover(services: Services) -> list[str]:
+    """Finish an apply a crash interrupted after its switch; remove what unfinished ones left."""
+    data = services.settings.data_dir
+    up = updates_dir(services)
+    done: list[str] = []
+    info = services.generation()
+    state = applied_state(services)
+    if info.kind == "apply" and info.release > state.get("release", 0):
+        _finish(services, info, info.by or "-", recovered=True)
+        done.append(f"finished applying {info.bundle} release {info.release} (generation {info.generation})")
+    elif info.policy_sha256 and state.get("policy_sha256") != info.policy_sha256 and info.release >= state.get(
+            "release", 0):
+        _apply_policy(services, info, info.by or "-")
+        done.append(f"applied the policy of generation {info.generation}")
+    for d in (data / "generations").glob(".building-*"):
+        shutil.rmtree(d, ignore_errors=True)
+        done.append(f"removed the unfinished {d.name}")
+    keep = applied_state(services).get("metadata")
+    for d in up.glob("meta-*") if up.is_dir() else []:
+        if d.name != keep:
+            shutil.rmtree(d, ignore_errors=True)
+    stale = time.time() - 600  # a dry run in another process may still be using a young one
+    for sub in ("staging", "work"):
+        for d in (up / sub).iterdir() if (up / sub).is_dir() else []:
+            if d.stat().st_mtime < stale:
+                shutil.rmtree(d, ignore_errors=True)
+    return done

@@ -1,0 +1,158 @@
+"""What each kind of verified payload does to a new generation, and the checks before it.
+
+Every payload is checked before anything changes (:func:`check_payloads`): models and
+adapters are validated as GGUF files (structure, limits, kind; an embedder must be an
+embedding architecture), an adapter's base-model digest must be the digest of the
+generator that will serve it, and a policy must parse and name valid accounts. Only then
+are models registered (content-addressed, additive: the old generation's models stay),
+knowledge ingested into the new generation, and the index re-embedded if the embedder
+changes.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.access.labels import parse_labels
+from appliance.access.policy_file import Policy, check_policy, load_policy
+from appliance.errors import ApplianceError, BundleError, GGUFError, ModelStoreError, UnknownModelError
+from appliance.knowledge.base import KnowledgeBase
+from appliance.knowledge.parsers import parse_file
+from appliance.runtime.gguf_check import GGUFLimits, validate_gguf
+from appliance.services import Services, active_models
+from appliance.updates.check import Plan, PlannedTarget, named_copy
+from appliance.updates.generations import GenerationInfo
+
+__all__ = ["Checked", "check_payloads", "register_models", "apply_knowledge", "MAX_POLICY_BYTES"]
+
+MAX_POLICY_BYTES = 1 << 20
+EMBEDDERS = {"bert", "nomic-bert", "jina-bert-v2"}
+
+
+@dataclass
+class Checked:
+    """The plan's payloads, validated: what the new generation will serve."""
+
+    models: dict[str, PlannedTarget] = field(default_factory=dict)  # kind -> target
+    adapters: dict[str, PlannedTarget] = field(default_factory=dict)  # adapter name -> target
+    policy: tuple[PlannedTarget, Policy] | None = None
+    generator_sha256: str | None = None  # the base the adapters are for
+
+    @property
+    def embedder_changes(self) -> bool:
+        return "embedder" in self.models
+
+
+def check_payloads(services: Services, plan: Plan) -> Checked:
+    """Validate every non-knowledge payload of a verified plan; BundleError names the first bad one."""
+    limits = services.settings.limits
+    out = Checked()
+    for t in plan.targets:
+        if t.role == "models":
+            kind = t.custom.get("kind")
+            if kind not in ("generator", "embedder") or kind in out.models:
+                raise BundleError(f"{t.path}: kind must be generator or embedder, one of each per bundle")
+            try:
+                info = validate_gguf(t.verified_file, limits=GGUFLimits(max_file_bytes=limits.max_model_bytes),
+                                     expect="model")
+            except GGUFError as exc:
+                raise BundleError(f"{t.path}: refused, not a valid GGUF model: {exc}") from None
+            if (info.architecture in EMBEDDERS) != (kind == "embedder"):
+                raise BundleError(f"{t.path}: architecture {info.architecture!r} cannot serve as the {kind}")
+            out.models[kind] = t
+        elif t.role == "adapters":
+            try:
+                validate_gguf(t.verified_file, limits=GGUFLimits(max_file_bytes=limits.max_adapter_bytes),
+                              expect="adapter")
+            except GGUFError as exc:
+                raise BundleError(f"{t.path}: refused, not a valid GGUF LoRA adapter: {exc}") from None
+            out.adapters[str(t.custom.get("name") or Path(t.path).parent.name)] = t
+        elif t.role == "policy":
+            out.policy = (t, _policy(services, t))
+    if "generator" in out.models:
+        out.generator_sha256 = out.models["generator"].sha256
+    elif out.adapters:
+        try:
+            out.generator_sha256 = active_models(services.settings, services.store, services.generation())[
+                "generator"].sha256
+        except UnknownModelError as exc:
+            raise BundleError(f"the bundle brings adapters but no generator is installed: {exc}") from None
+    for name, t in out.adapters.items():
+        base = t.custom.get("base_sha256")
+        if base != out.generator_sha256:
+            raise BundleError(f"{t.path}: adapter {name!r} is for the base model {str(base)[:16]}…, but the "
+                              f"generator that would serve it is {str(out.generator_sha256)[:16]}…")
+    return out
+
+
+def _policy(services: Services, t: PlannedTarget) -> Policy:
+    if t.length > MAX_POLICY_BYTES:
+        raise BundleError(f"{t.path}: the policy is over {MAX_POLICY_BYTES} bytes")
+    try:
+        doc = tomllib.loads(t.verified_file.read_text(encoding="utf-8"))
+        policy = load_policy(doc, services.scale, t.path)
+        check_policy(services.accounts(), policy)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{t.path}: the policy is not valid TOML: {exc}") from None
+    except ApplianceError as exc:
+        raise BundleError(f"{t.path}: {exc}") from None
+    return policy
+
+
+def register_models(services: Services, checked: Checked, info: GenerationInfo) -> None:
+    """Add the bundle's models and adapters to the store (by digest) and name them in ``info``."""
+    store = services.store
+    for kind, t in checked.models.items():
+        name = str(t.custom.get("name") or Path(t.path).parent.name)
+        _register(store, t, name, kind, None)
+        info.models[kind] = {"name": name, "sha256": t.sha256}
+    for name, t in checked.adapters.items():
+        _register(store, t, name, "adapter", checked.generator_sha256)
+        info.adapters[name] = t.sha256
+
+
+def _register(store, t: PlannedTarget, name: str, kind: str, base: str | None) -> None:  # noqa: ANN001
+    try:
+        store.by_sha256(t.sha256)
+        return  # the same bytes are already registered
+    except UnknownModelError:
+        pass
+    if store.has(name):
+        name = f"{name}-{t.sha256[:12]}"  # never re-point a name an older generation may serve
+    try:
+        store.add_file(t.verified_file, name=name, kind=kind, source=f"bundle:{t.path}", expected_sha256=t.sha256,
+                       base_sha256=base)
+    except (ModelStoreError, GGUFError) as exc:
+        raise BundleError(f"{t.path}: {exc}") from None
+
+
+def apply_knowledge(services: Services, plan: Plan, kb: KnowledgeBase, by: str,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """Ingest the plan's knowledge into the new generation's ``kb`` and remove what it revokes.
+
+    A document the pipeline refuses fails the whole apply: a bundle is applied completely or not at all.
+    """
+    targets = [t for t in plan.targets if t.role == "knowledge" and t.path not in plan.unchanged_targets]
+    counts = {"added": 0, "replaced": 0, "unchanged": sum(len(plan.docs.get(p, [])) for p in plan.unchanged_targets),
+              "revoked": 0}
+    for i, t in enumerate(targets):
+        try:
+            labels = parse_labels(str(t.custom.get("labels", "")), services.scale)
+            docs = parse_file(named_copy(t, plan.work), kb.parse_limits)
+        except ApplianceError as exc:
+            raise BundleError(f"{t.path}: {exc}") from None
+        report = kb.ingest_documents(docs, labels, by=by, source=Path(t.path).name,
+                                     collection=str(t.custom.get("collection") or "") or None)
+        failed = [o for o in report.outcomes if o.status == "failed"]
+        if failed:
+            raise BundleError(f"{t.path}: {failed[0].source}: {failed[0].reason}")
+        for key in ("added", "replaced", "unchanged"):
+            counts[key] += report.count(key)
+        if progress:
+            progress(i + 1, len(targets))
+    for doc_id in plan.revoke:
+        counts["revoked"] += int(kb.delete(doc_id))
+    return counts

@@ -1,0 +1,147 @@
+"""Applying bundles: generations, the atomic switch, no-op re-apply, rollback, history, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import BundleError
+from appliance.updates.apply import apply_bundle, history, recover, rollback
+from appliance.updates.build import build_bundle, load_spec
+from appliance.updates.check import applied_state, trust_root, trusted_metadata, verify_bundle
+from appliance.updates.generations import current_info, current_path
+from appliance.updates.keys import init_keys
+from tests.test_update_build import PASS, _spec
+from tests.test_update_verify import appliance  # noqa: F401 - the fixture
+
+__all__ = ["appliance"]
+
+
+def _build(tmp_path: Path, release: int, name: str, extra: str = "", docs: dict[str, str] | None = None) -> Path:
+    if not (tmp_path / "keys").exists():
+        init_keys(tmp_path / "keys", PASS)
+    spec = _spec(tmp_path, release, extra)
+    for fname, text in (docs or {}).items():
+        (tmp_path / "docs" / fname).write_text(text)
+    build_bundle(load_spec(spec), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / name)
+    return tmp_path / name
+
+
+def _docs(services) -> dict[str, str]:  # noqa: ANN001
+    kb = services.knowledge()
+    return {d.doc_id: (d.collection or "") for d in kb.catalog.documents()}
+
+
+def _trusted(appliance, tmp_path: Path, media: Path):  # noqa: ANN001, ANN202
+    olga = appliance.accounts().get("olga")
+    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    return olga
+
+
+def test_apply_makes_a_new_generation_and_switches_to_it(appliance, tmp_path: Path) -> None:
+    media = _build(tmp_path, 1, "b1")
+    olga = _trusted(appliance, tmp_path, media)
+    first = current_path(appliance.settings.data_dir)
+    steps: list[str] = []
+    result = apply_bundle(appliance, olga, media, lambda phase, done, total: steps.append(phase))
+    assert result.generation == 1 and not result.noop
+    assert result.changes == {"added": 2, "replaced": 0, "unchanged": 0, "revoked": 0}
+    assert current_path(appliance.settings.data_dir) != first and first.is_dir()  # the old one is kept
+    assert _docs(appliance) == {"canteen.txt": "facility-handbook", "keys.txt": "security"}
+    info = current_info(appliance.settings.data_dir)
+    assert (info.bundle, info.release, info.parent, info.by) == ("northgate-knowledge", 1, 0, "olga")
+    state = applied_state(appliance)
+    assert state["release"] == 1 and trusted_metadata(appliance).is_dir()
+    assert {"staging", "verifying", "ingesting knowledge", "health check", "switching"} <= set(steps)
+    kinds = [e.value()["kind"] for e in appliance.audit().entries()]
+    assert kinds[-2:] == ["bundle.verify", "bundle.apply"]
+    hits = appliance.knowledge().catalog.bm25(appliance.knowledge().catalog.documents()[0].labels.partition,
+                                              "canteen lunch", 5)
+    assert hits  # the switched-to index answers
+
+
+def test_the_same_bundle_twice_is_a_no_op(appliance, tmp_path: Path) -> None:
+    media = _build(tmp_path, 1, "b1")
+    olga = _trusted(appliance, tmp_path, media)
+    apply_bundle(appliance, olga, media)
+    serving = current_path(appliance.settings.data_dir)
+    again = apply_bundle(appliance, olga, media)
+    assert again.noop and again.generation is None
+    assert current_path(appliance.settings.data_dir) == serving
+    assert verify_bundle(appliance, olga, media, "northgate").already_applied
+    assert [e.value()["kind"] for e in appliance.audit().entries()][-2] == "bundle.noop"
+
+
+def test_delta_replaces_and_revokes_and_rollback_restores(appliance, tmp_path: Path) -> None:
+    media = _build(tmp_path, 1, "b1")
+    olga = _trusted(appliance, tmp_path, media)
+    apply_bundle(appliance, olga, media)
+    # release 2: canteen changed, keys.txt gone from the security collection
+    delta = _build(tmp_path, 2, "b2", docs={"canteen.txt": "The canteen now serves lunch from one o'clock.\n"})
+    (tmp_path / "docs" / "keys.txt").unlink()
+    text = (tmp_path / "demo.toml").read_text().replace('paths = ["docs/keys.txt"]', "paths = []")
+    (tmp_path / "demo.toml").write_text(text.replace("release = 2", "release = 3"))
+    third = tmp_path / "b3"
+    build_bundle(load_spec(tmp_path / "demo.toml"), tmp_path / "keys", PASS, tmp_path / "state", third)
+    r2 = apply_bundle(appliance, olga, delta)
+    assert r2.changes["replaced"] == 1 and r2.changes["unchanged"] == 1
+    r3 = apply_bundle(appliance, olga, third)
+    assert r3.changes["revoked"] == 1 and _docs(appliance) == {"canteen.txt": "facility-handbook"}
+    serving, kept, state = history(appliance, olga)
+    assert serving == 3 and [g.generation for g in kept] == [1, 2, 3]  # three kept: generation 0 pruned
+    back = rollback(appliance, olga)
+    assert back.generation == 2 and set(_docs(appliance)) == {"canteen.txt", "keys.txt"}
+    assert applied_state(appliance)["release"] == 3  # the high-water mark stays
+    with pytest.raises(BundleError, match="timestamp version 2 must be >= 3"):
+        apply_bundle(appliance, olga, delta)  # a rolled-back bundle cannot be replayed
+    rollback(appliance, olga, to=3)
+    assert set(_docs(appliance)) == {"canteen.txt"}
+    kinds = [e.value()["kind"] for e in appliance.audit().entries()]
+    assert kinds.count("bundle.rollback") == 2 and "bundle.refused" in kinds
+
+
+def test_analysts_may_not_apply_or_roll_back(appliance, tmp_path: Path) -> None:
+    media = _build(tmp_path, 1, "b1")
+    _trusted(appliance, tmp_path, media)
+    ann = appliance.accounts().get("ann")
+    from appliance.errors import AccessError
+
+    with pytest.raises(AccessError):
+        apply_bundle(appliance, ann, media)
+    with pytest.raises(AccessError):
+        rollback(appliance, ann)
+    assert current_info(appliance.settings.data_dir).generation == 0
+
+
+def test_a_failed_apply_leaves_the_serving_generation_and_trust_alone(appliance, tmp_path: Path) -> None:
+    media = _build(tmp_path, 1, "b1")
+    olga = _trusted(appliance, tmp_path, media)
+    calls = {"n": 0}
+
+    def failing_embed(texts):  # noqa: ANN001, ANN202 - the embedder dies during the apply
+        calls["n"] += 1
+        raise BundleError("embedder went away")
+
+    appliance.embed_fn = failing_embed
+    with pytest.raises(BundleError):
+        apply_bundle(appliance, olga, media)
+    assert current_info(appliance.settings.data_dir).generation == 0
+    assert applied_state(appliance) == {"release": 0} and trusted_metadata(appliance) is None
+    assert not list((appliance.settings.data_dir / "updates").glob("meta-*"))
+    assert not list((appliance.settings.data_dir / "generations").glob(".building-*"))
+    assert [e.value()["kind"] for e in appliance.audit().entries()][-1] == "bundle.refused"
+
+
+def test_recover_finishes_an_apply_interrupted_after_the_switch(appliance, tmp_path: Path) -> None:
+    media = _build(tmp_path, 1, "b1")
+    olga = _trusted(appliance, tmp_path, media)
+    apply_bundle(appliance, olga, media)
+    state_file = appliance.settings.data_dir / "updates" / "state.json"
+    state_file.write_text(json.dumps({"release": 0}))  # as if killed between the switch and the state write
+    os.sync()
+    done = recover(appliance)
+    assert done and applied_state(appliance)["release"] == 1
+    assert recover(appliance) == []
