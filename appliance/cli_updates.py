@@ -69,15 +69,19 @@ def bundle() -> None:
               help="Where the build remembers its versions (default: <keys>/state).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="A new directory for the bundle.")
 @click.option("--password-stdin", is_flag=True, help="Read the key passphrase from standard input.")
-def bundle_build(spec_path: Path, keys_dir: Path, state_dir: Path | None, out: Path, password_stdin: bool) -> None:
+@click.option("--delta", is_flag=True,
+              help="Leave out blobs earlier builds shipped (for appliances that applied every earlier release).")
+def bundle_build(spec_path: Path, keys_dir: Path, state_dir: Path | None, out: Path, password_stdin: bool,
+                 delta: bool) -> None:
     """Sign a bundle: root chain, targets and its delegations, snapshot, timestamp, and the blobs."""
     from appliance.updates.build import build_bundle, load_spec
 
     spec = load_spec(spec_path)
-    summary = build_bundle(spec, keys_dir, _passphrase(password_stdin, False), state_dir or keys_dir / "state", out)
+    summary = build_bundle(spec, keys_dir, _passphrase(password_stdin, False), state_dir or keys_dir / "state", out,
+                           delta=delta)
     console.print(f"built {summary['bundle']} release {summary['release']} for class {summary['class']}: "
-                  f"{summary['payloads']} payloads, root v{summary['root_version']}, expires {summary['expires']} "
-                  f"-> {out}", highlight=False)
+                  f"{summary['payloads']} payloads ({summary['carried']} carried), root v{summary['root_version']}, "
+                  f"expires {summary['expires']} -> {out}", highlight=False)
 
 
 @bundle.command("trust")

@@ -166,8 +166,13 @@ def _versions(state: Path) -> dict[str, int]:
 
 
 def build_bundle(spec: BundleSpec, keys_dir: Path, passphrase: str, state: Path, out: Path,
-                 now: dt.datetime | None = None) -> dict:
-    """Sign and write the bundle to ``out`` (a new directory); returns a summary."""
+                 now: dt.datetime | None = None, delta: bool = False) -> dict:
+    """Sign and write the bundle to ``out`` (a new directory); returns a summary.
+
+    The metadata always lists every payload (the complete desired state). With ``delta``
+    the blobs an earlier build from this state already shipped are left out: for
+    appliances that applied every earlier release (others refuse it, naming the blob).
+    """
     if out.exists():
         raise BundleError(f"{out} already exists: a bundle is written to a new directory")
     now = now or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -204,6 +209,8 @@ def build_bundle(spec: BundleSpec, keys_dir: Path, passphrase: str, state: Path,
         # delegated roles: the payloads, each with hashes, length and its custom fields
         meta: dict[str, MetaFile] = {}
         delegated_versions: dict[str, int] = {}
+        shipped = set(json.loads((state / "shipped.json").read_text())) if (state / "shipped.json").is_file() else set()
+        carried: set[str] = set()
         for role in DELEGATED:
             entries = {}
             for p in (x for x in spec.payloads if x.role == role):
@@ -211,9 +218,12 @@ def build_bundle(spec: BundleSpec, keys_dir: Path, passphrase: str, state: Path,
                     tf = TargetFile.from_data(p.target, fh, ["sha256"])
                 tf.unrecognized_fields["custom"] = p.custom
                 entries[p.target] = tf
+                if delta and tf.hashes["sha256"] in shipped:
+                    continue
                 blob = tg / Path(p.target).parent / f"{tf.hashes['sha256']}.{Path(p.target).name}"
                 blob.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(p.source, blob)
+                carried.add(tf.hashes["sha256"])
             v = versions.get(role, 0) + 1
             delegated_versions[role] = v
             md_role = Metadata(Targets(version=v, expires=expires, targets=entries))
@@ -250,5 +260,6 @@ def build_bundle(spec: BundleSpec, keys_dir: Path, passphrase: str, state: Path,
     new_versions = {"root": root_version, "root_keys": key_ids, "targets": tv, "snapshot": sv, "timestamp": tsv,
                     "release": spec.release, **delegated_versions}
     (state / "versions.json").write_text(json.dumps(new_versions, indent=2))
+    (state / "shipped.json").write_text(json.dumps(sorted(shipped | carried)))
     return {"bundle": spec.name, "release": spec.release, "class": spec.appliance_class, "root_version": root_version,
-            "payloads": len(spec.payloads), "expires": expires.isoformat(), "out": str(out)}
+            "payloads": len(spec.payloads), "carried": len(carried), "expires": expires.isoformat(), "out": str(out)}
