@@ -43,6 +43,10 @@ def _services(ctx: click.Context) -> Services:
         install_egress_guard(airgap_log(settings))
         ctx.obj = build_services(settings)
         ctx.call_on_close(ctx.obj.close)
+        from appliance.updates.apply import recover_at_start
+
+        for line in recover_at_start(ctx.obj):  # an update a crash interrupted is finished or undone first
+            click.echo(f"recovered: {line}", err=True)
     return ctx.obj
 
 

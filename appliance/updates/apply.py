@@ -48,7 +48,8 @@ from appliance.updates.check import Plan, Progress, applied_state, blob_cache, u
 from appliance.updates.generations import GenerationInfo
 from appliance.updates.payloads import Checked, apply_knowledge, check_payloads, register_models
 
-__all__ = ["ApplyResult", "apply_bundle", "rollback", "history", "recover", "FAULT_ENV"]
+__all__ = ["ApplyResult", "apply_bundle", "rollback", "history", "recover", "recover_at_start", "needs_recovery",
+           "FAULT_ENV"]
 
 FAULT_ENV = "APPLIANCE_FAULT_AT"  # tests: SIGKILL this process at the named step
 PROBE = "health check probe"
@@ -326,7 +327,39 @@ def rollback(services: Services, account: Account, to: int | None = None) -> Gen
 def history(services: Services, account: Account) -> tuple[int, list[GenerationInfo], dict]:
     """The kept generations (oldest first), which one serves, and the high-water state."""
     authorize(services.accounts().get(account.name), "bundles.manage")
+    recover_at_start(services)
     return services.generation().generation, gens.list_generations(services.settings.data_dir), applied_state(services)
+
+
+def _uncommitted(services: Services) -> list[GenerationInfo]:
+    """Sealed generations an apply died before switching to (never served; rolled-back ones were)."""
+    committed = applied_state(services).get("generation", 0)
+    serving = services.generation().generation
+    return [g for g in gens.list_generations(services.settings.data_dir)
+            if g.kind == "apply" and g.generation > committed and g.generation != serving]
+
+
+def needs_recovery(services: Services) -> bool:
+    """A cheap look: did an apply die halfway (an unfinished generation, or a switch not finished)?"""
+    data = services.settings.data_dir
+    info = services.generation()
+    state = applied_state(services)
+    metas = {d.name for d in updates_dir(services).glob("meta-*")} - {state.get("metadata")}
+    return bool(any((data / "generations").glob(".building-*")) or metas or _uncommitted(services)
+                or (info.kind == "apply" and info.release > state.get("release", 0))
+                or (info.policy_sha256 and state.get("policy_sha256") != info.policy_sha256
+                    and info.release >= state.get("release", 0)))
+
+
+def recover_at_start(services: Services) -> list[str]:
+    """Run on every start: finish or clean up an interrupted apply (unless one is running now)."""
+    if not needs_recovery(services):
+        return []
+    try:
+        with _exclusive(services):
+            return recover(services)
+    except BundleError:
+        return []  # an apply is running in another process; it finishes its own work
 
 
 def recover(services: Services) -> list[str]:
@@ -346,6 +379,9 @@ def recover(services: Services) -> list[str]:
     for d in (data / "generations").glob(".building-*"):
         shutil.rmtree(d, ignore_errors=True)
         done.append(f"removed the unfinished {d.name}")
+    for g in _uncommitted(services):
+        shutil.rmtree(gens.generation_dir(data, g.generation), ignore_errors=True)
+        done.append(f"removed generation {g.generation}, sealed but never switched to")
     keep = applied_state(services).get("metadata")
     for d in up.glob("meta-*") if up.is_dir() else []:
         if d.name != keep:
