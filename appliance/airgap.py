@@ -50,6 +50,9 @@ _RESOLVE_EVENTS = frozenset({
     "socket.gethostbyaddr", "socket.getnameinfo",
 })
 _AF_UNIX: int = getattr(socket, "AF_UNIX", 1)
+# urllib3 (imported by python-tuf's client) creates an IPv6 socket at import time to learn
+# whether IPv6 exists; it connects nowhere. It is refused like any other socket, silently.
+_SILENT_PROBES = ("urllib3.util.connection._has_ipv6 ",)
 
 _THIS_FILE = os.path.normcase(os.path.abspath(__file__))
 _STDLIB_DIRS = tuple(  # a venv's platstdlib holds its site-packages: see _is_internal
@@ -173,6 +176,8 @@ class EgressGuard:
             return
         target, caller = target.replace("\n", " "), _find_caller(frame).replace("\n", " ")
         message = f"network egress blocked: {event} target={target} caller={caller}"
+        if caller.startswith(_SILENT_PROBES):  # blocked all the same, but not reported as an attempt
+            raise EgressBlockedError(message)
         if not getattr(self._local, "busy", False):  # a logging handler must not recurse
             self._local.busy = True
             try:

@@ -219,3 +219,31 @@ base_sha256 = "{generator.sha256}"
         assert "canteen.txt" in ask.stdout
     finally:
         s.close()
+
+
+def test_disk_full_during_staging_is_refused_and_leaves_nothing(template, model_store: ModelStore,
+                                                                tmp_path: Path) -> None:
+    """A real full disk: staging on a 256 KiB tmpfs (a private mount namespace), the bundle over 1 MiB."""
+    import subprocess
+    import sys
+
+    src, tokens = template
+    shutil.copytree(src, tmp_path, dirs_exist_ok=True, symlinks=True)
+    spec = _write_spec(tmp_path, 2)
+    (tmp_path / "docs" / "canteen.txt").write_text("The canteen serves lunch. " * 60_000)
+    big = _build(tmp_path, spec, "b2", model_store)
+    staging = tmp_path / "data" / "updates" / "staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(APPLIANCE_DATA_DIR=str(tmp_path / "data"), APPLIANCE_MODELS_DIR=str(model_store.root),
+               APPLIANCE_SESSION=tokens["olga"], COLUMNS="200")
+    script = (f'mount -t tmpfs -o size=256k tmpfs "{staging}" && '
+              f'exec "{sys.executable}" -m appliance bundle apply "{big}"')
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # the CLI's exit status for a refusal
+    assert "disk is full" in proc.stderr and "nothing was changed" in proc.stderr
+    after = _state(tmp_path / "data")
+    assert after["generation"] == 0 and after["release"] == 0 and after["docs"] == []
+    assert list(staging.iterdir()) == []  # outside the namespace: nothing was left behind either
+    audit = _run(["audit", "check"], tmp_path, model_store, token=tokens["olga"])
+    assert audit.returncode == 0, audit.stdout + audit.stderr

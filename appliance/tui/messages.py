@@ -7,7 +7,7 @@ from typing import Any
 
 from textual.message import Message
 
-__all__ = ["Token", "Answered", "Failed", "Progressed", "Done"]
+__all__ = ["Token", "Answered", "Failed", "Progressed", "PhaseProgressed", "Done"]
 
 
 @dataclass
@@ -35,6 +35,15 @@ class Failed(Message):
 class Progressed(Message):
     done: int
     total: int | None
+
+
+@dataclass
+class PhaseProgressed(Message):
+    """A step of long work that has named phases (a bundle's staging, verifying, ingesting ...)."""
+
+    phase: str
+    done: int
+    total: int  # 0: not known
 
 
 @dataclass

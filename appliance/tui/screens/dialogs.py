@@ -1,4 +1,4 @@
-"""Modal dialogs: a source in context, the session list, feedback on an answer."""
+"""Modal dialogs: a source in context, the session list, feedback on an answer, a confirmation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from textual.widgets import Button, Input, Label, ListItem, ListView, Static
 
 from appliance.agent.loop import Citation
 
-__all__ = ["CitationScreen", "SessionsScreen", "FlagScreen"]
+__all__ = ["CitationScreen", "SessionsScreen", "FlagScreen", "ConfirmScreen"]
 
 
 class CitationScreen(ModalScreen[None]):
@@ -93,3 +93,28 @@ class FlagScreen(ModalScreen[tuple[str, str] | None]):
             self.dismiss((event.button.id, self.query_one("#correct", Input).value.strip()))
         else:
             self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask before a step that changes what the appliance serves: True only for the confirm button."""
+
+    BINDINGS = [Binding("escape", "dismiss(False)", "Cancel")]
+    AUTO_FOCUS = "#cancel"  # Enter on an unread dialog changes nothing
+
+    def __init__(self, title: str, body: str | Text, confirm: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.confirm = confirm
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="confirm-box"):
+            yield Label(Text(self.title_text, style="bold"))
+            yield Static(self.body, id="confirm-text")
+            with Horizontal(id="confirm-buttons"):
+                yield Button(self.confirm, variant="warning", id="confirm")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    @on(Button.Pressed)
+    def _button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "confirm")
