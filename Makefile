@@ -35,7 +35,8 @@ test-models: install
 
 run: models
 	$(BIN)/appliance doctor
-	$(BIN)/appliance demo install
+	$(BIN)/appliance demo install --accounts-only
+	$(BIN)/appliance demo bundle
 	$(BIN)/appliance tui
 
 doctor: install

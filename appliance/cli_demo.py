@@ -25,8 +25,9 @@ def demo() -> None:
 @click.option("--root", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="The bundle directory (default: bundles/demo of this checkout).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--accounts-only", is_flag=True, help="Only the accounts (the documents then come by `demo bundle`).")
 @click.pass_context
-def demo_install(ctx: click.Context, root: Path | None, as_json: bool) -> None:
+def demo_install(ctx: click.Context, root: Path | None, as_json: bool, accounts_only: bool) -> None:
     """Create the demo accounts and ingest the demo documents (idempotent; demo only)."""
     from appliance.demo import DEMO_ROOT, install_demo, load_bundle
 
@@ -35,13 +36,35 @@ def demo_install(ctx: click.Context, root: Path | None, as_json: bool) -> None:
     bundle = load_bundle(root or DEMO_ROOT, scale=services.scale, knowledge=s.knowledge,
                          min_passphrase_chars=s.access.min_passphrase_chars)
     with ingest_progress("demo accounts", len(bundle.entries), quiet=as_json) as step:
-        result = install_demo(services, bundle.root, progress=step, bundle=bundle)
+        result = install_demo(services, bundle.root, progress=step, bundle=bundle, accounts_only=accounts_only)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         _print(result)
     if result["failed"]:
         sys.exit(1)
+
+
+@demo.command("bundle")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def demo_bundle_command(ctx: click.Context, as_json: bool) -> None:
+    """Build the demo's signed bundle (bundles/demo.toml) and apply it as the demo officer (idempotent)."""
+    from appliance.cli_updates import _progress
+    from appliance.demo import demo_bundle
+
+    with _progress() as step:
+        result = demo_bundle(_services(ctx), step)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    if result["noop"]:
+        console.print(f"the demo bundle (release {result['release']}) is already applied", highlight=False)
+        return
+    c = result["changes"]
+    console.print(f"applied the demo bundle release {result['release']} as generation {result['generation']} in "
+                  f"{result['seconds']:.1f} s: {c['added']} added, {c['replaced']} replaced, {c['unchanged']} "
+                  f"unchanged, {c['revoked']} revoked", highlight=False)
 
 
 def _print(result: dict) -> None:

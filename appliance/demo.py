@@ -32,7 +32,7 @@ from appliance.errors import ApplianceError
 from appliance.knowledge.parsers import SUPPORTED, ParseLimits, parse_file
 from appliance.services import Services
 
-__all__ = ["DEMO_ROOT", "MAX_TOML_BYTES", "DemoAccount", "DemoBundle", "DemoEntry", "DemoError", "collection_of",
+__all__ = ["DEMO_ROOT", "DEMO_SPEC", "demo_bundle", "MAX_TOML_BYTES", "DemoAccount", "DemoBundle", "DemoEntry", "DemoError", "collection_of",
            "install_demo", "load_bundle"]
 
 DEMO_ROOT = Path(__file__).resolve().parent.parent / "bundles" / "demo"
@@ -278,8 +278,11 @@ def _install_accounts(store: AccountStore, bundle: DemoBundle) -> tuple[list[str
 
 
 def install_demo(services: Services, root: Path = DEMO_ROOT, progress: Callable[[str, int], None] | None = None,
-                 *, bundle: DemoBundle | None = None) -> dict:
-    """Install (or bring up to date) the demo accounts and documents; returns a summary."""
+                 *, bundle: DemoBundle | None = None, accounts_only: bool = False) -> dict:
+    """Install (or bring up to date) the demo accounts and documents; returns a summary.
+
+    ``accounts_only``: the documents arrive another way (`appliance demo bundle`: signed).
+    """
     started = time.monotonic()
     s = services.settings
     bundle = bundle or load_bundle(root, scale=services.scale, knowledge=s.knowledge,
@@ -288,7 +291,7 @@ def install_demo(services: Services, root: Path = DEMO_ROOT, progress: Callable[
     created, existing, warnings = _install_accounts(store, bundle)
     officer, token = _login(store, bundle.account(bundle.ingest_as), "to ingest the demo documents")
     groups: dict[tuple[str, Labels], list[DemoEntry]] = {}
-    for e in bundle.entries:
+    for e in () if accounts_only else bundle.entries:
         groups.setdefault((e.collection, e.labels), []).append(e)
     outcomes = {}
     try:
@@ -302,7 +305,7 @@ def install_demo(services: Services, root: Path = DEMO_ROOT, progress: Callable[
 
     collections: dict[str, dict[str, int]] = {}
     documents, failed = [], []
-    for e in bundle.entries:
+    for e in () if accounts_only else bundle.entries:
         mine = outcomes.get(e.path.name, [])
         counts = {k: sum(o.status == k for o in mine) for k in ("added", "replaced", "unchanged", "failed")}
         total = collections.setdefault(e.collection, dict.fromkeys((*counts, "chunks"), 0))
@@ -318,6 +321,43 @@ def install_demo(services: Services, root: Path = DEMO_ROOT, progress: Callable[
             "accounts": {"created": created, "existing": existing},
             "collections": collections, "documents": documents, "failed": failed, "warnings": warnings,
             "seconds": round(time.monotonic() - started, 2)}
+
+
+DEMO_SPEC = DEMO_ROOT.parent / "demo.toml"
+DEMO_KEY_PASSPHRASE = "demo-build-station-pass"  # demo only: published, like the demo accounts' passphrases
+
+
+def demo_bundle(services: Services, progress: Callable[[str, int, int], None] | None = None,
+                spec_path: Path = DEMO_SPEC, root: Path = DEMO_ROOT) -> dict:
+    """Build the demo bundle (demo build-station keys under ``<data>/demo-station``), trust its root
+    on first use, and apply it as the demo officer: the signed path, as an officer would take it.
+
+    Idempotent: a release already built is reused, and applying it again changes nothing.
+    """
+    from appliance.updates.apply import apply_bundle
+    from appliance.updates.build import build_bundle, load_spec
+    from appliance.updates.check import trusted_metadata, updates_dir
+    from appliance.updates.check import trust_root as _trust
+    from appliance.updates.keys import init_keys
+
+    demo = load_bundle(root, scale=services.scale, knowledge=services.settings.knowledge,
+                       min_passphrase_chars=services.settings.access.min_passphrase_chars)
+    station = services.settings.data_dir / "demo-station"
+    spec = load_spec(spec_path, services.scale)
+    out = station / f"bundle-r{spec.release}"
+    if not (station / "keys").is_dir():
+        init_keys(station / "keys", DEMO_KEY_PASSPHRASE)
+    if not out.is_dir():
+        build_bundle(spec, station / "keys", DEMO_KEY_PASSPHRASE, station / "state", out)
+    store = services.accounts()
+    officer, token = _login(store, demo.account(demo.ingest_as), "to apply the demo bundle")
+    try:
+        if trusted_metadata(services) is None and not (updates_dir(services) / "trusted" / "root.json").is_file():
+            _trust(services, officer, out / "metadata" / "1.root.json")
+        result = apply_bundle(services, officer, out, progress)
+    finally:
+        store.logout(token)
+    return {"bundle": str(out), **result.as_dict()}
 
 
 @lru_cache(maxsize=4)

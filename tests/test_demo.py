@@ -13,7 +13,6 @@ import pytest
 from appliance.config import KnowledgeSettings, Settings
 from appliance.demo import DEMO_ROOT, MAX_TOML_BYTES, DemoError, collection_of, install_demo, load_bundle
 from appliance.errors import AccessError
-from appliance.knowledge.base import KnowledgeBase
 from appliance.runtime.model_store import ModelStore
 from appliance.services import Services, build_services
 from tests.knowledge_fakes import hashed_embed
@@ -147,6 +146,30 @@ def test_install_is_idempotent_and_does_not_re_embed(tmp_path: Path) -> None:
 
 def _accounts() -> list[dict]:
     return [{"name": a.name} for a in load_bundle().accounts]
+
+
+def test_demo_bundle_matches_the_manifest_and_applies_once(tmp_path: Path) -> None:
+    """The signed path `make run` takes: bundles/demo.toml lists exactly the manifest's documents and labels."""
+    from appliance.demo import demo_bundle
+    from appliance.updates.build import load_spec
+
+    calls: list[int] = []
+    services = _fake_services(tmp_path, calls)
+    install_demo(services, accounts_only=True)
+    assert services.knowledge().catalog.documents() == []
+    spec = load_spec(DEMO_ROOT.parent / "demo.toml")
+    manifest = {e.path.name: (e.collection, str(e.labels)) for e in load_bundle().entries}
+    shipped = {p.source.name: (p.custom["collection"], p.custom["labels"]) for p in spec.payloads}
+    assert shipped == manifest
+    first = demo_bundle(services)
+    assert first["generation"] == 1 and first["changes"]["added"] > 300
+    kb = services.knowledge()
+    assert {d.doc_id: d.collection for d in kb.catalog.documents() if d.collection != "research"} == {
+        doc_id: collection_of(doc_id) for doc_id in (d.doc_id for d in kb.catalog.documents())
+        if collection_of(doc_id) != "research"}
+    n = sum(calls)
+    again = demo_bundle(services)
+    assert again["noop"] and sum(calls) == n  # reused, verified again, nothing re-embedded
 
 
 def test_install_refuses_a_real_installation(tmp_path: Path) -> None:

@@ -17,12 +17,19 @@ from appliance.audit.verify import verify_export
 from appliance.config import load_settings
 from appliance.runtime.model_store import ModelStore
 from appliance.services import Services, build_services
-from appliance.tui.app import ApplianceApp
+from appliance.tui.app import SCREENS_BY_ROLE, ApplianceApp
 from appliance.tui.screens.ask import AskScreen
 from appliance.tui.screens.audit import AuditScreen
-from appliance.tui.screens.dialogs import CitationScreen, FlagScreen
+from appliance.tui.screens.dialogs import CitationScreen, ConfirmScreen, FlagScreen
 from appliance.tui.screens.library import LibraryScreen
 from appliance.tui.screens.login import LoginScreen
+from appliance.tui.screens.updates import UpdatesScreen
+from appliance.updates.build import build_bundle, load_spec
+from appliance.updates.check import trust_root
+from appliance.updates.keys import init_keys
+from tests.knowledge_fakes import hashed_embed
+from tests.test_update_build import PASS as BUILD_PASS
+from tests.test_update_build import _spec
 
 PASS = "a long enough passphrase"
 DOCS = {
@@ -290,3 +297,197 @@ def test_resume_a_session_and_every_action_is_in_the_palette(services: Services)
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {"Verify the audit log", "Export the audit log"} <= titles
     run(services, body)
+
+
+# -- Updates: signed bundles verified, applied and rolled back over the real update code --------
+
+
+@pytest.fixture
+def appliance(tmp_path: Path) -> Services:
+    """A fresh appliance whose embeddings go through the fake at the engine seam (as the update tests do)."""
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "appliance")}))
+    s.embed_fn = hashed_embed
+    acc = s.accounts()
+    acc.add("root", role="admin", level="TOP SECRET", compartments=["CRYPTO"], passphrase=PASS, by=None)
+    admin = acc.get("root")
+    for name, role, level, comps in (("olga", "officer", "SECRET", ["CRYPTO"]), ("ann", "analyst", "SECRET", []),
+                                     ("aud", "auditor", "SECRET", [])):
+        acc.add(name, role=role, level=level, compartments=comps, passphrase=PASS, by=admin)
+    yield s
+    s.close()
+
+
+def _bundle(tmp_path: Path, release: int, name: str, canteen: str | None = None) -> Path:
+    """A real signed bundle (the build station's keys, spec and build), as it arrives on the media."""
+    if not (tmp_path / "keys").exists():
+        init_keys(tmp_path / "keys", BUILD_PASS)
+    spec = _spec(tmp_path, release)
+    if canteen is not None:
+        (tmp_path / "docs" / "canteen.txt").write_text(canteen)
+    build_bundle(load_spec(spec), tmp_path / "keys", BUILD_PASS, tmp_path / "state", tmp_path / name)
+    return tmp_path / name
+
+
+def _trust(appliance: Services, media: Path) -> None:
+    """The appliance's first trusted root, provisioned once (`appliance bundle trust`)."""
+    trust_root(appliance, appliance.accounts().get("olga"), media / "metadata" / "1.root.json")
+
+
+def _text(screen, selector: str) -> str:
+    return str(screen.query_one(selector, Static).render())
+
+
+def _rows(screen) -> list[list[str]]:
+    table = screen.query_one("#generations", DataTable)
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def _open_updates(app: ApplianceApp, pilot, media: Path | None = None) -> UpdatesScreen:
+    await pilot.press("f6")
+    await settle(app, pilot)
+    screen = app.screen
+    assert isinstance(screen, UpdatesScreen)
+    if media is not None:
+        screen.query_one("#bundle-dir", Input).value = str(media)
+    return screen
+
+
+async def _step(app: ApplianceApp, pilot, button: str, confirm: bool | None = None) -> None:
+    """Press a step's button (answering its confirmation, if it asks) and wait for the step to end."""
+    screen = app.screen
+    await pilot.click(button)
+    if confirm is not None:
+        await settle(app, pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.click("#confirm" if confirm else "#cancel")
+    await settle(app, pilot, lambda: app.screen is screen and screen.busy is None)
+    await settle(app, pilot)
+
+
+def test_an_officer_verifies_applies_and_rolls_back_a_bundle(appliance: Services, tmp_path: Path) -> None:
+    b1 = _bundle(tmp_path, 1, "b1")
+    b2 = _bundle(tmp_path, 2, "b2", canteen="The canteen now serves lunch from one o'clock.\n")
+    _trust(appliance, b1)
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "olga")
+        screen = await _open_updates(app, pilot, b1)
+        assert _rows(screen) == [["\u25b6 serving", "0", "(initial)", "0", "", "", ""]]
+
+        await _step(app, pilot, "#bundle-verify")  # the dry run shows the plan
+        plan = _text(screen, "#bundle-result")
+        assert "VERIFIED" in plan and "northgate-knowledge release 1 for northgate: 2 payload(s)" in plan
+        assert "would add 2 document(s): canteen.txt, keys.txt" in plan and "would revoke 0" in plan
+        assert {"staging", "verifying", "checking payloads"} <= set(screen.phases)
+        assert appliance.generation().generation == 0 and len(_rows(screen)) == 1  # nothing changed
+
+        await _step(app, pilot, "#bundle-apply", confirm=False)  # asked, and said no
+        assert appliance.generation().generation == 0 and "VERIFIED" in _text(screen, "#bundle-result")
+
+        await pilot.click("#bundle-apply")
+        await settle(app, pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "would add 2 document(s)" in _text(app.screen, "#confirm-text")  # the dialog shows the plan
+        await pilot.click("#confirm")
+        await settle(app, pilot, lambda: app.screen is screen and screen.busy is None)
+        await settle(app, pilot)
+        assert "APPLIED" in _text(screen, "#bundle-result")
+        assert "as generation 1" in _text(screen, "#bundle-result") and "2 added" in _text(screen, "#bundle-result")
+        assert {"staging", "verifying", "copying the serving generation", "ingesting knowledge", "health check",
+                "switching"} <= set(screen.phases)
+        bar = screen.query_one("#bundle-progress")
+        assert screen.query_one("#bundle-progress-row").display and bar.progress == bar.total
+        assert "Applied" in _text(screen, "#bundle-phase")
+        rows = _rows(screen)
+        assert [r[:4] for r in rows] == [["\u25b6 serving", "1", "northgate-knowledge", "1"], ["", "0", "(initial)", "0"]]
+        assert rows[0][5] == "olga" and rows[0][6] == "2 added"
+
+        screen.query_one("#bundle-dir", Input).value = str(b2)
+        await _step(app, pilot, "#bundle-verify")
+        assert "would replace 1 document(s): canteen.txt" in _text(screen, "#bundle-result")
+        await _step(app, pilot, "#bundle-apply", confirm=True)
+        assert "as generation 2" in _text(screen, "#bundle-result")
+        assert _rows(screen)[0][:2] == ["\u25b6 serving", "2"]
+
+        await pilot.click("#bundle-rollback")  # default: the generation before the serving one
+        await settle(app, pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "Generation 1 (northgate-knowledge release 1) will serve again" in _text(app.screen, "#confirm-text")
+        await pilot.click("#confirm")
+        await settle(app, pilot, lambda: app.screen is screen and screen.busy is None)
+        await settle(app, pilot)
+        assert "generation 1 serves again" in _text(screen, "#bundle-result")
+        assert [r[:2] for r in _rows(screen)] == [["", "2"], ["\u25b6 serving", "1"], ["", "0"]]
+        assert "highest release applied: 2" in _text(screen, "#generations-title")
+
+    run(appliance, body, warm_engine=False)
+    assert appliance.generation().generation == 1
+    kb = appliance.knowledge()
+    canteen = kb.catalog.chunks_of("canteen.txt")
+    assert "noon" in canteen[0].text  # release 1's text serves again
+    kinds = [e.value()["kind"] for e in appliance.audit().entries()]
+    assert kinds.count("bundle.verify") == 4 and kinds.count("bundle.apply") == 2 and "bundle.rollback" in kinds
+
+
+def test_a_tampered_bundle_shows_why_it_is_refused(appliance: Services, tmp_path: Path) -> None:
+    media = _bundle(tmp_path, 1, "b1")
+    _trust(appliance, media)
+    blob = next((media / "targets" / "knowledge" / "security").iterdir())
+    blob.write_bytes(blob.read_bytes().replace(b"monthly", b"yearly!"))  # same length, other bytes
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "olga")
+        screen = await _open_updates(app, pilot, media)
+        await _step(app, pilot, "#bundle-verify")
+        result = screen.query_one("#bundle-result", Static)
+        text = str(result.render())
+        assert result.has_class("refused") and "REFUSED" in text and "Verifying the bundle failed" in text
+        assert "LengthOrHashMismatchError" in text  # the reason, from the TUF client
+        assert "stopped while" in _text(screen, "#bundle-phase")
+        problems = [n.message for n in app._notifications]
+        assert any("Verifying the bundle failed" in m and "LengthOrHashMismatchError" in m for m in problems)
+
+        await _step(app, pilot, "#bundle-apply", confirm=True)  # applying it is refused the same way
+        assert "Applying the bundle failed" in _text(screen, "#bundle-result")
+        assert _rows(screen) == [["\u25b6 serving", "0", "(initial)", "0", "", "", ""]]
+        assert not screen.query_one("#bundle-verify").disabled  # ready for the next bundle
+
+        screen.query_one("#bundle-dir", Input).value = str(tmp_path / "docs")  # not a bundle at all
+        await _step(app, pilot, "#bundle-verify")
+        assert "has no metadata/ directory: not a bundle" in _text(screen, "#bundle-result")
+
+    run(appliance, body, warm_engine=False)
+    assert appliance.generation().generation == 0
+    refused = [e.value() for e in appliance.audit().entries() if e.value()["kind"] == "bundle.refused"]
+    assert len(refused) == 3 and refused[0]["user"] == "olga"
+
+
+def test_only_officers_and_admins_reach_updates(appliance: Services, tmp_path: Path) -> None:
+    from appliance.access.authz import ACTIONS
+    from appliance.errors import AccessError
+    from appliance.updates.check import verify_bundle
+
+    assert {r for r, names in SCREENS_BY_ROLE.items() if "updates" in names} == set(ACTIONS["bundles.manage"])
+    media = _bundle(tmp_path, 1, "b1")
+    _trust(appliance, media)
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        for name in ("ann", "aud"):
+            await login(app, pilot, name)
+            await pilot.press("f6")
+            await pilot.pause()
+            assert isinstance(app.screen, AskScreen) and "updates" not in app._installed_screens
+            assert not app.check_action("goto", ("updates",))  # the key is not shown either
+            assert "Go to Updates" not in {c.title for c in app.get_system_commands(app.screen)}
+            app.action_goto("updates")
+            await pilot.pause()
+            assert isinstance(app.screen, AskScreen)
+            with pytest.raises(AccessError, match="bundles.manage needs the role"):  # the service refuses too
+                verify_bundle(appliance, app.account, media, "northgate")
+            await pilot.press("ctrl+l")
+            await pilot.pause()
+        await login(app, pilot, "root")  # administrators may
+        screen = await _open_updates(app, pilot)
+        assert "Go to Updates" in {c.title for c in app.get_system_commands(screen)}
+        assert {"Verify a bundle", "Apply a bundle", "Roll back"} <= {c.title for c in app.get_system_commands(screen)}
+        assert len(_rows(screen)) == 1
+
+    run(appliance, body, warm_engine=False)
+    assert appliance.generation().generation == 0

@@ -15,7 +15,6 @@ from appliance.config import load_settings
 from appliance.runtime.model_store import ModelStore
 from appliance.services import build_services
 from appliance.updates.apply import FAULT_ENV
-from appliance.updates.keys import init_keys
 from tests.conftest import make_random_adapter
 from tests.test_knowledge_real import PASS, _accounts, _run
 

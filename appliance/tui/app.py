@@ -1,6 +1,6 @@
 """The application: takes the services, logs a user in, shows the screens their role allows.
 
-Long work (the engine, the index, the audit log) runs in ``@work(thread=True)`` workers
+Long work (the engine, the index, the audit log, bundle updates) runs in ``@work(thread=True)`` workers
 that only post messages; one handler (:meth:`ApplianceApp.on_failed`) turns any failure
 into a readable notice. The services refuse anything a role may not do; the UI also
 leaves such screens and actions out.
@@ -28,11 +28,11 @@ __all__ = ["ApplianceApp", "SCREENS_BY_ROLE"]
 
 SCREENS_BY_ROLE: dict[str, tuple[str, ...]] = {
     "analyst": ("ask", "library", "system"),
-    "officer": ("ask", "library", "system", "audit"),
+    "officer": ("ask", "library", "system", "audit", "updates"),
     "auditor": ("ask", "library", "system", "audit"),
-    "admin": ("ask", "library", "system", "audit"),
-}
-TITLES = {"ask": "Ask", "library": "Library", "system": "System", "audit": "Audit"}
+    "admin": ("ask", "library", "system", "audit", "updates"),
+}  # "updates" for exactly the roles allowed bundles.manage (a test holds them together)
+TITLES = {"ask": "Ask", "library": "Library", "system": "System", "audit": "Audit", "updates": "Updates"}
 
 
 def clearance(account: Account) -> str:
@@ -48,6 +48,7 @@ class ApplianceApp(App[None]):
         ("f3", "goto('library')", "Library"),
         ("f4", "goto('system')", "System"),
         ("f5", "goto('audit')", "Audit"),
+        ("f6", "goto('updates')", "Updates"),
         ("ctrl+l", "logout", "Log out"),
     ]
 
@@ -163,8 +164,10 @@ class ApplianceApp(App[None]):
         from appliance.tui.screens.audit import AuditScreen
         from appliance.tui.screens.library import LibraryScreen
         from appliance.tui.screens.system import SystemScreen
+        from appliance.tui.screens.updates import UpdatesScreen
 
-        return {"ask": AskScreen, "library": LibraryScreen, "system": SystemScreen, "audit": AuditScreen}[name]()
+        return {"ask": AskScreen, "library": LibraryScreen, "system": SystemScreen, "audit": AuditScreen,
+                "updates": UpdatesScreen}[name]()
 
     # -- actions ------------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ from pathlib import Path
 
 from appliance.access.accounts import Account
 from appliance.access.authz import authorize
-from appliance.access.labels import Principal
 from appliance.access.policy_file import apply_policy, load_policy
 from appliance.errors import ApplianceError, BundleError
 from appliance.knowledge.base import KnowledgeBase

@@ -116,9 +116,7 @@ class UpdatesScreen(Screen[None]):
     def on_mount(self) -> None:
         app: Any = self.app
         table = self.query_one("#generations", DataTable)
-        for label, width in (("", 9), ("gen", 4), ("bundle", 22), ("release", 7), ("applied", 25), ("by", 10),
-                             ("changes", 40)):
-            table.add_column(label, width=width)
+        table.add_columns("", "gen", "bundle", "release", "applied (UTC)", "by", "changes")
         self.query_one("#bundle-progress-row").display = False
         if not app.may("bundles.manage"):  # not installed for other roles; and the service refuses anyway
             for button in self.query(Button):
@@ -363,5 +361,5 @@ class UpdatesScreen(Screen[None]):
         for g in reversed(kept):  # the newest first
             changes = ", ".join(f"{v} {k}" for k, v in g.changes.items() if v)
             table.add_row("\u25b6 serving" if g.generation == serving else "", str(g.generation),
-                          g.bundle or "(initial)", str(g.release), g.applied_at or "", g.by or "", changes,
+                          g.bundle or "(initial)", str(g.release), (g.applied_at or "")[:16].replace("T", " "), g.by or "", changes,
                           key=str(g.generation))
