@@ -33,7 +33,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import DownloadError
-from tuf.api.metadata import MetaFile, Metadata
+from tuf.api.metadata import Metadata, MetaFile
 from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import Updater
 
@@ -42,19 +42,24 @@ from appliance.runtime.lora_gguf import write_lora_adapter
 from appliance.updates import keys as keyring
 from appliance.updates.apply import apply_bundle
 from appliance.updates.build import build_bundle, load_spec
-from appliance.updates.check import applied_state, trust_root, updates_dir, verify_bundle
+from appliance.updates.check import (
+    applied_state,
+    trust_root,
+    updates_dir,
+    verify_bundle,
+)
 from appliance.updates.generations import current_info
 from appliance.updates.keys import DELEGATED, init_keys, load_signers, rotate_role
 from appliance.updates.media import BLOCK, MEDIA_URL, MediaFetcher
 from tests.ggufs import tiny_model
 from tests.test_update_build import PASS, _spec
-from tests.test_update_verify import appliance  # noqa: F401 - the fixture
+from tests.test_update_verify import appliance
 
 __all__ = ["appliance"]
 
 CLASS = "northgate"
 SERIALIZER = JSONSerializer(compact=False)
-PAST = dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc)
+PAST = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
 
 
 # -- building and tampering with bundles --------------------------------------------------
@@ -169,7 +174,7 @@ def _tree(d: Path) -> dict[str, bytes]:
     return {str(f.relative_to(d)): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()} if d.is_dir() else {}
 
 
-def _trust(services) -> dict:  # noqa: ANN001
+def _trust(services) -> dict:
     """Everything an attack must not change: state, trusted metadata (bytes), serving generation, models."""
     up = updates_dir(services)
     store = services.store
@@ -185,11 +190,11 @@ def _trust(services) -> dict:  # noqa: ANN001
             "documents": sorted(d.doc_id for d in services.knowledge().catalog.documents())}
 
 
-def _refusals(services) -> list[dict]:  # noqa: ANN001
+def _refusals(services) -> list[dict]:
     return [e.value() for e in services.audit().entries() if e.value()["kind"] == "bundle.refused"]
 
 
-def _assert_refused(services, media: Path, pattern: str, *, apply: bool = True,  # noqa: ANN001
+def _assert_refused(services, media: Path, pattern: str, *, apply: bool = True,
                     now: dt.datetime | None = None, verify: bool = True) -> str:
     """``verify_bundle`` (and ``apply_bundle``) refuse ``media`` naming ``pattern``; nothing trusted changes."""
     olga = services.accounts().get("olga")
@@ -207,7 +212,6 @@ def _assert_refused(services, media: Path, pattern: str, *, apply: bool = True, 
         with pytest.raises(BundleError, match=pattern) as exc:
             call()
         message = str(exc.value)
-        print("REFUSED:", message)
         after = _trust(services)
         assert after == before, "a refused bundle changed what the appliance trusts"
         if before["state"] == {"release": 0}:
@@ -223,14 +227,14 @@ def _assert_refused(services, media: Path, pattern: str, *, apply: bool = True, 
     return message
 
 
-def _fresh(services, tmp_path: Path, **build) -> Path:  # noqa: ANN001
+def _fresh(services, tmp_path: Path, **build) -> Path:
     """Release 1 built, its root trusted by the appliance (nothing applied yet)."""
     media = _build(tmp_path, 1, "b1", **build)
     trust_root(services, services.accounts().get("olga"), media / "metadata" / "1.root.json")
     return media
 
 
-def _applied(services, tmp_path: Path) -> Path:  # noqa: ANN001
+def _applied(services, tmp_path: Path) -> Path:
     """Release 1 built, trusted and applied."""
     media = _fresh(services, tmp_path)
     result = apply_bundle(services, services.accounts().get("olga"), media)
@@ -249,7 +253,7 @@ def test_signature_below_threshold_refused(appliance, tmp_path: Path) -> None:
     _assert_refused(appliance, media, r"targets was signed by 1/2 keys")
 
 
-def _repeated_signature(appliance, tmp_path: Path) -> Path:  # noqa: ANN001
+def _repeated_signature(appliance, tmp_path: Path) -> Path:
     """Targets (2 of 2 keys) carrying one key's signature twice."""
     _two_of_two(_keys(tmp_path), "targets")
     media = _fresh(appliance, tmp_path)
@@ -267,9 +271,6 @@ def test_one_signature_repeated_to_meet_the_threshold_refused(appliance, tmp_pat
     _assert_refused(appliance, media, r"refused: DeserializationError")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check.verify_bundle reports a repeated signature as 'refused: "
-                                       "DeserializationError: Failed to deserialize JSON'; the cause python-tuf "
-                                       "gives ('Multiple signatures found for keyid ...') is dropped")
 def test_one_signature_repeated_refusal_names_the_repeated_signature(appliance, tmp_path: Path) -> None:
     media = _repeated_signature(appliance, tmp_path)
     _assert_refused(appliance, media, r"(?i)(multiple|duplicate|repeated) signatures?.*keyid", apply=False)
@@ -298,12 +299,21 @@ def test_signature_stripped_refused(appliance, tmp_path: Path) -> None:
     _assert_refused(appliance, media, r"knowledge was signed by 0/1 keys")
 
 
+def test_tampering_helpers_alone_keep_a_bundle_valid(appliance, tmp_path: Path) -> None:
+    """The control: re-signing a role and re-issuing snapshot and timestamp, with no edit, leaves a
+    bundle that verifies; so in the tests above the edit is the only defect."""
+    _two_of_two(_keys(tmp_path), "targets")
+    media = _fresh(appliance, tmp_path)
+    for role in ("knowledge", "targets", "snapshot", "timestamp"):
+        _tamper(media, tmp_path, role)
+    plan = verify_bundle(appliance, appliance.accounts().get("olga"), media, CLASS)
+    assert plan.release == 1 and len(plan.targets) == 2
+    shutil.rmtree(plan.work)
+
+
 # -- the root chain ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a gap in the root chain on the media (1.root.json, 3.root.json) is not "
-                                       "refused: the TUF client stops at the missing 2.root.json and verify_bundle "
-                                       "accepts the bundle under the old root, silently suppressing the rotation")
 def test_root_version_skipped_refused(appliance, tmp_path: Path) -> None:
     _fresh(appliance, tmp_path)
     rotate_role(tmp_path / "keys", "root", PASS)
@@ -327,7 +337,7 @@ def test_root_version_skipped_in_the_file_name_refused(appliance, tmp_path: Path
     _assert_refused(appliance, media, r"Expected root version 2 instead got version 3")
 
 
-def _rotated_root(appliance, tmp_path: Path) -> Path:  # noqa: ANN001
+def _rotated_root(appliance, tmp_path: Path) -> Path:
     _fresh(appliance, tmp_path)
     rotate_role(tmp_path / "keys", "root", PASS)
     media = _build(tmp_path, 2, "b2")
@@ -354,8 +364,14 @@ def test_root_rotation_signed_only_by_the_old_keys_refused(appliance, tmp_path: 
 
 def test_expired_root_refused(appliance, tmp_path: Path) -> None:
     # root expires 365 days after the build, the other roles after expires_days (still valid)
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=400)
-    media = _fresh(appliance, tmp_path, now=now, expires_days=3650)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=400)
+    media = _build(tmp_path, 1, "b1", now=now, expires_days=3650)
+    with pytest.raises(BundleError, match=r"1\.root\.json expired on"):  # not trusted when already expired
+        trust_root(appliance, appliance.accounts().get("olga"), media / "metadata" / "1.root.json")
+    # a root trusted while it was current, expired since: every bundle signed under it is refused
+    trusted = updates_dir(appliance) / "trusted" / "root.json"
+    trusted.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(media / "metadata" / "1.root.json", trusted)
     _assert_refused(appliance, media, r"root\.json is expired")
 
 
@@ -386,7 +402,7 @@ def test_expired_delegated_role_refused(appliance, tmp_path: Path) -> None:
 def test_clock_set_back_below_the_last_trusted_time_refused(appliance, tmp_path: Path) -> None:
     _applied(appliance, tmp_path)
     media = _build(tmp_path, 2, "b2")
-    _assert_refused(appliance, media, r"clock was set back", now=dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc))
+    _assert_refused(appliance, media, r"clock was set back", now=dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
     # with the clock right again the same bundle applies
     assert apply_bundle(appliance, appliance.accounts().get("olga"), media).release == 2
 
@@ -413,29 +429,48 @@ def _other_build(tmp_path: Path) -> Path:
     return _build(tmp_path, 7, "other", state="state-other")
 
 
-def test_targets_from_another_build_refused(appliance, tmp_path: Path) -> None:
+def _mixed_targets(appliance, tmp_path: Path) -> Path:
     media = _fresh(appliance, tmp_path)
     other = _other_build(tmp_path)
     assert (other / "metadata" / "1.targets.json").read_bytes() != (media / "metadata" / "1.targets.json").read_bytes()
     shutil.copyfile(other / "metadata" / "1.targets.json", media / "metadata" / "1.targets.json")
-    _assert_refused(appliance, media, r"LengthOrHashMismatchError: Observed (hash|length) .* does not match expected")
+    return media
+
+
+def test_targets_from_another_build_refused(appliance, tmp_path: Path) -> None:
+    _assert_refused(appliance, _mixed_targets(appliance, tmp_path),
+                    r"does not match the length and hash signed for it \(metadata mixed from another bundle\?\)")
+
+
+def test_targets_from_another_build_refusal_names_the_file(appliance, tmp_path: Path) -> None:
+    _assert_refused(appliance, _mixed_targets(appliance, tmp_path), r"targets(\.json)?\b.*hash|hash.*targets",
+                    apply=False)
 
 
 def test_snapshot_from_another_build_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     other = _other_build(tmp_path)
     shutil.copyfile(other / "metadata" / "1.snapshot.json", media / "metadata" / "1.snapshot.json")
-    _assert_refused(appliance, media, r"LengthOrHashMismatchError: Observed (hash|length) .* does not match expected")
+    _assert_refused(appliance, media, r"does not match the length and hash signed for it \(metadata mixed from another bundle\?\)")
 
 
 # -- payloads on the media ---------------------------------------------------------------------------
 
 
-def test_target_one_byte_short_refused(appliance, tmp_path: Path) -> None:
+def _one_byte_short(appliance, tmp_path: Path) -> Path:
     media = _fresh(appliance, tmp_path)
     blob = _blob(media)
     blob.write_bytes(blob.read_bytes()[:-1])
-    _assert_refused(appliance, media, r"Observed length \d+ does not match expected length \d+")
+    return media
+
+
+def test_target_one_byte_short_refused(appliance, tmp_path: Path) -> None:
+    _assert_refused(appliance, _one_byte_short(appliance, tmp_path),
+                    r"Observed length \d+ does not match expected length \d+")
+
+
+def test_target_one_byte_short_refusal_names_the_target(appliance, tmp_path: Path) -> None:
+    _assert_refused(appliance, _one_byte_short(appliance, tmp_path), r"knowledge/security/keys\.txt", apply=False)
 
 
 def test_endless_target_refused_before_it_is_read(appliance, tmp_path: Path) -> None:
@@ -521,7 +556,7 @@ def test_media_changed_after_verification_is_not_used(appliance, tmp_path: Path)
             swapped.append(phase)
 
     result = apply_bundle(appliance, appliance.accounts().get("olga"), media, progress)
-    assert swapped and result.generation == 1
+    assert swapped and result.generation == 1 and "never rotated" in blob.read_text()
     kb = appliance.knowledge()
     text = "".join(c.text for c in kb.catalog.chunks_of("keys.txt"))
     assert text.strip() == original.strip()
@@ -549,12 +584,10 @@ def _bad_model(tmp_path: Path) -> None:
 def test_malformed_gguf_model_refused(appliance, tmp_path: Path) -> None:
     _bad_model(tmp_path)
     media = _fresh(appliance, tmp_path, extra=_BAD_MODEL)
-    olga = appliance.accounts().get("olga")
-    plan = verify_bundle(appliance, olga, media, CLASS)  # correctly signed: TUF verification passes
-    assert plan.summary()["models"] == ["models/evil-gen/evil.gguf"]
-    shutil.rmtree(plan.work)  # as the CLI's dry run does
     models_before = sorted(_tree(appliance.store.root))
-    _assert_refused(appliance, media, r"models/evil-gen/evil\.gguf: refused, not a valid GGUF model", verify=False)
+    # correctly signed (TUF verification passes), refused by validation, in the dry run as in the apply
+    message = _assert_refused(appliance, media, r"models/evil-gen/evil\.gguf: refused, not a valid GGUF model")
+    assert "staging" not in message  # the appliance's own paths are not in the message
     assert sorted(_tree(appliance.store.root)) == models_before
     assert appliance.store.list() == []
 
@@ -592,10 +625,7 @@ def test_metadata_persisted_only_after_every_check_passed(appliance, tmp_path: P
     _bad_model(tmp_path)
     media = _build(tmp_path, 2, "b2", extra=_BAD_MODEL)
     olga = appliance.accounts().get("olga")
-    plan = verify_bundle(appliance, olga, media, CLASS)  # passes TUF: timestamp 2, snapshot 2 ...
-    assert plan.release == 2
-    shutil.rmtree(plan.work)  # as the CLI's dry run does
-    _assert_refused(appliance, media, r"models/evil-gen/evil\.gguf: refused, not a valid GGUF model", verify=False)
+    _assert_refused(appliance, media, r"models/evil-gen/evil\.gguf: refused, not a valid GGUF model")
     assert {d.name: _tree(d) for d in up.glob("meta-*")} == trusted_before  # byte for byte
     assert (up / "state.json").read_bytes() == state_before
     assert applied_state(appliance)["release"] == 1

@@ -118,7 +118,7 @@ def test_payload_one_byte_long_refused(appliance, tmp_path: Path) -> None:
     blob.write_bytes(blob.read_bytes() + b"x")
     with pytest.raises(BundleError, match="refused"):
         verify_bundle(appliance, olga, media, "northgate")
-    assert not list((appliance.settings.data_dir / "updates" / "work").iterdir())  # the bad blob is not kept
+    assert not list((appliance.settings.data_dir / "updates" / "staging").iterdir())  # the bad blob is not kept
 
 
 def test_bundle_trust_and_verify_through_the_cli(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from appliance.services import Services, engine_spec
 from appliance.updates import generations as gens
 from appliance.updates.check import Plan, Progress, applied_state, blob_cache, updates_dir, verify_bundle
 from appliance.updates.generations import GenerationInfo
-from appliance.updates.payloads import Checked, apply_knowledge, check_payloads, register_models
+from appliance.updates.payloads import Checked, apply_knowledge, register_models
 
 __all__ = ["ApplyResult", "apply_bundle", "rollback", "history", "recover", "recover_at_start", "needs_recovery",
            "FAULT_ENV"]
@@ -119,7 +119,7 @@ def apply_bundle(services: Services, account: Account, media: Path, progress: Pr
                 services.audit().record("bundle.noop", by.name, bundle=plan.bundle, release=plan.release)
                 return ApplyResult(plan.bundle, plan.release, None, noop=True,
                                    seconds=time.perf_counter() - started)
-            checked = check_payloads(services, plan)
+            checked = plan.checked
             _fault("verified")
             result = _apply(services, by, plan, checked, step)
         except ApplianceError as exc:
@@ -191,7 +191,11 @@ def _keep_payloads(services: Services, plan: Plan, building: Path) -> None:
     for t in plan.targets:
         if t.role in ("knowledge", "policy") and not (cache / t.sha256).is_file():
             tmp = cache / f".{t.sha256}.tmp"
-            shutil.copyfile(t.verified_file, tmp)
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(t.verified_file, tmp)
+            except OSError:
+                shutil.copyfile(t.verified_file, tmp)
             os.replace(tmp, cache / t.sha256)
     gens.write_targets(building, [{"path": t.path, "role": t.role, "sha256": t.sha256, "length": t.length,
                                    "custom": t.custom, "docs": plan.docs.get(t.path, [])} for t in plan.targets])

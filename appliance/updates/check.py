@@ -1,10 +1,12 @@
 """Verify a bundle on the appliance and say what applying it would change (a dry run).
 
-Order: the bundle is copied from the media into staging (unsafe members refused); the
-TUF client (python-tuf) verifies the staged metadata against the appliance's trusted
-root and its last applied metadata (signatures and thresholds, root chain, expiry,
-versions, snapshot/targets consistency) in a scratch copy, then every payload's length
-and hash; only verified bytes are parsed. The bundle must be for this appliance class
+Order: every member of the bundle is checked (unsafe members refused) and its metadata
+copied from the media into staging; the TUF client (python-tuf) verifies the staged
+metadata against the appliance's trusted root and its last applied metadata (signatures
+and thresholds, root chain, expiry, versions, snapshot/targets consistency) in a scratch
+copy, then copies every payload from the media into staging, checking its length and
+hash as it reads (a payload the appliance already holds is re-checked and used instead);
+only verified bytes are parsed. The bundle must be for this appliance class
 and carry a higher release than the one applied. Nothing the appliance trusts or serves
 is changed: the trusted metadata is only replaced by a successful apply.
 """
@@ -12,13 +14,16 @@ is changed: the trusted metadata is only replaced by a successful apply.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from tuf.api import exceptions as tuf_errors
@@ -64,6 +69,7 @@ class Plan:
     already_applied: bool = False  # this very bundle is the last one applied: applying it again does nothing
     docs: dict[str, list[str]] = field(default_factory=dict)  # knowledge target path -> its document ids
     unchanged_targets: set[str] = field(default_factory=set)  # applied as they are by the serving generation
+    checked: Any = None  # payloads.Checked: the validated models, adapters and policy
 
     def summary(self) -> dict:
         return {"bundle": self.bundle, "class": self.appliance_class, "release": self.release,
@@ -114,6 +120,9 @@ def trust_root(services: Services, account: Account, root_file: Path) -> str:
         md.signed.verify_delegate("root", md.signed_bytes, md.signatures)  # signed by its own threshold
     except Exception as exc:  # noqa: BLE001 - any parse or signature failure is a refusal
         raise BundleError(f"{root_file.name} is not a valid, self-signed TUF root: {exc}") from None
+    if md.signed.is_expired():
+        raise BundleError(f"{root_file.name} expired on {md.signed.expires.isoformat()}: ask the build station "
+                          "for a current root")
     services.audit().record("bundle.trust_root", by.name, version=md.signed.version,
                             keyids=sorted(md.signed.roles["root"].keyids))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -137,31 +146,62 @@ def _bootstrap(services: Services) -> bytes:
 Progress = Callable[[str, int, int], None]  # phase, done, total
 
 
+def _mismatched(md: Path) -> str:
+    """Which staged metadata file differs from the length and hash its referrer signed (for the message)."""
+    try:
+        ts = Metadata.from_file(str(md / "timestamp.json")).signed
+        refs = {f"{ts.snapshot_meta.version}.snapshot.json": ts.snapshot_meta}
+        snap_file = md / f"{ts.snapshot_meta.version}.snapshot.json"
+        if snap_file.is_file():
+            snap = Metadata.from_file(str(snap_file)).signed
+            refs.update({f"{m.version}.{name}": m for name, m in snap.meta.items()})
+        for name, meta in refs.items():
+            f = md / name
+            if f.is_file():
+                try:
+                    meta.verify_length_and_hashes(f.read_bytes())
+                except tuf_errors.LengthOrHashMismatchError:
+                    return name
+    except Exception:  # noqa: BLE001 - only for a better message
+        pass
+    return "a metadata file"
+
+
 def verify_bundle(services: Services, account: Account, media: Path, appliance_class: str,
                   progress: Progress | None = None, now: dt.datetime | None = None) -> Plan:
     """Verify ``media`` fully and return the plan; raises BundleError with the reason if refused."""
     by = authorize(services.accounts().get(account.name), "bundles.manage")
     up = updates_dir(services)
     token = secrets.token_hex(6)
-    staged = up / "staging" / token
-    work = up / "work" / token
+    staged = up / "staging" / token  # the media's metadata, copied
+    work = up / "staging" / f"{token}.work"  # the verified metadata and payloads
     audit = services.audit()
     step = progress or (lambda phase, done, total: None)
     try:
         _check_clock(services, now or dt.datetime.now(dt.timezone.utc))
         root = _bootstrap(services)
         step("staging", 0, 1)
-        stage(media, staged, progress=lambda done, total: step("staging", done, total))
+        stage(media, staged, progress=lambda done, total: step("staging", done, total), copy_targets=False)
         (work / "metadata").mkdir(parents=True)
         (work / "targets").mkdir()
         last_md = trusted_metadata(services)
         if last_md is not None and last_md.is_dir():  # the last applied metadata: versions may only grow from it
             shutil.copytree(last_md, work / "metadata", dirs_exist_ok=True)
         updater = Updater(str(work / "metadata"), MEDIA_URL + "metadata/", str(work / "targets"),
-                          MEDIA_URL + "targets/", fetcher=MediaFetcher(staged), bootstrap=root)
+                          MEDIA_URL + "targets/", fetcher=MediaFetcher(staged, targets_root=media), bootstrap=root)
         try:
             step("verifying", 0, 1)
-            updater.refresh()
+            try:
+                updater.refresh()
+            except tuf_errors.LengthOrHashMismatchError as exc:
+                raise BundleError(f"refused: {_mismatched(staged / 'metadata')} does not match the length and hash "
+                                  f"signed for it (metadata mixed from another bundle?): {exc}") from None
+            reached = Metadata[Root].from_file(str(work / "metadata" / "root.json")).signed.version
+            offered = [int(m.group(1)) for f in (staged / "metadata").iterdir()
+                       if (m := re.fullmatch(r"(\d{1,9})\.root\.json", f.name))]
+            if offered and max(offered) > reached:
+                raise BundleError(f"refused: the media offers root version {max(offered)} but the chain of roots "
+                                  f"stops at version {reached} (root version {reached + 1} is missing or invalid)")
             targets_bytes = (work / "metadata" / "targets.json").read_bytes()
             head = Metadata.from_bytes(targets_bytes).signed
             info = head.unrecognized_fields.get("x-appliance", {})
@@ -192,17 +232,28 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                             updater.download_target(tinfo, str(dest))  # checks length and hash
                         except tuf_errors.DownloadHTTPError as exc:
                             if exc.status_code != 404:
-                                raise
+                                raise BundleError(f"refused: {tpath}: {exc}") from None
                             raise BundleError(f"{tpath} is neither on the media nor on this appliance (a delta "
                                               "bundle for an appliance that missed an earlier release?)") from None
+                        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+                            raise BundleError(f"refused: {tpath}: {type(exc).__name__}: {exc}") from None
                     total += tinfo.length
                     step("checking payloads", total, total)
                     targets.append(PlannedTarget(tpath, role, tinfo.length, tinfo.hashes["sha256"],
                                                  dict(tinfo.unrecognized_fields.get("custom", {})), dest))
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
-            raise BundleError(f"refused: {type(exc).__name__}: {exc}") from None
+            cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+            raise BundleError(f"refused: {type(exc).__name__}: {exc}{cause}") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise BundleError(f"staging failed: the appliance's disk is full ({up / 'staging'}); nothing was "
+                                  "changed") from None
+            raise BundleError(f"staging failed: {exc}") from None
         plan = Plan(name, klass, release, targets, work=work, targets_sha256=digest, already_applied=again)
         if not again:
+            from appliance.updates.payloads import check_payloads
+
+            plan.checked = check_payloads(services, plan)  # models, adapters, policy: refused in a dry run too
             _diff(services, plan)
     except BundleError as exc:
         shutil.rmtree(work, ignore_errors=True)

@@ -22,8 +22,11 @@ BLOCK = 1 << 16
 
 
 class MediaFetcher(FetcherInterface):
-    def __init__(self, root: Path) -> None:
+    """Reads ``metadata/...`` under ``root`` and ``targets/...`` under ``targets_root`` (default: root)."""
+
+    def __init__(self, root: Path, targets_root: Path | None = None) -> None:
         self.root = root.resolve()
+        self.targets_root = (targets_root or root).resolve()
 
     def _path(self, url: str) -> Path:
         if not url.startswith(MEDIA_URL):
@@ -31,9 +34,10 @@ class MediaFetcher(FetcherInterface):
         rel = url[len(MEDIA_URL):]
         if not rel or "\x00" in rel or rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
             raise DownloadHTTPError(f"refused path {rel[:80]!r}", 400)
-        path = self.root / rel
+        root = self.targets_root if rel.startswith("targets/") else self.root
+        path = root / rel
         # every component must be a real directory or, last, a regular file: no symlinks anywhere
-        current = self.root
+        current = root
         for part in rel.split("/"):
             current = current / part
             try:
@@ -49,8 +53,16 @@ class MediaFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         path = self._path(url)
 
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise DownloadHTTPError(f"{url[len(MEDIA_URL):]}: {exc.strerror}", 403) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the check
+            os.close(fd)
+            raise DownloadHTTPError(f"{url[len(MEDIA_URL):]} is not a regular file", 403)
+
         def chunks() -> Iterator[bytes]:
-            with open(path, "rb") as fh:
+            with os.fdopen(fd, "rb") as fh:
                 while block := fh.read(BLOCK):
                     yield block
         return chunks()

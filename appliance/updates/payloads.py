@@ -59,7 +59,7 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
                 info = validate_gguf(t.verified_file, limits=GGUFLimits(max_file_bytes=limits.max_model_bytes),
                                      expect="model")
             except GGUFError as exc:
-                raise BundleError(f"{t.path}: refused, not a valid GGUF model: {exc}") from None
+                raise BundleError(f"{t.path}: refused, not a valid GGUF model: {_bare(exc, t)}") from None
             if (info.architecture in EMBEDDERS) != (kind == "embedder"):
                 raise BundleError(f"{t.path}: architecture {info.architecture!r} cannot serve as the {kind}")
             out.models[kind] = t
@@ -68,7 +68,7 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
                 validate_gguf(t.verified_file, limits=GGUFLimits(max_file_bytes=limits.max_adapter_bytes),
                               expect="adapter")
             except GGUFError as exc:
-                raise BundleError(f"{t.path}: refused, not a valid GGUF LoRA adapter: {exc}") from None
+                raise BundleError(f"{t.path}: refused, not a valid GGUF LoRA adapter: {_bare(exc, t)}") from None
             out.adapters[str(t.custom.get("name") or Path(t.path).parent.name)] = t
         elif t.role == "policy":
             out.policy = (t, _policy(services, t))
@@ -86,6 +86,11 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
             raise BundleError(f"{t.path}: adapter {name!r} is for the base model {str(base)[:16]}…, but the "
                               f"generator that would serve it is {str(out.generator_sha256)[:16]}…")
     return out
+
+
+def _bare(exc: Exception, t: PlannedTarget) -> str:
+    """The validator's message without the appliance's internal path of the payload."""
+    return str(exc).replace(f"{t.verified_file}: ", "").replace(str(t.verified_file), t.path)
 
 
 def _policy(services: Services, t: PlannedTarget) -> Policy:
@@ -123,8 +128,8 @@ def _register(store, t: PlannedTarget, name: str, kind: str, base: str | None) -
     if store.has(name):
         name = f"{name}-{t.sha256[:12]}"  # never re-point a name an older generation may serve
     try:
-        store.add_file(t.verified_file, name=name, kind=kind, source=f"bundle:{t.path}", expected_sha256=t.sha256,
-                       base_sha256=base)
+        store.add_file(t.verified_file, name=name, kind=kind, source=f"bundle:{t.path}", base_sha256=base,
+                       verified_sha256=t.sha256)
     except (ModelStoreError, GGUFError) as exc:
         raise BundleError(f"{t.path}: {exc}") from None
 

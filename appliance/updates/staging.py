@@ -36,9 +36,12 @@ def _check_name(name: str, where: str) -> None:
 
 
 def stage(media: Path, staging: Path, limits: StagingLimits = StagingLimits(),
-          progress: Callable[[int, int], None] | None = None) -> Path:
+          progress: Callable[[int, int], None] | None = None, copy_targets: bool = True) -> Path:
     """Copy ``media`` (a bundle directory) into the new directory ``staging``; returns it.
 
+    Every member is checked. With ``copy_targets=False`` only ``metadata/`` is copied: the
+    TUF client then copies each payload from the media itself, checking its length and
+    hash as it goes (one copy of a large blob instead of two).
     ``progress(bytes_copied, 0)`` is called as the copy goes (the total is not known ahead).
     """
     if not media.is_dir() or media.is_symlink():
@@ -82,6 +85,8 @@ def stage(media: Path, staging: Path, limits: StagingLimits = StagingLimits(),
                 files += 1
                 if total > limits.max_total_bytes or files > limits.max_files:
                     raise BundleError(f"the bundle is over {limits.max_total_bytes} bytes or {limits.max_files} files")
+                if rel.parts[0] == "targets" and not copy_targets:
+                    continue
                 dst = staging / rel
                 fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
                 with os.fdopen(fd, "rb") as fin, open(dst, "wb") as fout:
