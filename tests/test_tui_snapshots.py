@@ -150,6 +150,31 @@ def test_audit_screen(snap_compare, services: Services) -> None:
     assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
 
 
+def test_updates_screen_with_a_verified_plan(snap_compare, services: Services, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.updates.build import build_bundle, load_spec
+    from appliance.updates.check import trust_root
+    from appliance.updates.keys import init_keys
+    from tests.test_update_build import PASS as BUILD_PASS
+    from tests.test_update_build import _spec
+
+    init_keys(tmp_path / "keys", BUILD_PASS)
+    build_bundle(load_spec(_spec(tmp_path, 1)), tmp_path / "keys", BUILD_PASS, tmp_path / "state", tmp_path / "b1")
+    trust_root(services, services.accounts().get("root"), tmp_path / "b1" / "metadata" / "1.root.json")
+    monkeypatch.chdir(tmp_path)  # a relative bundle path: the snapshot does not show the tmp directory
+
+    async def run_before(pilot) -> None:
+        await _login("root")(pilot)
+        await pilot.press("f6")
+        await _settle(pilot)
+        screen = pilot.app.screen
+        screen.query_one("#bundle-dir").value = "b1"
+        await pilot.click("#bundle-verify")
+        await _settle(pilot, lambda: screen.busy is None and screen.verified is not None)
+        await _still(pilot)
+    assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
+
+
 def test_snapshots_are_kept() -> None:
     here = Path(__file__).parent / "__snapshots__" / "test_tui_snapshots"
-    assert len(list(here.glob("*.svg"))) >= 5, "run with --snapshot-update once and commit tests/__snapshots__"
+    assert len(list(here.glob("*.svg"))) >= 6, "run with --snapshot-update once and commit tests/__snapshots__"

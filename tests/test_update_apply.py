@@ -97,8 +97,11 @@ def test_delta_replaces_and_revokes_and_rollback_restores(appliance, tmp_path: P
     assert applied_state(appliance)["release"] == 3  # the high-water mark stays
     with pytest.raises(BundleError, match="timestamp version 2 must be >= 3"):
         apply_bundle(appliance, olga, delta)  # a rolled-back bundle cannot be replayed
+    with pytest.raises(BundleError, match=r"rolled back from: serve it again with `appliance bundle rollback --to 3`"):
+        verify_bundle(appliance, olga, third, "northgate")  # the newest bundle again, after the rollback
     rollback(appliance, olga, to=3)
     assert set(_docs(appliance)) == {"canteen.txt"}
+    assert apply_bundle(appliance, olga, third).noop
     kinds = [e.value()["kind"] for e in appliance.audit().entries()]
     assert kinds.count("bundle.rollback") == 2 and "bundle.refused" in kinds
 
@@ -133,6 +136,21 @@ def test_a_failed_apply_leaves_the_serving_generation_and_trust_alone(appliance,
     assert not list((appliance.settings.data_dir / "updates").glob("meta-*"))
     assert not list((appliance.settings.data_dir / "generations").glob(".building-*"))
     assert [e.value()["kind"] for e in appliance.audit().entries()][-1] == "bundle.refused"
+
+
+def test_a_payload_that_does_not_parse_is_refused_and_audited(appliance, tmp_path: Path) -> None:
+    media = _build(tmp_path, 1, "b1", extra="""
+[[knowledge]]
+collection = "research"
+labels = "UNCLASSIFIED"
+paths = ["docs/corpus.jsonl"]
+""", docs={"corpus.jsonl": "{not json\n"})
+    olga = _trusted(appliance, tmp_path, media)
+    with pytest.raises(BundleError, match="corpus.jsonl"):
+        apply_bundle(appliance, olga, media)
+    assert [e.value()["kind"] for e in appliance.audit().entries()][-1] == "bundle.refused"
+    assert not list((appliance.settings.data_dir / "updates" / "staging").iterdir())
+    assert current_info(appliance.settings.data_dir).generation == 0
 
 
 def test_recover_finishes_an_apply_interrupted_after_the_switch(appliance, tmp_path: Path) -> None:

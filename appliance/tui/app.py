@@ -1,9 +1,9 @@
 """The application: takes the services, logs a user in, shows the screens their role allows.
 
-Long work (the engine, the index, the audit log, bundle updates) runs in ``@work(thread=True)`` workers
-that only post messages; one handler (:meth:`ApplianceApp.on_failed`) turns any failure
-into a readable notice. The services refuse anything a role may not do; the UI also
-leaves such screens and actions out.
+Long work (the engine, the index, the audit log, bundle updates) runs in
+``@work(thread=True)`` workers that only post messages; one handler
+(:meth:`ApplianceApp.on_failed`) turns any failure into a readable notice. The services
+refuse anything a role may not do; the UI also leaves such screens and actions out.
 """
 
 from __future__ import annotations

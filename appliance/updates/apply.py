@@ -122,10 +122,12 @@ def apply_bundle(services: Services, account: Account, media: Path, progress: Pr
             checked = plan.checked
             _fault("verified")
             result = _apply(services, by, plan, checked, step)
-        except ApplianceError as exc:
+        except Exception as exc:  # every failed apply is audited; the serving generation is untouched
             services.audit().record("bundle.refused", by.name, media=str(media), bundle=plan.bundle,
                                     release=plan.release, reason=str(exc)[:500])
-            raise
+            if isinstance(exc, BundleError) or not isinstance(exc, ApplianceError):
+                raise
+            raise BundleError(f"refused: {exc}") from None
         finally:
             if plan.work is not None:
                 shutil.rmtree(plan.work, ignore_errors=True)

@@ -32,7 +32,7 @@ from tuf.ngclient import Updater
 
 from appliance.access.accounts import Account
 from appliance.access.authz import authorize
-from appliance.errors import BundleError, UnknownModelError
+from appliance.errors import ApplianceError, BundleError, UnknownModelError
 from appliance.services import Services
 from appliance.updates.keys import DELEGATED
 from appliance.updates.media import MEDIA_URL, MediaFetcher
@@ -146,6 +146,21 @@ def _bootstrap(services: Services) -> bytes:
 Progress = Callable[[str, int, int], None]  # phase, done, total
 
 
+def _serving_or_refuse(services: Services, name: str, release: int, digest: str) -> None:
+    """The last applied bundle again: a no-op if its generation serves; after a rollback, say how to return."""
+    from appliance.updates.generations import current_info, list_generations
+
+    data = services.settings.data_dir
+    if current_info(data).targets_sha256 == digest:
+        return
+    kept = [g.generation for g in list_generations(data) if g.targets_sha256 == digest]
+    if kept:
+        raise BundleError(f"bundle {name!r} release {release} was applied and then rolled back from: serve it again "
+                          f"with `appliance bundle rollback --to {kept[-1]}`")
+    raise BundleError(f"bundle {name!r} release {release} was applied earlier and its generation is no longer kept: "
+                      "a newer release is needed")
+
+
 def _mismatched(md: Path) -> str:
     """Which staged metadata file differs from the length and hash its referrer signed (for the message)."""
     try:
@@ -214,6 +229,8 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
             again = release == last and digest == state.get("targets_sha256")
             if not isinstance(release, int) or (release <= last and not again):
                 raise BundleError(f"bundle {name!r} has release {release}, not above the applied release {last}")
+            if again:
+                _serving_or_refuse(services, name, release, digest)
             targets: list[PlannedTarget] = []
             total = 0
             for role in DELEGATED:
@@ -255,10 +272,12 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
 
             plan.checked = check_payloads(services, plan)  # models, adapters, policy: refused in a dry run too
             _diff(services, plan)
-    except BundleError as exc:
+    except Exception as exc:  # every refusal is audited and leaves nothing behind
         shutil.rmtree(work, ignore_errors=True)
         audit.record("bundle.refused", by.name, media=str(media), reason=str(exc)[:500])
-        raise
+        if isinstance(exc, BundleError) or not isinstance(exc, ApplianceError):
+            raise
+        raise BundleError(f"refused: {exc}") from None
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     audit.record("bundle.verify", by.name, **plan.summary())

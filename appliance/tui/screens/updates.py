@@ -40,7 +40,7 @@ def _names(names: list[str]) -> str:
 def plan_text(s: dict) -> Text:
     """What verifying found: the bundle, and what applying it would change (as ``bundle verify`` prints it)."""
     out = Text()
-    out.append("VERIFIED ", style="bold reverse")
+    out.append(" VERIFIED ", style="bold reverse")
     out.append(f" {s['bundle']} release {s['release']} for {s['class']}: {s['targets']} payload(s)\n", style="bold")
     if s.get("already_applied"):
         out.append("This bundle is already applied: applying it again changes nothing.\n")
@@ -57,7 +57,7 @@ def plan_text(s: dict) -> Text:
 
 def applied_text(r: Any) -> Text:  # appliance.updates.apply.ApplyResult
     out = Text()
-    out.append("APPLIED ", style="bold reverse")
+    out.append(" APPLIED ", style="bold reverse")
     if r.noop:
         out.append(f" {r.bundle} release {r.release} is already applied: nothing changed\n", style="bold")
         return out
@@ -70,7 +70,7 @@ def applied_text(r: Any) -> Text:  # appliance.updates.apply.ApplyResult
 
 def refused_text(what: str, error: BaseException) -> Text:
     out = Text()
-    out.append("REFUSED ", style="bold reverse")
+    out.append(" REFUSED ", style="bold reverse")
     out.append(f" {what.capitalize()} failed; nothing was changed.\n", style="bold")
     out.append(str(error) or type(error).__name__)
     return out
@@ -87,6 +87,7 @@ class UpdatesScreen(Screen[None]):
         self.generations: list[Any] = []  # GenerationInfo, oldest first
         self.chosen: int | None = None  # a generation picked in the table (Enter) as the rollback target
         self.verified: tuple[str, dict] | None = None  # (media path, plan summary) of the last dry run
+        self.asking = False  # a confirmation dialog is open over this screen
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -126,7 +127,8 @@ class UpdatesScreen(Screen[None]):
         self._load_history()
 
     def on_screen_resume(self) -> None:
-        if self.busy is None and self.app.may("bundles.manage"):  # type: ignore[attr-defined]
+        """Another process may have applied or rolled back meanwhile (not on closing this screen's dialog)."""
+        if self.busy is None and not self.asking and self.app.may("bundles.manage"):  # type: ignore[attr-defined]
             self._load_history()
 
     # -- starting a step (main thread) --------------------------------------------------
@@ -173,11 +175,11 @@ class UpdatesScreen(Screen[None]):
                 return
             info = next((g for g in self.generations if g.generation == target), None)
             made = f"{info.bundle} release {info.release}" if info and info.bundle else "the initial state"
+            verb = "Roll forward" if self.serving is not None and target > self.serving else "Roll back"
             body = (f"Generation {target} ({made}) will serve again instead of generation {self.serving}. "
-                    "The release high-water mark stays, so the newer bundle cannot be applied again; "
-                    "roll forward by choosing its generation.")
-            self.app.push_screen(ConfirmScreen(f"Roll back to generation {target}?", body, "Roll back"),
-                                 lambda yes: self._run("rollback", target) if yes else None)
+                    "The release high-water mark stays: a bundle rolled away from cannot be applied again, "
+                    "but its kept generation can be chosen in the table (Enter) and served again.")
+            self._ask(ConfirmScreen(f"{verb} to generation {target}?", body, verb), "rollback", target)
             return
         media = self._media()
         if media is None:
@@ -191,8 +193,15 @@ class UpdatesScreen(Screen[None]):
             body.append_text(plan_text(self.verified[1]))
         else:
             body.append("It has not been verified here yet: Verify shows what it would change.", style="italic")
-        self.app.push_screen(ConfirmScreen(f"Apply the bundle in {media}?", body, "Apply"),
-                             lambda yes: self._run("apply", media) if yes else None)
+        self._ask(ConfirmScreen(f"Apply the bundle in {media}?", body, "Apply"), "apply", media)
+
+    def _ask(self, dialog: Screen[bool], step: str, arg: Any) -> None:
+        def answered(yes: bool | None) -> None:
+            self.asking = False
+            if yes:
+                self._run(step, arg)
+        self.asking = True
+        self.app.push_screen(dialog, answered)
 
     def _rollback_target(self) -> int | None:
         if self.chosen is not None and self.chosen != self.serving:
@@ -321,7 +330,7 @@ class UpdatesScreen(Screen[None]):
         elif message.what == "bundle-rolled-back":
             info = message.result
             text = Text()
-            text.append("ROLLED BACK ", style="bold reverse")
+            text.append(" ROLLED BACK ", style="bold reverse")
             text.append(f" generation {info.generation} serves again ({info.bundle or 'initial'} release "
                         f"{info.release})\n", style="bold")
             result.update(text)
@@ -360,6 +369,6 @@ class UpdatesScreen(Screen[None]):
         table.clear()
         for g in reversed(kept):  # the newest first
             changes = ", ".join(f"{v} {k}" for k, v in g.changes.items() if v)
+            applied = (g.applied_at or "")[:16].replace("T", " ")
             table.add_row("\u25b6 serving" if g.generation == serving else "", str(g.generation),
-                          g.bundle or "(initial)", str(g.release), (g.applied_at or "")[:16].replace("T", " "), g.by or "", changes,
-                          key=str(g.generation))
+                          g.bundle or "(initial)", str(g.release), applied, g.by or "", changes, key=str(g.generation))
