@@ -12,10 +12,11 @@ from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Static
+from textual.widgets import Footer, Input, Label, ListItem, ListView, Static
 
 from appliance.agent.loop import Answer, Citation, marking_of
 from appliance.tui.messages import Answered, Done, Failed, Token
+from appliance.tui.widgets import AppHeader
 
 __all__ = ["AskScreen"]
 
@@ -50,7 +51,7 @@ class AskScreen(Screen[None]):
         self.token_lag: list[float] = []  # the same for every piece
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         yield Static("", id="banner")
         with Horizontal(id="ask-body"):
             with Vertical(id="chat"):

@@ -10,9 +10,10 @@ from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Header, Input, ProgressBar, Static
+from textual.widgets import Button, DataTable, Footer, Input, ProgressBar, Static
 
 from appliance.tui.messages import Done, Failed, Progressed
+from appliance.tui.widgets import AppHeader
 
 __all__ = ["AuditScreen"]
 
@@ -23,7 +24,7 @@ class AuditScreen(Screen[None]):
     AUTO_FOCUS = "#audit-filter"
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         with Horizontal(id="audit-bar"):
             yield Input(placeholder="filter: user or kind (Enter)", id="audit-filter")
             yield Button("Verify log", id="verify")

@@ -8,9 +8,10 @@ from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Label, Select
+from textual.widgets import DataTable, Footer, Input, Label, Select
 
 from appliance.tui.messages import Done, Failed
+from appliance.tui.widgets import AppHeader
 
 __all__ = ["LibraryScreen"]
 
@@ -21,7 +22,7 @@ class LibraryScreen(Screen[None]):
     AUTO_FOCUS = "#search"
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         with Horizontal(id="search-bar"):
             yield Input(placeholder="Search the documents you may read (Enter)", id="search", max_length=4000)
             yield Select(MODES, value="hybrid", allow_blank=False, id="mode")

@@ -8,11 +8,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Center, Vertical
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Static
+from textual.widgets import Button, Footer, Input, Static
 
 from appliance.access.accounts import LoginSession
 from appliance.errors import ApplianceError
 from appliance.tui.messages import Done
+from appliance.tui.widgets import AppHeader
 
 __all__ = ["LoginScreen"]
 
@@ -25,7 +26,7 @@ class LoginScreen(Screen[None]):
         self.message = message
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         with Center(), Vertical(id="login-box"):
             yield Static("Log in", id="login-title")
             yield Input(placeholder="user name", id="name")

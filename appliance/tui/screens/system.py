@@ -10,9 +10,10 @@ from textual import work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable, Footer
 
 from appliance.tui.messages import Done, Failed
+from appliance.tui.widgets import AppHeader
 
 __all__ = ["SystemScreen"]
 
@@ -31,7 +32,7 @@ class SystemScreen(Screen[None]):
     BINDINGS = [Binding("r", "refresh", "Refresh")]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         yield DataTable(id="system", cursor_type="row", zebra_stripes=True)
         yield Footer()
 

@@ -20,9 +20,10 @@ from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Header, Input, Label, ProgressBar, Static
+from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Static
 
 from appliance.tui.messages import Done, Failed, PhaseProgressed
+from appliance.tui.widgets import AppHeader
 
 __all__ = ["UpdatesScreen"]
 
@@ -90,7 +91,7 @@ class UpdatesScreen(Screen[None]):
         self.asking = False  # a confirmation dialog is open over this screen
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield AppHeader()
         with Horizontal(id="bundle-bar"):
             yield Input(placeholder="bundle directory on the media, e.g. /media/usb/northgate-r12", id="bundle-dir",
                         max_length=4096)

@@ -1,0 +1,5 @@
+"""Widgets shared by the screens."""
+
+from appliance.tui.widgets.header import AppHeader
+
+__all__ = ["AppHeader"]
