@@ -19,7 +19,7 @@ from tests.conftest import make_random_adapter
 from tests.test_knowledge_real import PASS, _accounts, _run
 
 KEY_PASS = "a build-station key passphrase"
-STEPS = ("verified", "copied", "models", "knowledge", "healthy", "metadata", "sealed",  # before the switch: old
+STEPS = ("verified", "models", "copied", "knowledge", "healthy", "metadata", "sealed",  # before the switch: old
          "switched", "state", "policy", "audited")  # after it: new
 SWITCH = STEPS.index("switched")
 

@@ -3,8 +3,9 @@
 Order of :func:`apply_bundle` (each step named for the fault-injection tests):
 
 1. ``verified``   stage and verify (:func:`verify_bundle`); check every payload
-2. ``copied``     a new generation: a copy of the serving knowledge (catalog and index)
-3. ``models``     register the bundle's models and adapters (content-addressed, additive)
+2. ``models``     register the bundle's models and adapters (content-addressed, additive);
+                  an engine with the new models starts loading in the background
+3. ``copied``     a new generation: a copy of the serving knowledge (catalog and index)
 4. ``knowledge``  ingest, replace and revoke documents in the new generation (re-embed all
                   of it if the embedder changes)
 5. ``healthy``    health check: the models load, the index answers a probe query
@@ -23,6 +24,7 @@ from the new generation's own description. Nothing is trusted before every check
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import datetime as dt
 import fcntl
 import json
@@ -139,30 +141,39 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
     data = services.settings.data_dir
     serving = services.generation()
     number, building = gens.new_building(data)
+    new_engine: _NewEngine | None = None
     try:
         info = GenerationInfo(number, kind="apply", bundle=plan.bundle, release=plan.release, applied_at=_now(),
                               by=by.name, parent=serving.generation, models=dict(serving.models),
                               adapters=dict(serving.adapters), policy_sha256=serving.policy_sha256,
                               targets_sha256=plan.targets_sha256, metadata=f"meta-{number:06d}")
+        register_models(services, checked, info)
+        _fault("models")
+        if (info.models, info.adapters) != (serving.models, serving.adapters):
+            new_engine = _NewEngine(services, info)  # loads while the knowledge is built
         step("copying the serving generation", 0, 1)
         gens.copy_knowledge(gens.current_path(data) / "knowledge", building / "knowledge",
                             vectors=not checked.embedder_changes)
         if (gens.current_path(data) / "policy.toml").is_file() and checked.policy is None:
             shutil.copyfile(gens.current_path(data) / "policy.toml", building / "policy.toml")
         _fault("copied")
-        register_models(services, checked, info)
-        _fault("models")
-        with _generation_engine(services, serving, info) as embed:
-            kb = KnowledgeBase(building / "knowledge", embed, scale=services.scale, settings=services.settings.knowledge)
-            if checked.embedder_changes:  # a new embedder: every chunk is embedded again, into a new index
-                step("re-embedding the index", 0, 1)
-                kb.check(repair=True)
-            info.changes = apply_knowledge(services, plan, kb, by.name,
-                                           lambda done, total: step("ingesting knowledge", done, total))
-            _fault("knowledge")
-            step("health check", 0, 1)
-            _health_check(services, kb, info, serving)
-            del kb
+        embed = services.embed
+        if info.models.get("embedder") != serving.models.get("embedder"):
+            batch = services.settings.knowledge.embed_batch
+            embed = lambda texts: new_engine.client().embed(list(texts), batch=batch)  # noqa: E731
+        kb = KnowledgeBase(building / "knowledge", embed, scale=services.scale, settings=services.settings.knowledge)
+        if checked.embedder_changes:  # a new embedder: every chunk is embedded again, into a new index
+            step("re-embedding the index", 0, 1)
+            kb.check(repair=True)
+        info.changes = apply_knowledge(services, plan, kb, by.name,
+                                       lambda done, total: step("ingesting knowledge", done, total))
+        _fault("knowledge")
+        step("health check", 0, 1)
+        _health_check(kb, info, new_engine)
+        del kb
+        if new_engine is not None:
+            new_engine.close()
+            new_engine = None
         _fault("healthy")
         if checked.policy is not None:
             shutil.copyfile(checked.policy[0].verified_file, building / "policy.toml")
@@ -175,6 +186,8 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
         _fault("metadata")
         gens.seal(data, building, info)
     except BaseException:
+        if new_engine is not None:
+            new_engine.close()
         shutil.rmtree(building, ignore_errors=True)
         shutil.rmtree(updates_dir(services) / f"meta-{number:06d}", ignore_errors=True)
         raise
@@ -250,16 +263,27 @@ def _apply_policy(services: Services, info: GenerationInfo, by: str) -> None:
     _write_state(services, state)
 
 
-@contextlib.contextmanager
-def _generation_engine(services: Services, serving: GenerationInfo, info: GenerationInfo) -> Iterator:
-    """The embedding function for the new generation: the serving one, or the bundle's new embedder's."""
-    if info.models.get("embedder") == serving.models.get("embedder"):
-        yield services.embed
-        return
-    client = _engine(services, info, generator=False)
-    try:
-        yield lambda texts: client.embed(list(texts), batch=services.settings.knowledge.embed_batch)
-    finally:
+class _NewEngine:
+    """The new generation's engine (new models or adapters), started in the background: it
+    loads while the knowledge is built, embeds for a new embedder, and is health-checked."""
+
+    def __init__(self, services: Services, info: GenerationInfo) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="new-engine")
+        self._future = self._pool.submit(_engine, services, info, generator=True)
+
+    def client(self) -> EngineClient:
+        try:
+            return self._future.result()
+        except ApplianceError as exc:
+            raise BundleError(f"health check: the new models do not load: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            client = self._future.result()
+        except Exception:  # noqa: BLE001 - it never started: nothing to close
+            return
+        finally:
+            self._pool.shutdown()
         client.close()
 
 
@@ -272,18 +296,16 @@ def _engine(services: Services, info: GenerationInfo, *, generator: bool) -> Eng
     return client
 
 
-def _health_check(services: Services, kb: KnowledgeBase, info: GenerationInfo, serving: GenerationInfo) -> None:
-    """The new generation must work before it serves: models load and answer, the index finds a document."""
+def _health_check(kb: KnowledgeBase, info: GenerationInfo, new_engine: _NewEngine | None) -> None:
+    """The new generation must work before it serves: new models load and answer (the base
+    and each adapter), and the index finds a document by its own text."""
     try:
-        if (info.models, info.adapters) != (serving.models, serving.adapters):
-            client = _engine(services, info, generator=True)
-            try:
-                if len(client.embed([PROBE])[0]) == 0:
-                    raise BundleError("health check: the embedder returned an empty vector")
-                for adapter in [None, *sorted(info.adapters)]:
-                    client.generate(GenerateRequest(prompt="Say OK.", max_tokens=2, adapter=adapter))
-            finally:
-                client.close()
+        if new_engine is not None:
+            client = new_engine.client()
+            if len(client.embed([PROBE])[0]) == 0:
+                raise BundleError("health check: the embedder returned an empty vector")
+            for adapter in [None, *sorted(info.adapters)]:
+                client.generate(GenerateRequest(prompt="OK", max_tokens=1, adapter=adapter))
         docs = kb.catalog.documents()
         if not docs:
             return
@@ -297,8 +319,9 @@ def _health_check(services: Services, kb: KnowledgeBase, info: GenerationInfo, s
         ids = {c.chunk_id for c in chunks}
         if not ids & ({h[0] for h in keyword} | {h[0] for h in dense}):
             raise BundleError(f"health check: the new index does not find {doc.doc_id!r} by its own text")
-        if kb.check():
-            raise BundleError(f"health check: the new index is inconsistent: {'; '.join(kb.check())}")
+        problems = kb.check()
+        if problems:
+            raise BundleError(f"health check: the new index is inconsistent: {'; '.join(problems)}")
     except BundleError:
         raise
     except ApplianceError as exc:

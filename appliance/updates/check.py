@@ -35,7 +35,7 @@ from appliance.access.authz import authorize
 from appliance.errors import ApplianceError, BundleError, UnknownModelError
 from appliance.services import Services
 from appliance.updates.keys import DELEGATED
-from appliance.updates.media import MEDIA_URL, MediaFetcher
+from appliance.updates.media import MEDIA_URL, MediaFetcher, copy_verified
 from appliance.updates.staging import stage
 
 __all__ = ["Plan", "PlannedTarget", "Progress", "trust_root", "verify_bundle", "updates_dir", "applied_state",
@@ -202,8 +202,9 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
         last_md = trusted_metadata(services)
         if last_md is not None and last_md.is_dir():  # the last applied metadata: versions may only grow from it
             shutil.copytree(last_md, work / "metadata", dirs_exist_ok=True)
+        fetcher = MediaFetcher(staged, targets_root=media)
         updater = Updater(str(work / "metadata"), MEDIA_URL + "metadata/", str(work / "targets"),
-                          MEDIA_URL + "targets/", fetcher=MediaFetcher(staged, targets_root=media), bootstrap=root)
+                          MEDIA_URL + "targets/", fetcher=fetcher, bootstrap=root)
         try:
             step("verifying", 0, 1)
             try:
@@ -246,7 +247,7 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                     if dest is None:  # not on the appliance yet: it must be on the media
                         dest = work / "targets" / f"{tinfo.hashes['sha256']}.{Path(tpath).name}"
                         try:
-                            updater.download_target(tinfo, str(dest))  # checks length and hash
+                            copy_verified(fetcher, tinfo, dest, lambda n: step("checking payloads", total + n, 0))
                         except tuf_errors.DownloadHTTPError as exc:
                             if exc.status_code != 404:
                                 raise BundleError(f"refused: {tpath}: {exc}") from None

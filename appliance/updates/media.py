@@ -7,15 +7,20 @@ than the client asks for is read.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import queue
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from tuf.api.exceptions import DownloadHTTPError
+from tuf.api.exceptions import DownloadHTTPError, LengthOrHashMismatchError
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface
 
-__all__ = ["MediaFetcher", "MEDIA_URL", "BLOCK"]
+__all__ = ["MediaFetcher", "MEDIA_URL", "BLOCK", "copy_verified"]
 
 MEDIA_URL = "media:///"
 BLOCK = 1 << 16
@@ -66,3 +71,66 @@ class MediaFetcher(FetcherInterface):
                 while block := fh.read(BLOCK):
                     yield block
         return chunks()
+
+
+def copy_verified(fetcher: MediaFetcher, tinfo: TargetFile, dest: Path,
+                  progress: Callable[[int], None] | None = None) -> None:
+    """Copy a payload from the media to ``dest`` in one pass, checking it against its signed
+    length and hashes as it goes: never more than the signed length is read, and a payload
+    that does not match is removed. (python-tuf's ``download_target`` makes three passes
+    and a temporary file outside the appliance's disk; the checks are the same.)
+    """
+    dirname, sep, basename = tinfo.path.rpartition("/")
+    url = f"{MEDIA_URL}targets/{dirname}{sep}{tinfo.hashes['sha256']}.{basename}"
+    hashers = {}
+    for algo, expected in tinfo.hashes.items():
+        try:
+            hashers[algo] = (hashlib.new(algo), expected)
+        except ValueError:
+            raise LengthOrHashMismatchError(f"unsupported hash algorithm {algo!r}") from None
+    blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    failure: list[BaseException] = []
+
+    def writer(out: BinaryIO) -> None:  # the disk write overlaps the hashing (both release the GIL)
+        try:
+            while (block := blocks.get()) is not None:
+                if not failure:
+                    out.write(block)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            failure.append(exc)
+            while blocks.get() is not None:
+                pass
+
+    size = 0
+    try:
+        with open(dest, "wb") as out:
+            thread = threading.Thread(target=writer, args=(out,), daemon=True)
+            thread.start()
+            try:
+                for block in fetcher.fetch(url):
+                    size += len(block)
+                    if size > tinfo.length:
+                        raise LengthOrHashMismatchError(f"{tinfo.path} is longer than its signed length {tinfo.length}")
+                    for h, _ in hashers.values():
+                        h.update(block)
+                    blocks.put(block)
+                    if failure:
+                        break
+                    if progress:
+                        progress(len(block))
+            finally:
+                blocks.put(None)
+                thread.join()
+            if failure:
+                raise failure[0]
+            out.flush()
+            os.fsync(out.fileno())  # flushed now, while nothing else waits on the disk
+        if size != tinfo.length:
+            raise LengthOrHashMismatchError(f"Observed length {size} does not match expected length {tinfo.length}")
+        for algo, (h, expected) in hashers.items():
+            if h.hexdigest() != expected:
+                raise LengthOrHashMismatchError(f"Observed hash {h.hexdigest()} does not match expected hash "
+                                                f"{expected} ({algo})")
+    except BaseException:
+        dest.unlink(missing_ok=True)  # a bad payload is not kept
+        raise
