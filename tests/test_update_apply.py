@@ -163,3 +163,29 @@ def test_recover_finishes_an_apply_interrupted_after_the_switch(appliance, tmp_p
     done = recover(appliance)
     assert done and applied_state(appliance)["release"] == 1
     assert recover(appliance) == []
+
+
+def test_root_rotation_arrives_in_a_bundle_and_is_trusted_from_then_on(appliance, tmp_path: Path) -> None:
+    from tuf.api.metadata import Metadata
+
+    from appliance.updates.keys import load_keyring, rotate_role
+
+    media = _build(tmp_path, 1, "b1")
+    olga = _trusted(appliance, tmp_path, media)
+    apply_bundle(appliance, olga, media)
+    rotate_role(tmp_path / "keys", "root", PASS)  # new root keys; the old ones sign the handover
+    rotate_role(tmp_path / "keys", "targets", PASS)
+    b2 = _build(tmp_path, 2, "b2")
+    assert (b2 / "metadata" / "2.root.json").is_file()
+    apply_bundle(appliance, olga, b2)
+    root = Metadata.from_file(str(trusted_metadata(appliance) / "root.json")).signed
+    ring = load_keyring(tmp_path / "keys")
+    assert root.version == 2
+    assert set(root.roles["root"].keyids) == {k.keyid for k in ring["root"].keys}
+    assert set(root.roles["targets"].keyids) == {k.keyid for k in ring["targets"].keys}
+    # from now on a bundle is verified against root 2 (the chain is not walked from root 1 again)
+    b3 = _build(tmp_path, 3, "b3")
+    for f in (b3 / "metadata").glob("[0-9]*.root.json"):
+        if f.name == "1.root.json":
+            f.unlink()  # an appliance at root 2 never needs root 1
+    assert apply_bundle(appliance, olga, b3).release == 3

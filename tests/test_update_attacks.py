@@ -634,3 +634,21 @@ def test_metadata_persisted_only_after_every_check_passed(appliance, tmp_path: P
     good = _build(tmp_path, 2, "b2-good", state="state-good")
     assert (good / "metadata" / "timestamp.json").read_bytes() != (media / "metadata" / "timestamp.json").read_bytes()
     assert apply_bundle(appliance, olga, good).release == 2
+
+
+@pytest.mark.parametrize("evil", ["knowledge/../escape.txt", "knowledge/x/..", "knowledge//abs.txt",
+                                  "knowledge/x/a\x00b.txt", "knowledge/sub/../../x.txt"])
+def test_a_signed_but_unsafe_target_path_is_refused(appliance, tmp_path: Path, evil: str) -> None:
+    """A compromised delegated key signs a path that climbs out: refused before anything is read."""
+    media = _fresh(appliance, tmp_path)
+
+    def rename(md: Metadata) -> None:
+        targets = md.signed.targets
+        old = next(iter(targets))
+        tf = targets.pop(old)
+        tf.path = evil
+        targets[evil] = tf
+
+    role = "knowledge"
+    _tamper(media, tmp_path, role, edit=rename)
+    _assert_refused(appliance, media, r"unsafe target path")

@@ -42,6 +42,8 @@ __all__ = ["Plan", "PlannedTarget", "Progress", "trust_root", "verify_bundle", "
            "trusted_metadata", "doc_ids_of", "named_copy", "blob_cache", "same_target"]
 
 MAX_ROOT_BYTES = 1 << 20
+# what the build station writes; a signed path outside it (``..``, ``/abs``, NUL ...) is refused
+_TARGET = re.compile(r"(knowledge|adapters|models|policy)/[a-z0-9][a-z0-9._-]{0,62}/[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 CLOCK_SKEW = dt.timedelta(minutes=10)
 
 
@@ -240,6 +242,9 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                 if not path.is_file():
                     continue
                 for tpath in sorted(Metadata.from_file(str(path)).signed.targets):
+                    if not _TARGET.fullmatch(tpath) or not tpath.startswith(f"{role}/"):
+                        raise BundleError(f"refused: {role} signs an unsafe target path {tpath[:120]!r} (expected "
+                                          f"{role}/<name>/<file>, letters, digits, . _ - only)")
                     tinfo = updater.get_targetinfo(tpath)
                     if tinfo is None:
                         raise BundleError(f"{tpath} is listed by {role} but not delegated to it")
