@@ -86,10 +86,19 @@ def run_doctor(services: Services, *, verify: bool = False, engine: bool = True)
             m["verify_detail"] = checks[m["name"]].detail
     report["models"] = models
     problems: list[str] = []
-    names = {m["name"] for m in models}
-    for want in (settings.runtime.generator, settings.runtime.embedder):
-        if want not in names:
-            problems.append(f"model {want!r} is not in the store (run `appliance models fetch` or apply a bundle)")
+    info = services.generation()
+    report["generation"] = {"serving": info.generation, "bundle": info.bundle, "release": info.release,
+                            "applied_at": info.applied_at, "models": info.models, "adapters": sorted(info.adapters)}
+    state_file = settings.data_dir / "updates" / "state.json"
+    report["updates"] = json.loads(state_file.read_text()) if state_file.is_file() else {"release": 0}
+    from appliance.services import active_models
+
+    try:
+        active = active_models(settings, services.store, info)
+        report["runtime"]["serving"] = {kind: rec.name for kind, rec in active.items()}
+    except ApplianceError as exc:
+        problems.append(f"a serving model is not in the store: {exc} (run `appliance models fetch` or apply a "
+                        "bundle)")
     problems += [f"model {m['name']}: {m['verify_detail']}" for m in models if m.get("verified") is False]
     if engine and not problems:
         try:

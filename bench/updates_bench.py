@@ -237,11 +237,34 @@ def bench_knowledge(console: Console, limit: int | None) -> dict[str, Any]:
             delta2_s, delta2 = _trust_and_apply(s, d2)
     finally:
         s.close()
+    cli = _cli_delta(docs_dir, body, keys, state)
     shutil.rmtree(WORK / "k-bundle", ignore_errors=True)
     return {"documents": first.changes["added"], "chunks": chunks, "direct_seconds": direct_s,
+            "delta_one_doc_cli": cli,
             "apply_seconds": apply_s, "ratio": apply_s / direct_s,
             "delta_one_doc": {"seconds": delta_s, "blobs_carried": carried, "changes": delta.changes},
             "delta_one_abstract_in_corpus": {"seconds": delta2_s, "changes": delta2.changes}}
+
+
+def _cli_delta(docs_dir: Path, body: str, keys: Path, state: Path) -> dict[str, Any]:
+    """The one-document delta as an officer runs it: `appliance bundle apply` in a new process
+    (start-up, the embedder loading, verify, apply, health check), on the same appliance."""
+    import sys
+
+    (docs_dir / "notice-03.txt").write_text("Notice 3: the shuttle bus now leaves gate 3 at 10:05.\n")
+    media = WORK / "k-r4"
+    shutil.rmtree(media, ignore_errors=True)
+    build_bundle(load_spec(_spec(WORK / "k.toml", 4, body)), keys, KEY_PASS, state, media, delta=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(APPLIANCE_DATA_DIR=str(WORK / "k-bundle"), APPLIANCE_MODELS_DIR=str(_store().root))
+    login = subprocess.run([sys.executable, "-m", "appliance", "login", "olga", "--password-stdin", "--print-token"],
+                           env=env, input=ACCOUNT_PASS + "\n", capture_output=True, text=True, check=True)
+    env["APPLIANCE_SESSION"] = login.stdout.strip()
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "appliance", "bundle", "apply", str(media), "--json"], env=env,
+                          capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "in_process_seconds": json.loads(proc.stdout)["seconds"]}
 
 
 def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -270,6 +293,10 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
          "appliance": f"{k['delta_one_doc']['seconds']:.2f}", "baseline": "-",
          "ratio": k["delta_one_doc"]["seconds"] / k["apply_seconds"], "target": "< 5 s",
          "met": k["delta_one_doc"]["seconds"] < 5},
+        {"name": "the same delta as a new `appliance bundle apply` process (start-up, engine load included), s",
+         "appliance": f"{k['delta_one_doc_cli']['seconds']:.2f}", "baseline": "-",
+         "ratio": k["delta_one_doc_cli"]["seconds"] / k["apply_seconds"], "target": "< 5 s",
+         "met": k["delta_one_doc_cli"]["seconds"] < 5},
         {"name": "delta bundle changing one abstract inside the corpus file, s",
          "appliance": f"{k['delta_one_abstract_in_corpus']['seconds']:.2f}", "baseline": "-",
          "ratio": k["delta_one_abstract_in_corpus"]["seconds"] / k["apply_seconds"], "target": "< 5 s",
