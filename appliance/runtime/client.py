@@ -235,6 +235,15 @@ class EngineClient:
     def count_tokens(self, text: str) -> int:
         return self._call("tokenize", text)
 
+    def classify(self, prompt: str, labels: Sequence[str], adapter: str | None = None) -> dict[str, Any]:
+        """One of ``labels`` for ``prompt`` (constrained to them), with its confidence; see the engine."""
+        lim = self.limits
+        if len(prompt) > lim.max_prompt_chars:
+            raise EngineRequestError(f"prompt is {len(prompt)} characters, over the {lim.max_prompt_chars} limit")
+        if not labels or len(labels) > 4096 or any(not isinstance(x, str) or not x or len(x) > 200 for x in labels):
+            raise EngineRequestError("classify needs 1 to 4096 non-empty labels of at most 200 characters")
+        return self._call("classify", {"prompt": prompt, "labels": list(labels), "adapter": adapter})
+
     def load_adapter(self, name: str, path: Path) -> dict[str, Any]:
         return self._call("load_adapter", {"name": name, "path": str(path)})
 

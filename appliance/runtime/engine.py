@@ -224,6 +224,64 @@ class LlamaEngine:
             "adapter": req.adapter,
         }
 
+    # -- classification -----------------------------------------------------------------
+
+    def classify(self, prompt: str, labels: list[str], adapter: str | None = None) -> dict:
+        """Choose one of ``labels`` to complete ``prompt``, walking a trie of the labels' tokens.
+
+        At each step only the tokens that continue some label are allowed; the model's
+        probabilities are renormalized over them and the likeliest is taken, so the answer
+        is always a label. The confidence is the product of those renormalized
+        probabilities along the path (1.0 when the prompt leaves no choice). A label ends
+        with the end-of-sequence token, so a label that is a prefix of another is told apart.
+        """
+        import numpy as np
+
+        if self.generator is None:
+            raise EngineRequestError("no generator model loaded")
+        if not labels or len(set(labels)) != len(labels):
+            raise EngineRequestError("classify needs distinct labels")
+        llm = self.generator
+        eos = llm.token_eos()
+        trie: dict = {}
+        for label in labels:
+            node = trie
+            for tok in [*llm.tokenize(f" {label}".encode(), add_bos=False, special=False), eos]:
+                node = node.setdefault(tok, {})
+            node[None] = label
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+        if len(ids) + 64 >= llm.n_ctx():
+            raise ContextOverflowError(f"prompt is {len(ids)} tokens; the context holds {llm.n_ctx()}")
+        self._use_adapter(adapter)
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        start = time.perf_counter()
+        llm.eval(ids)
+        n_vocab = llm.n_vocab()
+        node, confidence, steps, first = trie, 1.0, 0, []
+        while None not in node:
+            options = [t for t in node if t is not None]
+            if len(options) == 1:
+                choice, p = options[0], 1.0
+            else:
+                logits = np.ctypeslib.as_array(self._lc.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))
+                sub = logits[options].astype(np.float64)
+                probs = np.exp(sub - sub.max())
+                probs /= probs.sum()
+                best = int(probs.argmax())
+                choice, p = options[best], float(probs[best])
+                if not first:
+                    first = sorted(((float(q), t) for q, t in zip(probs, options, strict=True)), reverse=True)[:5]
+            confidence *= p
+            node = node[choice]
+            steps += 1
+            if None not in node:
+                llm.eval([choice])
+        self.stats.requests += 1
+        return {"label": node[None], "confidence": confidence, "steps": steps,
+                "seconds": time.perf_counter() - start, "adapter": adapter,
+                "first_choices": [(q, llm.detokenize([t]).decode("utf-8", "replace")) for q, t in first]}
+
     # -- embeddings ---------------------------------------------------------------------
 
     def embed(self, texts: list[str], normalize: bool = True) -> list[list[float]]:

@@ -71,6 +71,9 @@ def serve(conn: Connection) -> int:
                 conn.send((rid, "ok", len(engine.generator.tokenize(payload.encode(), add_bos=False))))
             elif op == "info":
                 conn.send((rid, "ok", engine.info() | {"pid": os.getpid()}))
+            elif op == "classify":
+                conn.send((rid, "ok", engine.classify(payload["prompt"], list(payload["labels"]),
+                                                      payload.get("adapter"))))
             elif op == "load_adapter":
                 conn.send((rid, "ok", engine.load_adapter(payload["name"], payload["path"])))
             elif op == "cancel":
