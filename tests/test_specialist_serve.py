@@ -1,0 +1,95 @@
+"""Specialists served from adapters: the registry from GGUF metadata, classify with abstention,
+extract with every span anchored in the input; over the real llama.cpp host and at a seam."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from appliance.runtime.client import EngineClient
+from appliance.runtime.gguf_check import validate_gguf
+from appliance.runtime.lora_gguf import write_lora_adapter
+from appliance.runtime.model_store import ModelStore
+from appliance.runtime.protocol import EngineSpec
+from appliance.specialists.serve import AdapterSpecialist, SpecialistError, read_specialist
+
+LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "reverted_card_payment?"]
+TYPES = ["person", "location", "corporation"]
+
+
+def _adapter(base: Path, out: Path, task: str, labels: list[str], seed: int) -> Path:
+    info = validate_gguf(base)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for t in info.tensors:
+        parts = t.name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" and parts[2] in ("attn_q", "attn_v"):
+            tensors[t.name] = (rng.normal(0, 0.02, size=(4, t.shape[0])).astype(np.float32),
+                               rng.normal(0, 0.02, size=(t.shape[1], 4)).astype(np.float32))
+    write_lora_adapter(out, architecture=info.architecture, alpha=4.0, tensors=tensors, name=out.stem,
+                       metadata={"appliance.task": task, "appliance.labels": json.dumps(labels),
+                                 "appliance.metrics": json.dumps({"accuracy": 0.5})})
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, generator):  # noqa: ANN001, ANN201
+    d = tmp_path_factory.mktemp("specialists")
+    store = ModelStore(d / "store")
+    for name, task, labels, seed in (("intent", "classify", LABELS, 1), ("ner", "extract", TYPES, 2)):
+        path = _adapter(generator.path, d / f"{name}.gguf", task, labels, seed)
+        store.add_file(path, name=name, kind="adapter", source="test", base_sha256=generator.sha256)
+    infos = {r.name: read_specialist(r) for r in store.list("adapter")}
+    client = EngineClient(EngineSpec(generator_path=str(generator.path), threads=2, n_ctx=1024,
+                                     adapters={n: str(store.get(n).path) for n in infos}), request_timeout_s=120)
+    client.start()
+    yield infos, client
+    client.close()
+
+
+def test_the_registry_reads_task_and_labels_from_the_adapter(served) -> None:  # noqa: ANN001
+    infos, _ = served
+    assert infos["intent"].task == "classify" and list(infos["intent"].labels) == LABELS
+    assert infos["ner"].task == "extract" and list(infos["ner"].labels) == TYPES
+    assert infos["intent"].metrics == {"accuracy": 0.5}
+
+
+def test_classify_gives_a_label_or_abstains(served) -> None:  # noqa: ANN001
+    infos, client = served
+    sure = AdapterSpecialist(infos["intent"], lambda: client, threshold=0.0)
+    out = sure.classify("I think my card was stolen")
+    assert out.label in LABELS and out.best == out.label and 0 < out.confidence <= 1
+    never = AdapterSpecialist(infos["intent"], lambda: client, threshold=1.01)
+    abstained = never.classify("I think my card was stolen")
+    assert abstained.label is None and abstained.best == out.label  # the same answer, below the bar
+    assert never.run("I think my card was stolen").labels == []
+    with pytest.raises(SpecialistError, match="not an extractor"):
+        sure.extract("x")
+    with pytest.raises(SpecialistError, match="empty input"):
+        sure.classify("   ")
+
+
+def test_extract_over_the_real_engine_keeps_only_spans_in_the_input(served) -> None:  # noqa: ANN001
+    infos, client = served
+    text = "Alice Smith flew from Paris to meet Acme Corp in Berlin."
+    out = AdapterSpecialist(infos["ner"], lambda: client).extract(text)
+    for s in out.spans:
+        assert text[s.start:s.end] == s.text and s.kind in TYPES
+    for d in out.dropped:
+        assert d["text"] not in text or d["type"] not in TYPES
+
+
+def test_extract_anchors_items_in_order_and_drops_the_rest() -> None:
+    text = "Ann met Bob, then Ann left for Oslo."
+    reply = json.dumps([{"text": "Ann", "type": "person"}, {"text": "Bob", "type": "person"},
+                        {"text": "Ann", "type": "person"}, {"text": "Oslo", "type": "location"},
+                        {"text": "Rome", "type": "location"}, {"text": "Bob", "type": "alien"}])
+    fake = SimpleNamespace(generate=lambda req: SimpleNamespace(text=reply))  # a fake at the engine seam
+    info = SimpleNamespace(name="ner", task="extract", labels=("person", "location"))
+    out = AdapterSpecialist(info, lambda: fake).extract(text)  # type: ignore[arg-type]
+    assert [(s.text, s.start) for s in out.spans] == [("Ann", 0), ("Bob", 8), ("Ann", 18), ("Oslo", 31)]
+    assert out.dropped == [{"text": "Rome", "type": "location"}, {"text": "Bob", "type": "alien"}]
