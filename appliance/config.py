@@ -30,6 +30,7 @@ from typing import Any
 from appliance.errors import ConfigError
 
 __all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "AuditSettings", "AgentSettings", "UpdatesSettings",
+           "SpecialistSettings",
            "KnowledgeSettings",
            "load_settings",
            "default_data_dir"]
@@ -139,6 +140,18 @@ class UpdatesSettings:
 
 
 @dataclass(frozen=True)
+class SpecialistSettings:
+    """Fine-tuned specialists: when a classifier abstains, and how many texts a call takes."""
+
+    abstain_threshold: float = 0.5  # a classification less confident than this is no answer
+    max_texts: int = 10_000  # texts in one `classify --file` / `extract --file`
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        return [("abstain_threshold", 0 <= self.abstain_threshold <= 1, "from 0 to 1"),
+                ("max_texts", 1 <= self.max_texts <= 1_000_000, "from 1 to 1000000")]
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     """The question-answering loop: budgets, the evidence rule, the verification policy."""
 
@@ -211,6 +224,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
+    specialists: SpecialistSettings = field(default_factory=SpecialistSettings)
     config_file: Path | None = None
     models_dir_override: Path | None = None
 
@@ -236,6 +250,7 @@ SECTIONS: dict[str, type] = {
     "audit": AuditSettings,
     "agent": AgentSettings,
     "updates": UpdatesSettings,
+    "specialists": SpecialistSettings,
 }
 
 

@@ -126,3 +126,29 @@ def list_documents(services: Services, account: Account) -> list:
     docs = [d for d in kb.catalog.documents() if me.can_read(d.labels, kb.scale)]
     services.audit().record("document.list", me.name, count=len(docs))
     return docs
+
+
+def run_specialist(services: Services, account: Account, name: str, task: str, texts: list[str]) -> list:
+    """Classify or extract ``texts`` with the specialist ``name``; audited (digests of the texts, the outputs)."""
+    import hashlib
+
+    from appliance.specialists.serve import SpecialistError
+
+    by = authorize(services.accounts().get(account.name), "specialists.use")
+    available = services.specialists()
+    spec = available.get(name)
+    if spec is None:
+        known = ", ".join(f"{n} ({s.task})" for n, s in available.items()) or "none installed"
+        raise SpecialistError(f"no specialist {name!r} on this appliance (known: {known})")
+    if spec.task != task:
+        raise SpecialistError(f"{name} is a {spec.task} specialist: use `appliance {spec.task}`")
+    limit = services.settings.specialists.max_texts
+    if len(texts) > limit:
+        raise SpecialistError(f"{len(texts)} texts, over the [specialists] max_texts limit of {limit}")
+    results = [spec.classify(t) if task == "classify" else spec.extract(t) for t in texts]
+    summary = ([r.label for r in results] if task == "classify"
+               else [[(s.kind, s.start, s.end) for s in r.spans] for r in results])
+    services.audit().record(f"specialist.{task}", by.name, adapter=name, texts=len(texts),
+                            text_sha256=[hashlib.sha256(t.encode()).hexdigest()[:16] for t in texts[:100]],
+                            results=summary[:100])
+    return results

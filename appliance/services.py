@@ -129,6 +129,22 @@ class Services:
                                 audit_answers=self.settings.audit.answers)
         return self._agent
 
+    def specialists(self) -> dict:
+        """The installed specialists (adapters with a task) for the serving generator, by name."""
+        from appliance.specialists.serve import AdapterSpecialist, read_specialist
+
+        info = self.generation()
+        gen = active_models(self.settings, self.store, info)["generator"]
+        records = {r.name: r for r in self.store.list("adapter") if r.base_sha256 in (None, gen.sha256)}
+        for name, sha in info.adapters.items():
+            records[name] = self.store.by_sha256(sha)
+        out = {}
+        for name, record in sorted(records.items()):
+            spec = read_specialist(record)
+            if spec is not None:
+                out[name] = AdapterSpecialist(spec, self.engine, self.settings.specialists.abstain_threshold)
+        return out
+
     def agent_store(self) -> AgentStore:
         """Traces, sessions and feedback: one store (one connection, migrations run once) per process."""
         if self._agent_store is None:

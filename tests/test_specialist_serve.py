@@ -93,3 +93,33 @@ def test_extract_anchors_items_in_order_and_drops_the_rest() -> None:
     out = AdapterSpecialist(info, lambda: fake).extract(text)  # type: ignore[arg-type]
     assert [(s.text, s.start) for s in out.spans] == [("Ann", 0), ("Bob", 8), ("Ann", 18), ("Oslo", 31)]
     assert out.dropped == [{"text": "Rome", "type": "location"}, {"text": "Bob", "type": "alien"}]
+
+
+def test_cli_classify_extract_and_list(tmp_path: Path, model_store: ModelStore, generator) -> None:  # noqa: ANN001
+    from tests.test_knowledge_real import _accounts, _run
+    from tests.test_update_real import _store_copy
+
+    store = _store_copy(model_store, tmp_path / "models")
+    store.add_file(_adapter(generator.path, tmp_path / "intent.gguf", "classify", LABELS, 1), name="intent",
+                   kind="adapter", source="test", base_sha256=generator.sha256)
+    store.add_file(_adapter(generator.path, tmp_path / "ner.gguf", "extract", TYPES, 2), name="ner",
+                   kind="adapter", source="test", base_sha256=generator.sha256)
+    tokens = _accounts(tmp_path, store, {"ann": ("analyst", "UNCLASSIFIED")})
+    listed = _run(["specialists", "--json"], tmp_path, store, token=tokens["ann"])
+    assert listed.returncode == 0, listed.stderr
+    assert {(s["name"], s["task"]) for s in json.loads(listed.stdout)} == {("intent", "classify"), ("ner", "extract")}
+    (tmp_path / "texts.txt").write_text("my card has not arrived\n\nwhat is the euro rate\n")
+    out = _run(["classify", "--adapter", "intent", "--file", str(tmp_path / "texts.txt"), "--json"], tmp_path, store,
+               token=tokens["ann"])
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["text"] for r in rows] == ["my card has not arrived", "what is the euro rate"]
+    assert all(r["best"] in LABELS and 0 < r["confidence"] <= 1 for r in rows)
+    wrong = _run(["extract", "--adapter", "intent", "hello"], tmp_path, store, token=tokens["ann"])
+    assert wrong.returncode == 2 and "intent is a classify specialist" in wrong.stderr
+    unknown = _run(["classify", "--adapter", "nope", "hello"], tmp_path, store, token=tokens["ann"])
+    assert unknown.returncode == 2 and "no specialist 'nope'" in unknown.stderr and "intent (classify)" in unknown.stderr
+    both = _run(["classify", "--adapter", "intent"], tmp_path, store, token=tokens["ann"])
+    assert both.returncode == 2 and "give a TEXT or --file" in both.stderr
+    audit = _run(["audit", "check"], tmp_path, store, token=tokens["root"])
+    assert audit.returncode == 0, audit.stdout + audit.stderr

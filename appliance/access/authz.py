@@ -27,6 +27,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "audit.read": ("officer", "auditor"),
     "audit.check": ("officer", "auditor", "admin"),
     "bundles.manage": ("officer", "admin"),
+    "specialists.use": ("analyst", "officer", "auditor", "admin"),
 }
 
 
