@@ -124,9 +124,12 @@ class Services:
         self._follow_generation()
         if self._agent is None:
             kb = self.knowledge()
+            by_task: dict = {}
+            for spec in self.specialists().values():  # the router's specialists: the first of each task
+                by_task.setdefault(spec.task, spec)
             self._agent = Agent(Retriever(kb, self.settings.knowledge), self.engine(), self.agent_store(),
                                 self.scale, settings=self.settings.agent, auditor=self.audit(),
-                                audit_answers=self.settings.audit.answers)
+                                audit_answers=self.settings.audit.answers, specialists=list(by_task.values()))
         return self._agent
 
     def specialists(self) -> dict:

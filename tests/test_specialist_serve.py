@@ -121,5 +121,10 @@ def test_cli_classify_extract_and_list(tmp_path: Path, model_store: ModelStore, 
     assert unknown.returncode == 2 and "no specialist 'nope'" in unknown.stderr and "intent (classify)" in unknown.stderr
     both = _run(["classify", "--adapter", "intent"], tmp_path, store, token=tokens["ann"])
     assert both.returncode == 2 and "give a TEXT or --file" in both.stderr
+    # the agent's router sends a classification request to the installed classifier
+    ask = _run(["ask", "classify this: my card has not arrived", "--json"], tmp_path, store, token=tokens["ann"])
+    assert ask.returncode == 0, ask.stderr
+    answer = json.loads(ask.stdout)
+    assert answer["outcome"] == "specialist" and answer["specialist"]["specialist"] == "intent", answer
     audit = _run(["audit", "check"], tmp_path, store, token=tokens["root"])
     assert audit.returncode == 0, audit.stdout + audit.stderr
