@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from appliance.cli import _services, console, main
+from appliance.cli_knowledge import eval_group
 
 __all__: list[str] = []
 
@@ -100,3 +101,84 @@ def specialists(ctx: click.Context, as_json: bool) -> None:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in s.info.metrics.items() if isinstance(v, float))
         table.add_row(s.name, s.task, labels, metrics)
     console.print(table if found else "no specialists installed (they arrive in signed bundles)")
+
+
+def _specialist(ctx: click.Context, adapter: str, task: str):  # noqa: ANN202
+    from appliance.access.authz import authorize
+    from appliance.cli_access import current_account
+    from appliance.specialists.serve import SpecialistError
+
+    services = _services(ctx)
+    authorize(services.accounts().get(current_account(ctx).name), "specialists.use")
+    found = services.specialists()
+    spec = found.get(adapter)
+    if spec is None or spec.task != task:
+        known = ", ".join(f"{n} ({s.task})" for n, s in found.items()) or "none installed"
+        raise SpecialistError(f"no {task} specialist {adapter!r} on this appliance (known: {known})")
+    return services, spec
+
+
+def _report(result: dict, as_json: bool, rows: list[tuple[str, str, str]]) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    table = Table("metric", "adapter", "few-shot, no adapter")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@eval_group.command("classify")
+@click.option("--adapter", required=True)
+@click.option("--data", "data_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="CSV text,label (or category) or JSONL {text, label}.")
+@click.option("--limit", type=int, help="Evaluate only the first N items.")
+@click.option("--shots", default=16, show_default=True, help="Labelled examples in the few-shot prompt.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_classify(ctx: click.Context, adapter: str, data_file: Path, limit: int | None, shots: int,
+                  as_json: bool) -> None:
+    """Accuracy, macro-F1, latency of a classifier, beside the base model with a few-shot prompt."""
+    from appliance.cli_knowledge import eval_progress
+    from appliance.evaluation.specialists import evaluate_classification
+    from appliance.specialists.data import load_classification
+
+    services, spec = _specialist(ctx, adapter, "classify")
+    data = load_classification(data_file)
+    with eval_progress(as_json) as bar:
+        task = bar.add_task("classifying (adapter, then few-shot)", total=None)
+        result = evaluate_classification(spec, services.engine(), data, limit=limit, shots=shots,
+                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    a, b = result["adapter"], result["few_shot_no_adapter"]
+    _report(result, as_json, [
+        ("accuracy", f"{a['accuracy']:.3f}", f"{b['accuracy']:.3f}"),
+        ("macro-F1", f"{a['macro_f1']:.3f}", f"{b['macro_f1']:.3f}"),
+        ("abstained", f"{a['abstained']:.3f}", "-"),
+        ("latency p50 / p95 ms", f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f}", f"{b['p50_ms']:.0f} / {b['p95_ms']:.0f}")])
+
+
+@eval_group.command("extract")
+@click.option("--adapter", required=True)
+@click.option("--data", "data_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="CoNLL (token<TAB>BIO tag) or JSONL {text, spans}.")
+@click.option("--limit", type=int, help="Evaluate only the first N sentences.")
+@click.option("--shots", default=3, show_default=True, help="Examples in the few-shot prompt.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_extract(ctx: click.Context, adapter: str, data_file: Path, limit: int | None, shots: int,
+                 as_json: bool) -> None:
+    """Entity-level precision, recall, F1 and latency of an extractor, beside the base model few-shot."""
+    from appliance.cli_knowledge import eval_progress
+    from appliance.evaluation.specialists import evaluate_extraction
+    from appliance.specialists.data import load_extraction
+
+    services, spec = _specialist(ctx, adapter, "extract")
+    data = load_extraction(data_file)
+    with eval_progress(as_json) as bar:
+        task = bar.add_task("extracting (adapter, then few-shot)", total=None)
+        result = evaluate_extraction(spec, services.engine(), data, limit=limit, shots=shots,
+                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    a, b = result["adapter"], result["few_shot_no_adapter"]
+    _report(result, as_json, [(m, f"{a[m]:.3f}", f"{b[m]:.3f}") for m in ("precision", "recall", "f1")]
+            + [("latency p50 / p95 ms", f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f}",
+                f"{b['p50_ms']:.0f} / {b['p95_ms']:.0f}")])

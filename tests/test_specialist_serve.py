@@ -126,5 +126,30 @@ def test_cli_classify_extract_and_list(tmp_path: Path, model_store: ModelStore, 
     assert ask.returncode == 0, ask.stderr
     answer = json.loads(ask.stdout)
     assert answer["outcome"] == "specialist" and answer["specialist"]["specialist"] == "intent", answer
+    # evaluation: the adapter beside the base with a few-shot prompt, on the same items
+    (tmp_path / "eval.csv").write_text("text,label\n" + "".join(
+        f"text number {i},{LABELS[i % len(LABELS)]}\n" for i in range(12)))
+    ev = _run(["eval", "classify", "--adapter", "intent", "--data", str(tmp_path / "eval.csv"), "--shots", "4",
+               "--json"], tmp_path, store, token=tokens["ann"])
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads(ev.stdout)
+    assert report["items"] == 8 and report["few_shot_examples"] == 4
+    for side in ("adapter", "few_shot_no_adapter"):
+        assert 0 <= report[side]["accuracy"] <= 1 and report[side]["p50_ms"] > 0
+    (tmp_path / "eval.conll").write_text("Ann\tB-person\nwent\tO\nto\tO\nParis\tB-location\n\n"
+                                         "Bob\tB-person\nsaw\tO\nAcme\tB-corporation\n\n")
+    ex = _run(["eval", "extract", "--adapter", "ner", "--data", str(tmp_path / "eval.conll"), "--shots", "1",
+               "--json"], tmp_path, store, token=tokens["ann"])
+    assert ex.returncode == 0, ex.stderr
+    assert json.loads(ex.stdout)["gold_entities"] == 2  # the other sentence is the few-shot example
     audit = _run(["audit", "check"], tmp_path, store, token=tokens["root"])
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_metrics() -> None:
+    from appliance.evaluation.specialists import macro_f1, span_prf
+
+    assert macro_f1(["a", "a", "b"], ["a", "b", "b"], ["a", "b"]) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert macro_f1(["a"], [None], ["a"]) == 0.0
+    prf = span_prf([{(0, 3, "person"), (5, 8, "location")}], [{(0, 3, "person"), (5, 8, "person")}])
+    assert prf == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
