@@ -182,3 +182,53 @@ def eval_extract(ctx: click.Context, adapter: str, data_file: Path, limit: int |
     _report(result, as_json, [(m, f"{a[m]:.3f}", f"{b[m]:.3f}") for m in ("precision", "recall", "f1")]
             + [("latency p50 / p95 ms", f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f}",
                 f"{b['p50_ms']:.0f} / {b['p95_ms']:.0f}")])
+
+
+@main.command("finetune")
+@click.option("--task", type=click.Choice(["classify", "extract"]), required=True)
+@click.option("--data", "data_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="classify: CSV text,label (or category) or JSONL; extract: CoNLL or JSONL spans.")
+@click.option("--base", required=True, help="The base model: a name in the model store, or a GGUF file.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="A new directory for the adapter.")
+@click.option("--name", help="The specialist's name (default: the --out directory's name).")
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
+@click.option("--rank", default=16, show_default=True)
+@click.option("--learning-rate", default=3e-4, show_default=True)
+@click.option("--batch-size", default=12, show_default=True)
+@click.option("--validation", default=0.1, show_default=True, help="Share of the data held out.")
+@click.option("--eval-every", default=50, show_default=True)
+@click.option("--patience", default=3, show_default=True)
+@click.option("--seed", default=1234, show_default=True)
+@click.option("--limit-train", type=int, help="Train on the first N training examples only.")
+@click.option("--eval-limit", default=1000, show_default=True, help="Held-out items measured through llama.cpp.")
+@click.pass_context
+def finetune_command(ctx: click.Context, task: str, data_file: Path, base: str, out: Path, name: str | None,
+                     epochs: int, max_steps: int | None, rank: int, learning_rate: float, batch_size: int,
+                     validation: float, eval_every: int, patience: int, seed: int, limit_train: int | None,
+                     eval_limit: int) -> None:
+    """Build station: fine-tune a LoRA specialist and convert it to a llama.cpp adapter (GGUF)."""
+    import re
+
+    from appliance.cli_updates import _progress
+    from appliance.specialists.finetune import FinetuneJob, finetune
+    from appliance.specialists.train import TrainConfig
+
+    base_path = Path(base)
+    if not base_path.is_file():
+        base_path = _services(ctx).store.get(base).path
+    name = name or out.name
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", name):
+        raise click.UsageError(f"bad specialist name {name!r}: 1-63 of a-z 0-9 . _ -")
+    config = TrainConfig(rank=rank, alpha=2.0 * rank, learning_rate=learning_rate, batch_size=batch_size,
+                         max_epochs=epochs, max_steps=max_steps, eval_every=eval_every, patience=patience,
+                         seed=seed, validation=validation)
+    job = FinetuneJob(task, data_file, base_path, out, name, config, eval_limit=eval_limit, limit_train=limit_train)
+    with _progress() as step:
+        summary = finetune(job, step)
+    held = summary["metrics"]["held_out"]
+    figures = ", ".join(f"{k} {v:.3f}" for k, v in held.items() if isinstance(v, float) and k != "p50_ms")
+    console.print(f"{name}: {summary['task']} specialist in {summary['seconds']:.0f} s "
+                  f"({summary['training']['steps']} steps, best validation loss "
+                  f"{summary['training']['best_val_loss']:.3f}); held out through llama.cpp: {figures}; "
+                  f"p50 {held['p50_ms']:.0f} ms -> {out}", highlight=False)
