@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 TEST_DATA := $(CURDIR)/.test-data
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install models test-models run doctor test test-all bench clean
+.PHONY: help install models test-models run doctor test test-all bench adapters clean
 
 help:
 	@echo "make run        set up, provision models, install the demo data, open the terminal UI"
 	@echo "make test       set up and run the default tests (under 15 minutes)"
 	@echo "make test-all   every test, slow ones included"
 	@echo "make bench      benchmarks; results in bench/results/"
+	@echo "make adapters   train the demo specialists (build station; long: see README)"
 
 # llama-cpp-python compiles llama.cpp from source (about 6 minutes on 2 cores; pip caches
 # the wheel). For CUDA: CMAKE_ARGS="-DGGML_CUDA=on" make install (see README).
@@ -50,6 +51,22 @@ test-all: test-models
 
 bench: test-models
 	APPLIANCE_TEST_MODELS=$(TEST_DATA)/models $(BIN)/python -m bench
+
+# The demo specialists: a Banking77 intent classifier and a WNUT17 entity extractor on the
+# SmolLM2 base, trained on the build station and committed under bundles/adapters/ (with the
+# command, seed and data digest that made them), so `make run` never retrains.
+ADAPTERS := bundles/adapters
+SHARED_DATA := $(CURDIR)/../shared/data
+adapters: test-models
+	test -f $(ADAPTERS)/banking77-intent/banking77-intent.gguf || APPLIANCE_DATA_DIR=$(TEST_DATA) \
+	  $(BIN)/appliance finetune --task classify --data $(SHARED_DATA)/banking77/train.csv \
+	  --base smollm2-135m-instruct --out $(ADAPTERS)/banking77-intent --epochs 1 --learning-rate 5e-4 \
+	  --rank 16 --eval-every 150 --seed 1234 --eval-limit 1001
+	test -f $(ADAPTERS)/wnut17-entities/wnut17-entities.gguf || APPLIANCE_DATA_DIR=$(TEST_DATA) \
+	  $(BIN)/appliance finetune --task extract --data $(SHARED_DATA)/wnut17/train.conll \
+	  --eval-data $(SHARED_DATA)/wnut17/dev.conll --base smollm2-135m-instruct \
+	  --out $(ADAPTERS)/wnut17-entities --epochs 2 --learning-rate 5e-4 --rank 16 --eval-every 100 \
+	  --seed 1234 --eval-limit 1009
 
 clean:
 	rm -rf $(VENV) $(TEST_DATA) bench/results/*.json

@@ -55,6 +55,7 @@ class FinetuneJob:
     eval_limit: int = 1000  # held-out items measured through llama.cpp
     limit_train: int | None = None  # use only the first N training examples (after the split)
     threads: int = 2
+    eval_data: Path | None = None  # measure on this file (e.g. WNUT17 dev) instead of the held-out split
 
 
 def _measure(job: FinetuneJob, adapter: Path, labels: list[str], held: list, step: Step) -> dict[str, Any]:
@@ -134,7 +135,12 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
         training = {k: v for k, v in result.metrics.items() if k != "history"}
         convert_peft_adapter(tmp / "peft", adapter, base_gguf=job.base, base_sha256=base_sha, task=job.task,
                              labels=labels, metrics={"best_val_loss": result.metrics["best_val_loss"]})
-        measured = _measure(job, adapter, labels, held, step)
+        measured_on = held
+        if job.eval_data is not None:
+            other = (load_classification if job.task == "classify" else load_extraction)(job.eval_data)
+            measured_on = other.examples if isinstance(other, ClassificationData) else other.sentences
+        measured = _measure(job, adapter, labels, measured_on, step)
+        measured["measured_on"] = str(job.eval_data) if job.eval_data else "held-out split"
         metrics = {"held_out": measured, "best_val_loss": result.metrics["best_val_loss"]}
         convert_peft_adapter(tmp / "peft", adapter, base_gguf=job.base, base_sha256=base_sha, task=job.task,
                              labels=labels, metrics={k: v for k, v in measured.items() if isinstance(v, float)}
