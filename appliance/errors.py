@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointError",
     "BundleError",
     "BundleKeyError",
+    "ConvertError",
 ]
 
 
@@ -131,6 +132,13 @@ class LabelError(AccessError):
 
 class AgentError(ApplianceError):
     """A question, session or trace request was refused."""
+
+
+# -- specialists -----------------------------------------------------------------------
+
+
+class ConvertError(ApplianceError):
+    """A peft LoRA adapter cannot be converted to a llama.cpp GGUF adapter; the message says why."""
 
 
 # -- audit -----------------------------------------------------------------------------
