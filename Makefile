@@ -65,7 +65,7 @@ adapters: test-models
 	test -f $(ADAPTERS)/wnut17-entities/wnut17-entities.gguf || APPLIANCE_DATA_DIR=$(TEST_DATA) \
 	  $(BIN)/appliance finetune --task extract --data $(SHARED_DATA)/wnut17/train.conll \
 	  --eval-data $(SHARED_DATA)/wnut17/dev.conll --base smollm2-135m-instruct \
-	  --out $(ADAPTERS)/wnut17-entities --epochs 2 --learning-rate 5e-4 --rank 16 --eval-every 100 \
+	  --out $(ADAPTERS)/wnut17-entities --epochs 1 --learning-rate 5e-4 --rank 16 --eval-every 100 \
 	  --seed 1234 --eval-limit 1009
 
 clean:
