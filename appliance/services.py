@@ -136,8 +136,13 @@ class Services:
         """The installed specialists (adapters with a task) for the serving generator, by name."""
         from appliance.specialists.serve import AdapterSpecialist, read_specialist
 
+        from appliance.errors import UnknownModelError
+
         info = self.generation()
-        gen = active_models(self.settings, self.store, info)["generator"]
+        try:
+            gen = active_models(self.settings, self.store, info)["generator"]
+        except UnknownModelError:
+            return {}  # no base model installed: no specialist can run
         records = {r.name: r for r in self.store.list("adapter") if r.base_sha256 in (None, gen.sha256)}
         for name, sha in info.adapters.items():
             records[name] = self.store.by_sha256(sha)

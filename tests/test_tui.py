@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -17,12 +18,15 @@ from appliance.audit.verify import verify_export
 from appliance.config import load_settings
 from appliance.runtime.model_store import ModelStore
 from appliance.services import Services, build_services
+from appliance.specialists.serve import Classification, Extraction
 from appliance.tui.app import SCREENS_BY_ROLE, ApplianceApp
 from appliance.tui.screens.ask import AskScreen
 from appliance.tui.screens.audit import AuditScreen
 from appliance.tui.screens.dialogs import CitationScreen, ConfirmScreen, FlagScreen
 from appliance.tui.screens.library import LibraryScreen
 from appliance.tui.screens.login import LoginScreen
+from appliance.tui.screens.specialists import (SpecialistsScreen, classification_text, extraction_text, labels_text,
+                                               metrics_text)
 from appliance.tui.screens.updates import UpdatesScreen
 from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import trust_root
@@ -260,7 +264,8 @@ def test_idle_timeout_returns_to_login(services: Services) -> None:
         await login(app, pilot, "ann")
         assert isinstance(app.screen, AskScreen)
         app.last_input -= 10_000  # as if the analyst walked away
-        await settle(app, pilot, lambda: isinstance(app.screen, LoginScreen), timeout=5)
+        await settle(app, pilot, lambda: isinstance(app.screen, LoginScreen) and app.screen.query("#login-message"),
+                     timeout=5)  # switched to, and composed
         assert "idle" in str(app.screen.query_one("#login-message", Static).render())
         assert app.account is None
     run(services, body, idle_check_s=0.1)
@@ -507,3 +512,153 @@ def test_only_officers_and_admins_reach_updates(appliance: Services, tmp_path: P
 
     run(appliance, body, warm_engine=False)
     assert appliance.generation().generation == 0
+
+
+# -- Specialists: the fine-tuned adapters installed on the appliance, run over the real engine ---------
+
+
+@pytest.fixture(scope="module")
+def specialist_services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore, generator) -> Services:
+    """An appliance whose model store (a hard-linked copy of the test models) has a classifier and an extractor."""
+    from tests.test_specialist_serve import LABELS, TYPES, _adapter
+    from tests.test_update_real import _store_copy
+
+    root = tmp_path_factory.mktemp("tui-specialists")
+    store = _store_copy(model_store, root / "models")
+    for name, task, labels, seed in (("intent", "classify", LABELS, 1), ("ner", "extract", TYPES, 2)):
+        store.add_file(_adapter(generator.path, root / f"{name}.gguf", task, labels, seed), name=name,
+                       kind="adapter", source="test", base_sha256=generator.sha256)
+    settings = load_settings({"APPLIANCE_DATA_DIR": str(root / "data"), "APPLIANCE_MODELS_DIR": str(store.root),
+                              "APPLIANCE_SPECIALISTS_ABSTAIN_THRESHOLD": "0"})  # random adapters: never abstain
+    s = build_services(settings)
+    acc = s.accounts()
+    acc.add("root", role="admin", level="TOP SECRET", compartments=["CRYPTO"], passphrase=PASS, by=None)
+    acc.add("ann", role="analyst", level="UNCLASSIFIED", compartments=[], passphrase=PASS, by=acc.get("root"))
+    yield s
+    s.close()
+
+
+async def _open_specialists(app: ApplianceApp, pilot) -> SpecialistsScreen:
+    await pilot.press("f7")
+    await settle(app, pilot)
+    screen = app.screen
+    assert isinstance(screen, SpecialistsScreen)
+    return screen
+
+
+async def _run_specialist(app: ApplianceApp, pilot, screen: SpecialistsScreen, name: str, text: str) -> str:
+    """Choose ``name`` in the table, enter the text, press Enter; the result as shown."""
+    table = screen.query_one("#specialists", DataTable)
+    table.move_cursor(row=[table.get_row_at(i)[0] for i in range(table.row_count)].index(name))
+    await pilot.pause()
+    assert screen.chosen == name and name in str(screen.query_one("#specialist-chosen", Static).render())
+    box = screen.query_one("#specialist-text", Input)
+    box.value = text
+    box.focus()
+    screen.last = None
+    await pilot.press("enter")
+    await settle(app, pilot, lambda: screen.running is None and screen.last is not None, timeout=300)
+    return _text(screen, "#specialist-result")
+
+
+def test_an_analyst_lists_and_classifies_with_a_specialist(specialist_services: Services) -> None:
+    from tests.test_specialist_serve import LABELS
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        assert "Go to Specialists" in {c.title for c in app.get_system_commands(app.screen)}
+        screen = await _open_specialists(app, pilot)
+        table = screen.query_one("#specialists", DataTable)
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+        assert [r[:3] for r in rows] == [["intent", "classify", "4"], ["ner", "extract", "3"]]
+        assert rows[0][4] == "accuracy 0.500" and rows[1][3] == "person, location, corporation"
+        assert not screen.query_one("#specialists-empty").display
+        assert {"Run the specialist", "Choose a specialist"} <= {c.title for c in app.get_system_commands(screen)}
+
+        shown = await _run_specialist(app, pilot, screen, "intent", "I think my card was stolen")
+        c = screen.last
+        assert isinstance(c, Classification) and c.label in LABELS and 0 < c.confidence <= 1
+        assert f"LABEL  {c.label}  confidence {c.confidence:.2f}" in shown
+        assert f"intent (classify) in {c.seconds * 1000:,.0f} ms" in shown
+
+        screen.infos["gone"] = dataclasses.replace(screen.infos["intent"], name="gone")
+        screen.chosen = "gone"  # as if a rollback took it away meanwhile
+        await pilot.click("#specialist-run")
+        await settle(app, pilot, lambda: screen.running is None)
+        assert "FAILED" in _text(screen, "#specialist-result") and "no specialist 'gone'" in _text(
+            screen, "#specialist-result")
+        assert any("Running the specialist failed" in n.message for n in app._notifications)
+        assert not screen.query_one("#specialist-run").disabled
+    run(specialist_services, body, warm_engine=False)
+    runs = [e.value() for e in specialist_services.audit().entries() if e.value()["kind"] == "specialist.classify"]
+    assert len(runs) == 1 and runs[0]["user"] == "ann" and runs[0]["adapter"] == "intent"
+
+
+def test_an_analyst_extracts_entities_anchored_in_the_text(specialist_services: Services) -> None:
+    from tests.test_specialist_serve import TYPES
+
+    # Short texts (the random adapter tends to echo a text back: the first as it is, a span; the second with
+    # its last character changed, which the text does not contain, so dropped). What holds for any model:
+    texts = ["Maria lives in Rome, Italy, with her sister.", "Maria Rossi lives in Rome, near the Vatican."]
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        screen = await _open_specialists(app, pilot)
+        for text in texts:
+            shown = await _run_specialist(app, pilot, screen, "ner", text)
+            e = screen.last
+            assert isinstance(e, Extraction)
+            assert "ENTITIES" in shown and f"{len(e.spans)} found" in shown and "legend:  person   location " in shown
+            assert text in shown or e.spans  # the text itself, with the entities highlighted in it
+            for s in e.spans:  # only spans the text contains, at their offsets, of the adapter's types
+                assert text[s.start:s.end] == s.text and s.kind in TYPES
+                assert f"{s.start:>5}\u2013{s.end:<5} {s.kind}" in shown
+            if e.spans:  # highlighted in the text and tagged with its type (a later overlapping one is not)
+                first = min(e.spans, key=lambda s: (s.start, -s.end))
+                assert f"{first.text}[{first.kind}]" in shown
+            else:
+                assert "No entities in this text." in shown
+            assert (f"Dropped {len(e.dropped)} item(s)" in shown) == bool(e.dropped)
+    run(specialist_services, body, warm_engine=False)
+    runs = [e.value() for e in specialist_services.audit().entries() if e.value()["kind"] == "specialist.extract"]
+    assert len(runs) == 2 and runs[0]["adapter"] == "ner"
+
+
+def test_specialists_empty_state_and_every_role_may_use_them(services: Services) -> None:
+    from appliance.access.authz import ACTIONS
+
+    assert {r for r, names in SCREENS_BY_ROLE.items() if "specialists" in names} == set(ACTIONS["specialists.use"])
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "aud")
+        screen = await _open_specialists(app, pilot)
+        empty = screen.query_one("#specialists-empty", Static)
+        assert empty.display and "Specialists arrive in signed bundles; an officer applies them on the Updates " \
+                                  "screen" in str(empty.render())
+        assert not screen.query_one("#specialists").display and not screen.query_one("#specialist-bar").display
+        screen._run()  # the palette's "Run the specialist" with nothing installed
+        await pilot.pause()
+        assert any("No specialist is installed" in n.message for n in app._notifications)
+    run(services, body, warm_engine=False)
+
+
+def test_specialist_results_render_abstentions_overlaps_and_drops() -> None:
+    from appliance.agent.specialists import Span
+
+    abstained = classification_text("my card?", Classification(None, "card_arrival", 0.31, 0.5, 0.0123, "intent"))
+    assert "ABSTAINED  abstained \u2014 best guess card_arrival (0.31)  under the threshold 0.50" in abstained.plain
+    assert "intent (classify) in 12 ms" in abstained.plain
+    text = "Ann met Bob in Oslo."
+    e = Extraction([Span("person", "Ann", 0, 3), Span("person", "Ann met", 0, 7), Span("location", "Oslo", 15, 19)],
+                   [{"text": "Rome", "type": "location"}], 0.5, "ner")
+    shown = extraction_text(text, e, ("person", "location", "corporation"))
+    assert "Ann met[person] Bob in Oslo[location]." in shown.plain  # the overlapping span only once
+    assert "    0\u20133     person    Ann\n" in shown.plain and "   15\u201319    location  Oslo\n" in shown.plain
+    assert "Dropped 1 item(s)" in shown.plain and "\u201cRome\u201d [location]" in shown.plain
+    assert labels_text(("card_arrival", "lost_or_stolen_card", "exchange_rate", "reverted_card_payment?")) == \
+        "card_arrival, \u2026 +3"  # as many as fit the column, and how many more
+    assert labels_text(("person", "location", "corporation")) == "person, location, corporation"
+    assert metrics_text({"accuracy": 0.91234, "examples": 40, "config": {"rank": 8}, "early": True}) == \
+        "accuracy 0.912, examples 40"
+    styles = {str(s.style) for s in shown.spans}
+    assert "bold black on yellow" in styles and "bold black on cyan" in styles  # one style per type

@@ -175,6 +175,44 @@ def test_updates_screen_with_a_verified_plan(snap_compare, services: Services, t
     assert snap_compare(_app(services), terminal_size=SIZE, run_before=run_before)
 
 
+@pytest.fixture(scope="module")
+def specialist_services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore, generator) -> Services:
+    """A classifier and an extractor in a hard-linked copy of the test models (as in tests/test_tui.py)."""
+    from tests.test_specialist_serve import LABELS, TYPES, _adapter
+    from tests.test_update_real import _store_copy
+
+    root = tmp_path_factory.mktemp("snap-specialists")
+    store = _store_copy(model_store, root / "models")
+    for name, task, labels, seed in (("intent", "classify", LABELS, 1), ("ner", "extract", TYPES, 2)):
+        store.add_file(_adapter(generator.path, root / f"{name}.gguf", task, labels, seed), name=name,
+                       kind="adapter", source="test", base_sha256=generator.sha256)
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(root / "data"), "APPLIANCE_MODELS_DIR": str(store.root),
+                                      "APPLIANCE_SPECIALISTS_ABSTAIN_THRESHOLD": "0"}))
+    acc = s.accounts()
+    acc.add("root", role="admin", level="TOP SECRET", compartments=["CRYPTO"], passphrase=PASS, by=None)
+    acc.add("ann", role="analyst", level="SECRET", compartments=["CRYPTO"], passphrase=PASS, by=acc.get("root"))
+    yield s
+    s.close()
+
+
+def test_specialists_screen_with_a_classification(snap_compare, specialist_services: Services,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("appliance.tui.screens.specialists.latency", lambda _seconds: "42 ms")  # pinned
+
+    async def run_before(pilot) -> None:
+        await _login("ann")(pilot)
+        await pilot.press("f7")
+        await _settle(pilot)
+        screen = pilot.app.screen
+        box = screen.query_one("#specialist-text")
+        box.value = "I think my card was stolen"
+        box.focus()
+        await pilot.press("enter")
+        await _settle(pilot, lambda: screen.running is None and screen.last is not None)
+        await _still(pilot)
+    assert snap_compare(_app(specialist_services), terminal_size=SIZE, run_before=run_before)
+
+
 def test_snapshots_are_kept() -> None:
     here = Path(__file__).parent / "__snapshots__" / "test_tui_snapshots"
-    assert len(list(here.glob("*.svg"))) >= 6, "run with --snapshot-update once and commit tests/__snapshots__"
+    assert len(list(here.glob("*.svg"))) >= 7, "run with --snapshot-update once and commit tests/__snapshots__"

@@ -104,6 +104,14 @@ def _check_input(text: str) -> str:
     return text
 
 
+def _occurrences(text: str, surface: str) -> list[int]:
+    out, i = [], text.find(surface)
+    while i >= 0:
+        out.append(i)
+        i = text.find(surface, i + 1)
+    return out
+
+
 class AdapterSpecialist:
     """One installed specialist, callable by the CLI, the TUI and the agent (``run``)."""
 
@@ -137,21 +145,26 @@ class AdapterSpecialist:
         started = time.perf_counter()
         result = self._engine().generate(GenerateRequest(prompt=extraction_prompt(text), json_schema=self.schema(),
                                                           adapter=self.name, max_tokens=400))
+        spans: list[AgentSpan] = []
+        dropped: list[dict] = []
         try:
             items = json.loads(result.text)
-        except ValueError:
+        except ValueError:  # e.g. cut off at max_tokens: say so, it is not "no entities"
             items = []
-        spans, dropped, pos = [], [], 0
+            dropped.append({"text": result.text[:200], "type": "(the reply was not complete JSON)"})
+        pos = 0
         for item in items if isinstance(items, list) else []:
             surface, kind = str(item.get("text", "")), str(item.get("type", ""))
             at = text.find(surface, pos) if surface.strip() else -1
-            if at < 0:
-                at = text.find(surface) if surface.strip() else -1
+            if at < 0 and surface.strip():  # earlier in the text, but never over a span already taken
+                at = next((i for i in _occurrences(text, surface)
+                           if all(i + len(surface) <= s.start or i >= s.end for s in spans)), -1)
             if at < 0 or kind not in self.info.labels:
                 dropped.append({"text": surface, "type": kind})
                 continue
             spans.append(AgentSpan(kind, surface, at, at + len(surface)))
-            pos = at + len(surface)
+            pos = max(pos, at + len(surface))
+        spans.sort(key=lambda s: (s.start, s.end))
         return Extraction(spans, dropped, time.perf_counter() - started, self.name)
 
     def run(self, text: str) -> SpecialistResult:

@@ -1,6 +1,6 @@
 """The application: takes the services, logs a user in, shows the screens their role allows.
 
-Long work (the engine, the index, the audit log, bundle updates) runs in
+Long work (the engine, the index, the audit log, bundle updates, specialists) runs in
 ``@work(thread=True)`` workers that only post messages; one handler
 (:meth:`ApplianceApp.on_failed`) turns any failure into a readable notice. The services
 refuse anything a role may not do; the UI also leaves such screens and actions out.
@@ -27,12 +27,13 @@ from appliance.tui.messages import Failed
 __all__ = ["ApplianceApp", "SCREENS_BY_ROLE"]
 
 SCREENS_BY_ROLE: dict[str, tuple[str, ...]] = {
-    "analyst": ("ask", "library", "system"),
-    "officer": ("ask", "library", "system", "audit", "updates"),
-    "auditor": ("ask", "library", "system", "audit"),
-    "admin": ("ask", "library", "system", "audit", "updates"),
-}  # "updates" for exactly the roles allowed bundles.manage (a test holds them together)
-TITLES = {"ask": "Ask", "library": "Library", "system": "System", "audit": "Audit", "updates": "Updates"}
+    "analyst": ("ask", "library", "system", "specialists"),
+    "officer": ("ask", "library", "system", "audit", "updates", "specialists"),
+    "auditor": ("ask", "library", "system", "audit", "specialists"),
+    "admin": ("ask", "library", "system", "audit", "updates", "specialists"),
+}  # "updates" for exactly the roles allowed bundles.manage, "specialists" specialists.use (tests hold them together)
+TITLES = {"ask": "Ask", "library": "Library", "system": "System", "audit": "Audit", "updates": "Updates",
+          "specialists": "Specialists"}
 
 
 def clearance(account: Account) -> str:
@@ -49,6 +50,7 @@ class ApplianceApp(App[None]):
         ("f4", "goto('system')", "System"),
         ("f5", "goto('audit')", "Audit"),
         ("f6", "goto('updates')", "Updates"),
+        ("f7", "goto('specialists')", "Specialists"),
         ("ctrl+l", "logout", "Log out"),
     ]
 
@@ -163,11 +165,12 @@ class ApplianceApp(App[None]):
         from appliance.tui.screens.ask import AskScreen
         from appliance.tui.screens.audit import AuditScreen
         from appliance.tui.screens.library import LibraryScreen
+        from appliance.tui.screens.specialists import SpecialistsScreen
         from appliance.tui.screens.system import SystemScreen
         from appliance.tui.screens.updates import UpdatesScreen
 
         return {"ask": AskScreen, "library": LibraryScreen, "system": SystemScreen, "audit": AuditScreen,
-                "updates": UpdatesScreen}[name]()
+                "updates": UpdatesScreen, "specialists": SpecialistsScreen}[name]()
 
     # -- actions ------------------------------------------------------------------------
 
