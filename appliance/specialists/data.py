@@ -20,6 +20,7 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,21 +133,27 @@ def _text(raw: object, where: str, limits: DataLimits) -> str:
     return raw
 
 
+def _json_rows(path: Path, raw: str, expected: str) -> Iterator[tuple[str, dict]]:
+    """Each non-blank JSONL line as an object, with its ``file:line`` for messages."""
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not JSON: {exc.msg}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with {expected}")
+        yield where, row
+
+
 def load_classification(path: Path, limits: DataLimits = DataLimits(), *, min_labels: int = 2) -> ClassificationData:
     """Examples from CSV (``text,label``) or JSONL; DataError on anything unusable."""
     raw = _read(path, limits)
     examples: list[Example] = []
     if path.suffix.lower() == ".jsonl":
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected an object with text and label")
+        for where, row in _json_rows(path, raw, "text and label"):
             examples.append(Example(_text(row.get("text"), where, limits), _label(row.get("label"), where)))
             if len(examples) > limits.max_examples:
                 raise DataError(f"{path}: over {limits.max_examples} examples")
@@ -259,15 +266,8 @@ def load_extraction(path: Path, limits: DataLimits = DataLimits()) -> Extraction
         sentences = _conll(path, raw, limits)
     elif path.suffix.lower() == ".jsonl":
         sentences = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not JSON: {exc.msg}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("spans", []), list):
+        for where, row in _json_rows(path, raw, "text and spans: [...]"):
+            if not isinstance(row.get("spans", []), list):
                 raise DataError(f"{where}: expected an object with text and spans: [...]")
             text = _text(row.get("text"), where, limits)
             spans = []
