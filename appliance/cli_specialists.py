@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -128,6 +129,24 @@ def _report(result: dict, as_json: bool, rows: list[tuple[str, str, str]]) -> No
     console.print(table)
 
 
+def _evaluate(ctx: click.Context, adapter: str, task: str, data_file: Path, as_json: bool,
+              run: Callable[..., dict], **options: object) -> dict:
+    """Load the data for ``task`` and run the evaluation with a progress display."""
+    from appliance.cli_knowledge import eval_progress
+    from appliance.specialists.data import load_classification, load_extraction
+
+    services, spec = _specialist(ctx, adapter, task)
+    data = (load_classification if task == "classify" else load_extraction)(data_file)
+    with eval_progress(as_json) as bar:
+        bar_task = bar.add_task(f"{task} (adapter, then few-shot)", total=None)
+        return run(spec, services.engine(), data, **options,
+                   progress=lambda done, total: bar.update(bar_task, completed=done, total=total))
+
+
+def _latency_row(a: dict, b: dict) -> tuple[str, str, str]:
+    return ("latency p50 / p95 ms", f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f}", f"{b['p50_ms']:.0f} / {b['p95_ms']:.0f}")
+
+
 @eval_group.command("classify")
 @click.option("--adapter", required=True)
 @click.option("--data", "data_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
@@ -139,22 +158,15 @@ def _report(result: dict, as_json: bool, rows: list[tuple[str, str, str]]) -> No
 def eval_classify(ctx: click.Context, adapter: str, data_file: Path, limit: int | None, shots: int,
                   as_json: bool) -> None:
     """Accuracy, macro-F1, latency of a classifier, beside the base model with a few-shot prompt."""
-    from appliance.cli_knowledge import eval_progress
     from appliance.evaluation.specialists import evaluate_classification
-    from appliance.specialists.data import load_classification
 
-    services, spec = _specialist(ctx, adapter, "classify")
-    data = load_classification(data_file)
-    with eval_progress(as_json) as bar:
-        task = bar.add_task("classifying (adapter, then few-shot)", total=None)
-        result = evaluate_classification(spec, services.engine(), data, limit=limit, shots=shots,
-                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    result = _evaluate(ctx, adapter, "classify", data_file, as_json, evaluate_classification, limit=limit,
+                       shots=shots)
     a, b = result["adapter"], result["few_shot_no_adapter"]
     _report(result, as_json, [
         ("accuracy", f"{a['accuracy']:.3f}", f"{b['accuracy']:.3f}"),
         ("macro-F1", f"{a['macro_f1']:.3f}", f"{b['macro_f1']:.3f}"),
-        ("abstained", f"{a['abstained']:.3f}", "-"),
-        ("latency p50 / p95 ms", f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f}", f"{b['p50_ms']:.0f} / {b['p95_ms']:.0f}")])
+        ("abstained", f"{a['abstained']:.3f}", "-"), _latency_row(a, b)])
 
 
 @eval_group.command("extract")
@@ -168,20 +180,12 @@ def eval_classify(ctx: click.Context, adapter: str, data_file: Path, limit: int 
 def eval_extract(ctx: click.Context, adapter: str, data_file: Path, limit: int | None, shots: int,
                  as_json: bool) -> None:
     """Entity-level precision, recall, F1 and latency of an extractor, beside the base model few-shot."""
-    from appliance.cli_knowledge import eval_progress
     from appliance.evaluation.specialists import evaluate_extraction
-    from appliance.specialists.data import load_extraction
 
-    services, spec = _specialist(ctx, adapter, "extract")
-    data = load_extraction(data_file)
-    with eval_progress(as_json) as bar:
-        task = bar.add_task("extracting (adapter, then few-shot)", total=None)
-        result = evaluate_extraction(spec, services.engine(), data, limit=limit, shots=shots,
-                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    result = _evaluate(ctx, adapter, "extract", data_file, as_json, evaluate_extraction, limit=limit, shots=shots)
     a, b = result["adapter"], result["few_shot_no_adapter"]
     _report(result, as_json, [(m, f"{a[m]:.3f}", f"{b[m]:.3f}") for m in ("precision", "recall", "f1")]
-            + [("latency p50 / p95 ms", f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f}",
-                f"{b['p50_ms']:.0f} / {b['p95_ms']:.0f}")])
+            + [_latency_row(a, b)])
 
 
 @main.command("finetune")
