@@ -72,6 +72,7 @@ class Plan:
     docs: dict[str, list[str]] = field(default_factory=dict)  # knowledge target path -> its document ids
     unchanged_targets: set[str] = field(default_factory=set)  # applied as they are by the serving generation
     checked: Any = None  # payloads.Checked: the validated models, adapters and policy
+    parsed: dict[str, list] = field(default_factory=dict)  # corpus target path -> its parsed documents
 
     def summary(self) -> dict:
         return {"bundle": self.bundle, "class": self.appliance_class, "release": self.release,
@@ -309,14 +310,20 @@ def _local_copy(services: Services, updater: Updater, tinfo: TargetFile) -> Path
     return None
 
 
-def doc_ids_of(target: PlannedTarget, services: Services, work: Path) -> list[str]:
-    """The document ids a verified knowledge payload holds (a JSONL corpus holds many)."""
+def doc_ids_of(target: PlannedTarget, services: Services, plan: Plan) -> list[str]:
+    """The document ids a verified knowledge payload holds (a JSONL corpus holds many).
+
+    A corpus is parsed here once; the parsed documents stay on the plan for the apply.
+    """
     name = Path(target.path).name
     if not name.endswith(".jsonl"):
         return [name]
     from appliance.knowledge.parsers import parse_file
 
-    return [d.doc_id or d.source_name for d in parse_file(named_copy(target, work), services.knowledge().parse_limits)]
+    assert plan.work is not None
+    docs = parse_file(named_copy(target, plan.work), services.knowledge().parse_limits)
+    plan.parsed[target.path] = docs
+    return [d.doc_id or d.source_name for d in docs]
 
 
 def same_target(a: dict, t: PlannedTarget) -> bool:
@@ -358,7 +365,7 @@ def _diff(services: Services, plan: Plan) -> None:
             plan.unchanged_targets.add(t.path)
             listed.update(plan.docs[t.path])
             continue
-        plan.docs[t.path] = doc_ids_of(t, services, plan.work)
+        plan.docs[t.path] = doc_ids_of(t, services, plan)
         for doc_id in plan.docs[t.path]:
             listed.add(doc_id)
             (plan.replace if doc_id in present else plan.add).append(doc_id)

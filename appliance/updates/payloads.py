@@ -146,7 +146,7 @@ def apply_knowledge(services: Services, plan: Plan, kb: KnowledgeBase, by: str,
     for i, t in enumerate(targets):
         try:
             labels = parse_labels(str(t.custom.get("labels", "")), services.scale)
-            docs = parse_file(named_copy(t, plan.work), kb.parse_limits)
+            docs = plan.parsed.get(t.path) or parse_file(named_copy(t, plan.work), kb.parse_limits)
         except ApplianceError as exc:
             raise BundleError(f"{t.path}: {exc}") from None
         report = kb.ingest_documents(docs, labels, by=by, source=Path(t.path).name,
