@@ -138,6 +138,9 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress display driven by (phase, done, total) calls."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not console.is_terminal:  # a log file: a line per phase and at most one every 30 s within it
+        yield _log_lines()
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("starting", total=None, detail="")
@@ -147,6 +150,22 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
             detail = f"{done / 2**20:.1f} MiB" if bytes_phase else (f"{done}/{total}" if total > 1 else "")
             bar.update(task, description=phase, completed=done, total=total or None, detail=detail)
         yield step
+
+
+def _log_lines() -> Callable[[str, int, int], None]:
+    import time
+
+    started, last = time.monotonic(), {"phase": "", "at": 0.0}
+
+    def step(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        kind = phase.split(" (")[0]
+        if kind == last["phase"] and now - last["at"] < 30 and not (total and done >= total):
+            return
+        last.update(phase=kind, at=now)
+        count = f" {done}/{total}" if total > 1 else ""
+        console.print(f"[{now - started:7.0f} s] {phase}{count}", highlight=False, markup=False)
+    return step
 
 
 @bundle.command("apply")

@@ -62,7 +62,8 @@ def embedder_record(model_store: ModelStore) -> ModelRecord:
 
 
 def make_random_adapter(base: Path, out: Path, *, seed: int, scale: float = 0.05, rank: int = 4,
-                        targets: tuple[str, ...] = ("attn_q", "attn_v", "ffn_down")) -> Path:
+                        targets: tuple[str, ...] = ("attn_q", "attn_v", "ffn_down"),
+                        metadata: dict | None = None) -> Path:
     """A real (random) LoRA adapter GGUF that fits ``base``: large enough to change outputs."""
     info = validate_gguf(base)
     rng = np.random.default_rng(seed)
@@ -75,7 +76,7 @@ def make_random_adapter(base: Path, out: Path, *, seed: int, scale: float = 0.05
             b = rng.normal(0, scale, size=(n_out, rank)).astype(np.float32)
             tensors[t.name] = (a, b)
     write_lora_adapter(out, architecture=info.architecture, alpha=float(rank), tensors=tensors,
-                       name=out.stem, metadata={"adapter.test_seed": seed})
+                       name=out.stem, metadata={"adapter.test_seed": seed, **(metadata or {})})
     return out
 
 

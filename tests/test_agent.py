@@ -242,3 +242,44 @@ def test_nothing_streams_when_the_evidence_cannot_be_audited(agent: Agent) -> No
     with pytest.raises(AuditWriteError):
         audited.ask("When does the canteen serve lunch?", ALICE, on_token=streamed.append)
     assert auditor.kinds == ["question", "evidence"] and streamed == []
+
+
+class _NameFinder:
+    """Finds the capitalised names in a question; the agent searches for them when the question found nothing."""
+
+    name, task = "names", "extract"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def run(self, text: str):
+        import re
+
+        from appliance.agent.specialists import Span, SpecialistResult
+
+        self.seen.append(text)
+        spans = [Span("PLACE", m.group(0), m.start(), m.end()) for m in re.finditer(r"\b[A-Z][a-z]+ [A-Z][a-z]+\b", text)]
+        return SpecialistResult(self.task, self.name, spans=spans + [Span("PERSON", "Mallory", 0, 7)])
+
+
+def test_extract_specialist_pulls_names_for_a_re_retrieval(agent: Agent) -> None:
+    finder = _NameFinder()
+    question = "Who represents Contoso Ltd at Zephyr Station?"  # nothing answers it: the agent rewrites
+    a = _with(agent, finder).ask(question, ALICE)
+    steps = agent.store.trace(a.trace_id)["steps"]
+    names = [s["name"] for s in steps]
+    specialist = steps[names.index("specialist")]
+    assert finder.seen and finder.seen[0] == question and specialist["input"]["task"] == "extract"
+    rewrite = steps[names.index("rewrite")]["decision"]
+    assert rewrite[0] == {"query": "Contoso Ltd Zephyr Station", "why": "entities (extract specialist)"}
+    assert "Mallory" not in rewrite[0]["query"]  # a name the question does not contain is never searched for
+    retrieves = [s["input"]["query"] for s in steps if s["name"] == "retrieve"]
+    assert retrieves[:2] == [question, "Contoso Ltd Zephyr Station"]
+
+
+def test_no_entity_step_without_an_extract_specialist(agent: Agent) -> None:
+    a = _with(agent, _Classifier()).ask("What is the capital of Mongolia?", ALICE)
+    steps = agent.store.trace(a.trace_id)["steps"]
+    assert "specialist" not in [s["name"] for s in steps]
+    rewrite = next(s for s in steps if s["name"] == "rewrite")["decision"]
+    assert all(not d["why"].startswith("entities") for d in rewrite)

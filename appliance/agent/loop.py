@@ -3,6 +3,7 @@
     route -> plan -> retrieve -> assess -> (rewrite, re-retrieve)* -> synthesize -> verify
           -> answer | extractive quotes | abstain
     route -> specialist (on the question's text, or on the evidence passages)
+    rewrite: with an extract specialist, the names it finds in the question are searched first
 
 Retrieval goes only through the principal's readable partitions. Passages reach the
 model as numbered, quoted data with instruction-like sentences removed. The model's
@@ -401,9 +402,11 @@ class Agent:
             if evidence:
                 return _Gathered(sub, evidence, True)
             if why == "sub-question" and run.left_s() > 2:
+                named = self._entity_query(sub, run)
                 step = run.step("rewrite", input=sub)
                 t0 = time.perf_counter()
-                tried = rewrites(sub, self._hypothesize(run))
+                tried = ([(named, "entities (extract specialist)")] if named else []) + \
+                    rewrites(sub, self._hypothesize(run))
                 step.ms = (time.perf_counter() - t0) * 1000
                 step.decision = [{"query": t, "why": w} for t, w in tried]
         return _Gathered(sub, [], seen)
@@ -471,6 +474,16 @@ class Agent:
             out["dropped"] = len(result.spans) - len(spans)
         step.decision = out
         return out
+
+    def _entity_query(self, sub: str, run: _Run) -> str | None:
+        """A plan step: the extract specialist pulls the names out of a question that found no
+        evidence, and the names alone are searched for next (exact names suit keyword search)."""
+        if "extract" not in self.specialists or run.left_s() < 3:
+            return None
+        out = self._run_specialist("extract", sub, run)
+        names = list(dict.fromkeys(s["text"].strip() for s in out.get("spans", []) if s["text"].strip()))
+        query = " ".join(names)
+        return query if query and query.lower() != sub.lower() else None
 
     def _specialist_on_question(self, question: str, task: str, run: _Run, answer: Answer) -> None:
         out = self._run_specialist(task, task_text(question), run)

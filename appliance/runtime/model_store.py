@@ -28,7 +28,7 @@ from appliance.errors import DigestMismatchError, GGUFError, ModelStoreError, Un
 from appliance.migrations import Migrations
 from appliance.runtime.gguf_check import GGUFInfo, GGUFLimits, validate_gguf
 
-__all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "sha256_file"]
+__all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "sha256_file", "adapter_misfit"]
 
 KINDS = ("generator", "embedder", "adapter")
 CHUNK = 1 << 20
@@ -203,8 +203,8 @@ class ModelStore:
         )
         if kind == "embedder" and info.architecture not in {"bert", "nomic-bert", "jina-bert-v2"}:
             raise ModelStoreError(f"{src}: architecture {info.architecture!r} is not an embedding model")
-        if kind == "adapter" and base_sha256 is None:
-            base_sha256 = str(info.get("adapter.base_sha256") or "") or None
+        if kind == "adapter":
+            base_sha256 = self._adapter_base(src, info, base_sha256)
 
         self.blobs.mkdir(parents=True, exist_ok=True)
         tmp = self.blobs / f".incoming-{os.getpid()}-{name}"
@@ -255,6 +255,24 @@ class ModelStore:
         self._collect_garbage()
         return self.get(name)
 
+    def _adapter_base(self, src: Path, info: GGUFInfo, given: str | None) -> str | None:
+        """The base digest an adapter is registered for; refused if it names another base or does not fit it."""
+        recorded = str(info.get("adapter.base_sha256") or "") or None
+        if given and recorded and given != recorded:
+            raise ModelStoreError(f"{src}: the adapter was trained on the base with sha256 {recorded[:16]}…, "
+                                  f"not on {given[:16]}…: train it again on this base")
+        base_sha = given or recorded
+        if base_sha is None:
+            return None
+        try:
+            base = self.by_sha256(base_sha)
+        except UnknownModelError:
+            return base_sha  # its base may arrive later (a bundle registers models first); served only with it
+        problem = adapter_misfit(info, validate_gguf(base.path, limits=GGUFLimits(max_file_bytes=self.max_model_bytes)))
+        if problem:
+            raise ModelStoreError(f"{src}: {problem} in the base {base.name}: it was made for another base")
+        return base_sha
+
     def remove(self, name: str) -> None:
         self.get(name)
         with self.db.atomic():
@@ -298,6 +316,27 @@ class ModelStore:
 
     def __iter__(self) -> Iterator[ModelRecord]:
         return iter(self.list())
+
+
+def adapter_misfit(adapter: GGUFInfo, base: GGUFInfo) -> str | None:
+    """Why a LoRA adapter's tensors do not fit ``base`` (None if they do).
+
+    In GGUF order ``W.lora_a`` is (in, r) and ``W.lora_b`` is (r, out); ``W`` is (in, out).
+    """
+    shapes = {t.name: t.shape for t in base.tensors}
+    pairs = {t.name: t.shape for t in adapter.tensors}
+    for name, a in pairs.items():
+        if not name.endswith(".lora_a"):
+            continue
+        weight = name.removesuffix(".lora_a")
+        b = pairs.get(weight + ".lora_b")
+        if weight not in shapes:
+            return f"{weight} does not exist"
+        if b is None or len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+            return f"{weight} has no matching lora_b of the same rank"
+        if shapes[weight][:2] != (a[0], b[1]):
+            return f"{weight} is {shapes[weight][0]}x{shapes[weight][1]}, the adapter expects {a[0]}x{b[1]}"
+    return None
 
 
 def copy_tree_atomic(src: Path, dest: Path) -> None:
