@@ -37,7 +37,13 @@ def test_finetune_classifier_end_to_end(tmp_path: Path, model_store: ModelStore,
                      "--batch-size", "4", "--eval-every", "3", "--eval-limit", "6", "--rank", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "intent"
-    assert sorted(p.name for p in out.iterdir()) == ["intent.gguf", "metrics.json", "peft", "provenance.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["held_out.csv", "intent.gguf", "metrics.json", "peft",
+                                                     "provenance.json"]
+    from appliance.specialists.data import load_classification
+
+    held_out = load_classification(out / "held_out.csv").examples  # what `eval classify --data` measures on
+    assert len(held_out) == 9 and {e.label for e in held_out} == set(wanted)
+    assert {(e.text, e.label) for e in held_out} <= {(r["text"], r["category"]) for r in rows}
     metrics = json.loads((out / "metrics.json").read_text())
     held = metrics["metrics"]["held_out"]
     assert held["held_out_items"] == 6 and 0 <= held["accuracy"] <= 1 and held["p50_ms"] > 0

@@ -88,3 +88,13 @@ def test_split_is_deterministic_and_stratified() -> None:
     assert sum(1 for _, lab in held if lab == "b") == 10  # a quarter of the held-out, as in the data
     assert not set(train) & set(held)
     assert split(items, 0.1, seed=8, key=lambda x: x[1])[1] != held
+
+
+def test_the_held_out_split_is_written_so_the_loaders_read_it_back(tmp_path: Path) -> None:
+    from appliance.specialists.data import Example, Sentence, Span, load_classification, load_extraction, write_held_out
+
+    examples = [Example('a "quoted", text', "x"), Example("line\nbreak", "y")]
+    assert load_classification(write_held_out(examples, tmp_path / "h.csv")).examples == examples
+    sentences = [Sentence("Ann met Bob in Oslo", (Span(0, 3, "person"), Span(15, 19, "location")))]
+    back = load_extraction(write_held_out(sentences, tmp_path / "h.jsonl")).sentences
+    assert [(s.text, s.spans) for s in back] == [(s.text, s.spans) for s in sentences]

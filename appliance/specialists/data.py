@@ -315,3 +315,18 @@ def split(items: list, validation: float, seed: int, key: object = None) -> tupl
 
 def label_counts(data: ClassificationData) -> Counter:
     return Counter(e.label for e in data.examples)
+
+
+def write_held_out(items: list, path: Path) -> Path:
+    """The held-out split in a format the loaders read back (``eval classify|extract --data``):
+    classification as CSV ``text,label``; extraction as JSONL ``{text, spans}``."""
+    if items and isinstance(items[0], Example):
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["text", "label"])
+        writer.writerows([e.text, e.label] for e in items)
+        path.write_text(out.getvalue(), encoding="utf-8")
+    else:
+        path.write_text("".join(json.dumps({"text": s.text, "spans": [x.as_dict() for x in s.spans]},
+                                           ensure_ascii=False) + "\n" for s in items), encoding="utf-8")
+    return path

@@ -35,6 +35,7 @@ from appliance.specialists.data import (
     load_classification,
     load_extraction,
     split,
+    write_held_out,
 )
 from appliance.specialists.serve import AdapterSpecialist, SpecialistInfo
 from appliance.specialists.train import TrainConfig, TrainError, classification_pairs, extraction_pairs, train_lora
@@ -148,6 +149,7 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
         summary = {"name": job.name, "task": job.task, "labels": labels, "metrics": metrics, "training": training,
                    "history": result.metrics["history"], "seconds": round(time.perf_counter() - started, 1)}
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
+        write_held_out(held, tmp / ("held_out.csv" if job.task == "classify" else "held_out.jsonl"))
         provenance = {"command": sys.argv, "job": {k: str(v) if isinstance(v, Path) else v
                                                    for k, v in asdict(job).items()},
                       "data": {"path": str(job.data), "sha256": data.digest, "train": len(train), "held_out": len(held)},
