@@ -113,8 +113,8 @@ def test_a_label_the_ingesting_officer_lacks_is_refused(tmp_path: Path) -> None:
 # -- install logic with a fake embedder (no engine) -------------------------------------
 
 
-def _fake_services(tmp_path: Path, calls: list[int]) -> Services:
-    services = build_services(Settings(data_dir=tmp_path / "data"))
+def _fake_services(tmp_path: Path, calls: list[int], models: Path | None = None) -> Services:
+    services = build_services(Settings(data_dir=tmp_path / "data", models_dir_override=models))
 
     def embed(texts: Sequence[str]) -> list[list[float]]:
         calls.append(len(texts))
@@ -148,20 +148,27 @@ def _accounts() -> list[dict]:
     return [{"name": a.name} for a in load_bundle().accounts]
 
 
-def test_demo_bundle_matches_the_manifest_and_applies_once(tmp_path: Path) -> None:
-    """The signed path `make run` takes: bundles/demo.toml lists exactly the manifest's documents and labels."""
+def test_demo_bundle_matches_the_manifest_and_applies_once(tmp_path: Path, model_store) -> None:  # noqa: ANN001
+    """The signed path `make run` takes: bundles/demo.toml lists exactly the manifest's documents and labels,
+    and the demo specialists, which are served on the base model once it is applied."""
     from appliance.demo import demo_bundle
     from appliance.updates.build import load_spec
+    from tests.test_update_real import _store_copy
 
     calls: list[int] = []
-    services = _fake_services(tmp_path, calls)
+    services = _fake_services(tmp_path, calls, _store_copy(model_store, tmp_path / "models").root)
     install_demo(services, accounts_only=True)
     assert services.knowledge().catalog.documents() == []
     spec = load_spec(DEMO_ROOT.parent / "demo.toml")
     manifest = {e.path.name: (e.collection, str(e.labels)) for e in load_bundle().entries}
-    shipped = {p.source.name: (p.custom["collection"], p.custom["labels"]) for p in spec.payloads}
+    shipped = {p.source.name: (p.custom["collection"], p.custom["labels"]) for p in spec.payloads
+               if p.role == "knowledge"}
     assert shipped == manifest
+    adapters = {p.custom["name"] for p in spec.payloads if p.role == "adapters"}
+    assert adapters == {"banking77-intent", "wnut17-entities"}
     first = demo_bundle(services)
+    found = services.specialists()
+    assert {n: s.task for n, s in found.items()} == {"banking77-intent": "classify", "wnut17-entities": "extract"}
     assert first["generation"] == 1 and first["changes"]["added"] > 300
     kb = services.knowledge()
     assert {d.doc_id: d.collection for d in kb.catalog.documents() if d.collection != "research"} == {
