@@ -208,11 +208,14 @@ def eval_extract(ctx: click.Context, adapter: str, data_file: Path, limit: int |
 @click.option("--eval-limit", default=1000, show_default=True, help="Held-out items measured through llama.cpp.")
 @click.option("--eval-data", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Measure on this file (e.g. a dev set) instead of the held-out split.")
+@click.option("--resume", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Continue training the adapter of this earlier finetune output (same data, base, seed) "
+                   "for --epochs more.")
 @click.pass_context
 def finetune_command(ctx: click.Context, task: str, data_file: Path, base: str, out: Path, name: str | None,
                      epochs: int, max_steps: int | None, rank: int, learning_rate: float, batch_size: int,
                      validation: float, eval_every: int, patience: int, seed: int, limit_train: int | None,
-                     eval_limit: int, eval_data: Path | None) -> None:
+                     eval_limit: int, eval_data: Path | None, resume: Path | None) -> None:
     """Build station: fine-tune a LoRA specialist and convert it to a llama.cpp adapter (GGUF)."""
     import re
 
@@ -230,7 +233,7 @@ def finetune_command(ctx: click.Context, task: str, data_file: Path, base: str, 
                          max_epochs=epochs, max_steps=max_steps, eval_every=eval_every, patience=patience,
                          seed=seed, validation=validation)
     job = FinetuneJob(task, data_file, base_path, out, name, config, eval_limit=eval_limit, limit_train=limit_train,
-                      eval_data=eval_data)
+                      eval_data=eval_data, resume=resume)
     with _progress() as step:
         summary = finetune(job, step)
     held = summary["metrics"]["held_out"]

@@ -59,6 +59,24 @@ def test_finetune_classifier_end_to_end(tmp_path: Path, model_store: ModelStore,
     spec = read_specialist(record)
     assert spec is not None and spec.base_sha256 == generator.sha256 and "accuracy" in spec.metrics
 
+    # training continues from the adapter (same data, base and split), on a new order of the examples
+    proc = _finetune(tmp_path, model_store, "--task", "classify", "--data", str(tmp_path / "small.csv"),
+                     "--base", "smollm2-135m-instruct", "--out", str(tmp_path / "intent2"), "--max-steps", "2",
+                     "--batch-size", "4", "--eval-every", "2", "--eval-limit", "3", "--rank", "4",
+                     "--resume", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "intent2" / "metrics.json").read_text())
+    assert again["resumed_from"]["epochs"] == 1 and again["resumed_from"]["training"]["steps"] == 3
+    assert again["training"]["config"]["order_seed"] == 1235 and again["training"]["steps"] == 2
+    # it starts where the first run ended, not from a fresh LoRA
+    assert again["history"][0]["val_loss"] < metrics["training"]["initial_val_loss"] - 1e-3
+    assert json.loads((tmp_path / "intent2" / "provenance.json").read_text())["resumed_from"] == prov
+    proc = _finetune(tmp_path, model_store, "--task", "classify", "--data", str(tmp_path / "small.csv"),
+                     "--base", "smollm2-135m-instruct", "--out", str(tmp_path / "intent3"), "--seed", "7",
+                     "--resume", str(out))
+    assert proc.returncode != 0 and "it was trained with another seed" in proc.stderr
+    assert not (tmp_path / "intent3").exists()
+
 
 def test_finetune_refuses_bad_data_before_loading_anything(tmp_path: Path, model_store: ModelStore) -> None:
     (tmp_path / "one.csv").write_text("text,label\na,x\nb,x\n")

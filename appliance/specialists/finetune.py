@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ class FinetuneJob:
     limit_train: int | None = None  # use only the first N training examples (after the split)
     threads: int = 2
     eval_data: Path | None = None  # measure on this file (e.g. WNUT17 dev) instead of the held-out split
+    resume: Path | None = None  # a finetune output directory whose adapter training continues from
 
 
 def _measure(job: FinetuneJob, adapter: Path, labels: list[str], held: list, step: Step) -> dict[str, Any]:
@@ -123,6 +124,10 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
     if job.limit_train:
         train = train[: job.limit_train]
     base_sha = sha256_file(job.base)
+    earlier = _resumed(job, data.digest, base_sha) if job.resume else None
+    if earlier:
+        job = replace(job, config=replace(job.config, init_adapter=str(job.resume / "peft"),
+                                          order_seed=job.config.seed + earlier["epochs"]))
     step("loading the base model", 0, 1)
     model, tokenizer = load_base_from_gguf(job.base)
     result = train_lora(model, tokenizer, pairs(train), val_pairs(held), job.config,
@@ -148,6 +153,8 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
                              | {"best_val_loss": result.metrics["best_val_loss"]})
         summary = {"name": job.name, "task": job.task, "labels": labels, "metrics": metrics, "training": training,
                    "history": result.metrics["history"], "seconds": round(time.perf_counter() - started, 1)}
+        if earlier:
+            summary["resumed_from"] = earlier
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
         write_held_out(held, tmp / ("held_out.csv" if job.task == "classify" else "held_out.jsonl"))
         provenance = {"command": sys.argv, "job": {k: str(v) if isinstance(v, Path) else v
@@ -157,6 +164,8 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
                       "adapter_sha256": sha256_file(adapter),
                       "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                       "versions": _versions(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+        if earlier:
+            provenance["resumed_from"] = earlier["provenance"]
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
         job.out.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(job.out)
@@ -164,6 +173,33 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _resumed(job: FinetuneJob, data_digest: str, base_sha: str) -> dict[str, Any]:
+    """What the run ``job.resume`` continues from did; refused unless it trained the same task on the
+    same data, base and split (a different split would leak held-out items into training)."""
+    assert job.resume is not None
+    try:
+        prov = json.loads((job.resume / "provenance.json").read_text())
+        before = json.loads((job.resume / "metrics.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"cannot resume from {job.resume}: {exc}") from None
+    if not (job.resume / "peft" / "adapter_config.json").is_file():
+        raise TrainError(f"cannot resume from {job.resume}: it has no peft adapter (peft/)")
+    was = prov.get("job", {})
+    config = (was.get("config") or {}) if isinstance(was.get("config"), dict) else {}
+    different = [what for what, ok in (
+        ("task", was.get("task") == job.task), ("data", prov.get("data", {}).get("sha256") == data_digest),
+        ("base model", prov.get("base", {}).get("sha256") == base_sha),
+        ("seed", config.get("seed") == job.config.seed), ("validation share", config.get("validation") ==
+                                                           job.config.validation),
+        ("rank", config.get("rank") == job.config.rank)) if not ok]
+    if different:
+        raise TrainError(f"cannot resume from {job.resume}: it was trained with another {', '.join(different)}")
+    epochs = int(round(float(before.get("training", {}).get("epochs", 1))))
+    epochs += int((before.get("resumed_from") or {}).get("epochs", 0))
+    return {"directory": str(job.resume), "epochs": epochs, "training": before.get("training"),
+            "metrics": before.get("metrics"), "provenance": prov}
 
 
 def _versions() -> dict[str, str]:

@@ -47,6 +47,8 @@ class TrainConfig:
     validation: float = 0.1
     max_tokens: int = 160  # prompt + completion, truncated from the left of the prompt
     eval_examples: int = 256  # validation loss on at most this many held-out examples
+    init_adapter: str | None = None  # a saved peft adapter to continue training (else a fresh LoRA)
+    order_seed: int | None = None  # seeds the order of the training examples (default: ``seed``)
 
     def check(self) -> None:
         problems = [name for name, ok in (
@@ -137,9 +139,14 @@ def train_lora(model: Any, tokenizer: Any, train: Sequence[tuple[str, str]], val
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     rows = _encode(tokenizer, train, config.max_tokens)
     held = _encode(tokenizer, validation[: config.eval_examples], config.max_tokens)
-    peft_model = get_peft_model(model, LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=list(TARGET_MODULES),
-        bias="none", task_type="CAUSAL_LM"))
+    if config.init_adapter:
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    else:
+        peft_model = get_peft_model(model, LoraConfig(
+            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+            target_modules=list(TARGET_MODULES), bias="none", task_type="CAUSAL_LM"))
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(rows) / config.batch_size)
@@ -167,7 +174,7 @@ def train_lora(model: Any, tokenizer: Any, train: Sequence[tuple[str, str]], val
     initial_val = best["val_loss"]
     history: list[dict] = [{"step": 0, "val_loss": initial_val}]
     bad_evals, step, stopped_early, train_loss = 0, 0, False, float("nan")
-    rng = random.Random(config.seed)
+    rng = random.Random(config.seed if config.order_seed is None else config.order_seed)
     peft_model.train()
     order = list(range(len(rows)))
     while step < total and not stopped_early:
