@@ -208,6 +208,9 @@ def eval_extract(ctx: click.Context, adapter: str, data_file: Path, limit: int |
 @click.option("--eval-limit", default=1000, show_default=True, help="Held-out items measured through llama.cpp.")
 @click.option("--eval-data", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Measure on this file (e.g. a dev set) instead of the held-out split.")
+@click.option("--select-on", type=click.Choice(["loss", "exact"]),
+              help="Keep the weights with the lowest validation loss, or with the most validation completions "
+                   "exactly right [default: exact for classify, loss for extract].")
 @click.option("--resume", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Continue training the adapter of this earlier finetune output (same data, base, seed) "
                    "for --epochs more.")
@@ -215,7 +218,7 @@ def eval_extract(ctx: click.Context, adapter: str, data_file: Path, limit: int |
 def finetune_command(ctx: click.Context, task: str, data_file: Path, base: str, out: Path, name: str | None,
                      epochs: int, max_steps: int | None, rank: int, learning_rate: float, batch_size: int,
                      validation: float, eval_every: int, patience: int, seed: int, limit_train: int | None,
-                     eval_limit: int, eval_data: Path | None, resume: Path | None) -> None:
+                     eval_limit: int, eval_data: Path | None, select_on: str | None, resume: Path | None) -> None:
     """Build station: fine-tune a LoRA specialist and convert it to a llama.cpp adapter (GGUF)."""
     import re
 
@@ -231,7 +234,8 @@ def finetune_command(ctx: click.Context, task: str, data_file: Path, base: str, 
         raise click.UsageError(f"bad specialist name {name!r}: 1-63 of a-z 0-9 . _ -")
     config = TrainConfig(rank=rank, alpha=2.0 * rank, learning_rate=learning_rate, batch_size=batch_size,
                          max_epochs=epochs, max_steps=max_steps, eval_every=eval_every, patience=patience,
-                         seed=seed, validation=validation)
+                         seed=seed, validation=validation,
+                         select_on=select_on or ("exact" if task == "classify" else "loss"))
     job = FinetuneJob(task, data_file, base_path, out, name, config, eval_limit=eval_limit, limit_train=limit_train,
                       eval_data=eval_data, resume=resume)
     with _progress() as step:

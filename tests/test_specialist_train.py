@@ -47,11 +47,11 @@ def _examples() -> list[Example]:
     return out
 
 
-def _run(seed: int = 3, patience_: int = 5, eval_every_: int = 10):  # noqa: ANN202
+def _run(seed: int = 3, patience_: int = 5, eval_every_: int = 10, select_on: str = "loss"):  # noqa: ANN202
     model, tokenizer = _tiny()
     pairs = classification_pairs(_examples())
     config = TrainConfig(rank=4, alpha=8, dropout=0.0, learning_rate=2e-2, batch_size=8, max_steps=60, max_epochs=10,
-                         eval_every=eval_every_, patience=patience_, seed=seed)
+                         eval_every=eval_every_, patience=patience_, seed=seed, select_on=select_on)
     seen: list[int] = []
     result = train_lora(model, tokenizer, pairs[:100], pairs[100:], config,
                         progress=lambda step, total, info: seen.append(step))
@@ -86,6 +86,18 @@ def test_early_stopping_keeps_the_best_weights() -> None:
     if m["stopped_early"]:
         assert m["steps"] < 60
     assert m["best_val_loss"] == min(h["val_loss"] for h in m["history"])
+
+
+def test_selection_on_exact_completions_keeps_the_most_right() -> None:
+    result, _, _ = _run(patience_=100, eval_every_=5, select_on="exact")
+    m, history = result.metrics, result.metrics["history"]
+    assert m["selected_on"] == "exact" and history[0]["val_exact"] == 0.0  # an untrained adapter gets none right
+    most = max(h["val_exact"] for h in history)
+    assert m["best_val_exact"] == most > 0.5
+    tied = [h for h in history if h["val_exact"] == most]  # among them, the lowest loss wins (by 1e-4)
+    best = next(h for h in history if h["step"] == m["best_step"])
+    assert best["val_exact"] == most and best["val_loss"] == m["best_val_loss"]
+    assert m["best_val_loss"] <= min(h["val_loss"] for h in tied) + 1e-4
 
 
 def test_bad_settings_and_no_data_are_refused() -> None:

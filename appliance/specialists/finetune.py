@@ -131,7 +131,9 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
     step("loading the base model", 0, 1)
     model, tokenizer = load_base_from_gguf(job.base)
     result = train_lora(model, tokenizer, pairs(train), val_pairs(held), job.config,
-                        lambda s, total, info: step(f"training (val loss {info['best_val_loss']:.3f})", s, total))
+                        lambda s, total, info: step(
+                            f"training (val loss {info['best_val_loss']:.3f}, exact {info['best_val_exact']:.3f})",
+                            s, total))
     tmp = job.out.with_name(f".{job.out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

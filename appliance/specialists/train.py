@@ -49,6 +49,9 @@ class TrainConfig:
     eval_examples: int = 256  # validation loss on at most this many held-out examples
     init_adapter: str | None = None  # a saved peft adapter to continue training (else a fresh LoRA)
     order_seed: int | None = None  # seeds the order of the training examples (default: ``seed``)
+    # the best weights: lowest validation loss, or most validation completions exactly right (every
+    # completion token the argmax given the ones before it: what greedy decoding would produce)
+    select_on: str = "loss"  # loss | exact
 
     def check(self) -> None:
         problems = [name for name, ok in (
@@ -56,7 +59,8 @@ class TrainConfig:
             ("learning_rate", 0 < self.learning_rate < 1), ("batch_size", 1 <= self.batch_size <= 512),
             ("max_epochs", 1 <= self.max_epochs <= 100), ("eval_every", self.eval_every >= 1),
             ("patience", self.patience >= 1), ("validation", 0 < self.validation < 1),
-            ("max_tokens", 16 <= self.max_tokens <= 4096)) if not ok]
+            ("max_tokens", 16 <= self.max_tokens <= 4096), ("select_on", self.select_on in ("loss", "exact")))
+            if not ok]
         if problems:
             raise TrainError(f"bad training settings: {', '.join(problems)}")
 
@@ -156,23 +160,34 @@ def train_lora(model: Any, tokenizer: Any, train: Sequence[tuple[str, str]], val
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, total // 20)) * max(0.0, 1 - s / max(1, total)))
 
-    def val_loss() -> float:
+    def validate() -> tuple[float, float]:
+        """(loss per completion token, share of completions exactly right) on the validation examples."""
         peft_model.eval()
-        losses, tokens = 0.0, 0
+        losses, tokens, exact = 0.0, 0, 0
         with torch.no_grad():
             for i in range(0, len(held), config.batch_size):
                 batch = _batch(held[i : i + config.batch_size], pad)
                 n = int((batch["labels"][:, 1:] != -100).sum())
-                losses += float(peft_model(**batch).loss) * n
+                out = peft_model(**batch)
+                losses += float(out.loss) * n
                 tokens += n
+                gold = batch["labels"][:, 1:]
+                hit = (out.logits[:, :-1].argmax(-1) == gold) | (gold == -100)
+                exact += int(hit.all(dim=1).sum())
         peft_model.train()
-        return losses / max(1, tokens)
+        return losses / max(1, tokens), exact / max(1, len(held))
+
+    def better(v: tuple[float, float], than: dict) -> bool:
+        if config.select_on == "exact" and v[1] != than["val_exact"]:
+            return v[1] > than["val_exact"]
+        return v[0] < than["val_loss"] - 1e-4
 
     started = time.perf_counter()
-    best = {"val_loss": val_loss(), "step": 0}
+    v0 = validate()
+    best = {"val_loss": v0[0], "val_exact": v0[1], "step": 0}
     best_state = {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
     initial_val = best["val_loss"]
-    history: list[dict] = [{"step": 0, "val_loss": initial_val}]
+    history: list[dict] = [{"step": 0, "val_loss": initial_val, "val_exact": v0[1]}]
     bad_evals, step, stopped_early, train_loss = 0, 0, False, float("nan")
     rng = random.Random(config.seed if config.order_seed is None else config.order_seed)
     peft_model.train()
@@ -196,10 +211,10 @@ def train_lora(model: Any, tokenizer: Any, train: Sequence[tuple[str, str]], val
             train_loss = value if math.isnan(train_loss) else 0.9 * train_loss + 0.1 * value
             evaluated = step % config.eval_every == 0 or step == total
             if evaluated:
-                v = val_loss()
-                history.append({"step": step, "val_loss": v, "train_loss": train_loss})
-                if v < best["val_loss"] - 1e-4:
-                    best = {"val_loss": v, "step": step}
+                v = validate()
+                history.append({"step": step, "val_loss": v[0], "val_exact": v[1], "train_loss": train_loss})
+                if better(v, best):
+                    best = {"val_loss": v[0], "val_exact": v[1], "step": step}
                     best_state = {k: t.detach().clone() for k, t in peft_model.state_dict().items() if "lora_" in k}
                     bad_evals = 0
                 else:
@@ -207,13 +222,15 @@ def train_lora(model: Any, tokenizer: Any, train: Sequence[tuple[str, str]], val
                     if bad_evals >= config.patience:
                         stopped_early = True
             if progress:
-                progress(step, total, {"train_loss": train_loss, "best_val_loss": best["val_loss"]})
+                progress(step, total, {"train_loss": train_loss, "best_val_loss": best["val_loss"],
+                                       "best_val_exact": best["val_exact"]})
             if stopped_early:
                 break
     peft_model.load_state_dict(best_state, strict=False)
     peft_model.eval()
     metrics = {"config": asdict(config), "train_examples": len(rows), "validation_examples": len(held),
                "steps": step, "epochs": round(step / steps_per_epoch, 3), "best_step": best["step"],
-               "initial_val_loss": initial_val, "best_val_loss": best["val_loss"], "stopped_early": stopped_early,
+               "initial_val_loss": initial_val, "best_val_loss": best["val_loss"],
+               "best_val_exact": best["val_exact"], "selected_on": config.select_on, "stopped_early": stopped_early,
                "seconds": round(time.perf_counter() - started, 1), "history": history}
     return TrainResult(peft_model, metrics)
