@@ -66,7 +66,8 @@ def test_finetune_classifier_end_to_end(tmp_path: Path, model_store: ModelStore,
                      "--resume", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((tmp_path / "intent2" / "metrics.json").read_text())
-    assert again["resumed_from"]["epochs"] == 1 and again["resumed_from"]["training"]["steps"] == 3
+    assert again["resumed_from"]["runs"] == 1 and again["resumed_from"]["training"]["steps"] == 3
+    assert again["resumed_from"]["epochs"] == metrics["training"]["epochs"] > 0
     assert again["training"]["config"]["order_seed"] == 1235 and again["training"]["steps"] == 2
     # it starts where the first run ended, not from a fresh LoRA
     assert again["history"][0]["val_loss"] < metrics["training"]["initial_val_loss"] - 1e-3

@@ -127,7 +127,7 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
     earlier = _resumed(job, data.digest, base_sha) if job.resume else None
     if earlier:
         job = replace(job, config=replace(job.config, init_adapter=str(job.resume / "peft"),
-                                          order_seed=job.config.seed + earlier["epochs"]))
+                                          order_seed=job.config.seed + earlier["runs"]))
     step("loading the base model", 0, 1)
     model, tokenizer = load_base_from_gguf(job.base)
     result = train_lora(model, tokenizer, pairs(train), val_pairs(held), job.config,
@@ -198,9 +198,10 @@ def _resumed(job: FinetuneJob, data_digest: str, base_sha: str) -> dict[str, Any
         ("rank", config.get("rank") == job.config.rank)) if not ok]
     if different:
         raise TrainError(f"cannot resume from {job.resume}: it was trained with another {', '.join(different)}")
-    epochs = int(round(float(before.get("training", {}).get("epochs", 1))))
-    epochs += int((before.get("resumed_from") or {}).get("epochs", 0))
-    return {"directory": str(job.resume), "epochs": epochs, "training": before.get("training"),
+    earlier = before.get("resumed_from") or {}
+    epochs = float(before.get("training", {}).get("epochs", 0)) + float(earlier.get("epochs", 0))
+    runs = 1 + int(earlier.get("runs", 0))
+    return {"directory": str(job.resume), "runs": runs, "epochs": round(epochs, 3), "training": before.get("training"),
             "metrics": before.get("metrics"), "provenance": prov}
 
 
