@@ -79,7 +79,13 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
                 out = client.classify(classification_prompt(t), labels, adapter="a")
                 same.append(time.perf_counter() - t0)
                 steps.append(out["steps"])
-        with console.status("the same, alternating between two adapters…"):
+        with console.status("the same on the second adapter alone (it may choose other labels, of other lengths)…"):
+            only_b = []
+            for t in texts:
+                t0 = time.perf_counter()
+                client.classify(classification_prompt(t), labels, adapter="b")
+                only_b.append(time.perf_counter() - t0)
+        with console.status("the same, alternating between the two adapters…"):
             alternating = []
             for i, t in enumerate(texts):
                 t0 = time.perf_counter()
@@ -94,7 +100,9 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
     finally:
         client.close()
     p50, p95 = statistics.median(same) * 1000, _pct(same, 0.95) * 1000
-    switch_ms = (statistics.median(alternating) - statistics.median(same)) * 1000
+    # each alternating request against the same request on the same adapter without a switch
+    unswitched = [same[i] if i % 2 == 0 else only_b[i] for i in range(len(texts))]
+    switch_ms = (statistics.median(alternating) - statistics.median(unswitched)) * 1000
     raw50 = statistics.median(raw) * 1000
     out = {"machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}, "texts": len(texts),
            "labels": len(labels), "trained_adapter": trained.is_file(),
@@ -105,7 +113,7 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
         {"name": "classification p50 ms per text (77 labels, through the host; vs raw generation, same tokens)",
          "appliance": f"{p50:.0f}", "baseline": f"{raw50:.0f}", "ratio": p50 / raw50, "target": "< 200 ms",
          "met": p50 < 200},
-        {"name": "adapter switch between requests, ms (alternating p50 - one-adapter p50)",
+        {"name": "adapter switch between requests, ms (alternating p50 - same requests unswitched p50)",
          "appliance": f"{switch_ms:.1f}", "baseline": f"{p50:.0f}", "ratio": switch_ms / p50, "target": "< 5 ms",
          "met": switch_ms < 5},
     ]
