@@ -153,7 +153,12 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 
 
 def _log_lines() -> Callable[[str, int, int], None]:
+    """Progress as lines on stderr (stdout may carry --json)."""
     import time
+
+    from rich.console import Console
+
+    err = Console(stderr=True)
 
     started, last = time.monotonic(), {"phase": "", "at": 0.0}
 
@@ -164,7 +169,7 @@ def _log_lines() -> Callable[[str, int, int], None]:
             return
         last.update(phase=kind, at=now)
         count = f" {done}/{total}" if total > 1 else ""
-        console.print(f"[{now - started:7.0f} s] {phase}{count}", highlight=False, markup=False)
+        err.print(f"[{now - started:7.0f} s] {phase}{count}", highlight=False, markup=False)
     return step
 
 
