@@ -20,34 +20,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from appliance.runtime.client import EngineClient
-from appliance.runtime.gguf_check import validate_gguf
-from appliance.runtime.lora_gguf import write_lora_adapter
 from appliance.runtime.protocol import EngineSpec, GenerateRequest
 from appliance.specialists.train import classification_prompt
 
+from bench.adapters import random_adapter
 from bench.runtime_bench import REPO, _store
 
 WORK = REPO / "bench" / "work" / "specialists"
 DATA = REPO.parent / "shared" / "data" / "banking77" / "train.csv"
-TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
 def _random_adapter(base: Path, out: Path, labels: list[str], seed: int) -> Path:
-    info = validate_gguf(base)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for t in info.tensors:
-        parts = t.name.split(".")
-        if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" and parts[2] in TARGETS:
-            tensors[t.name] = (rng.normal(0, 0.01, size=(16, t.shape[0])).astype(np.float32),
-                               rng.normal(0, 0.01, size=(t.shape[1], 16)).astype(np.float32))
-    write_lora_adapter(out, architecture=info.architecture, alpha=32.0, tensors=tensors, name=out.stem,
-                       metadata={"appliance.task": "classify", "appliance.labels": json.dumps(labels)})
-    return out
+    return random_adapter(base, out, rank=16, seed=seed, scale=0.01,
+                          metadata={"appliance.task": "classify", "appliance.labels": json.dumps(labels)})
 
 
 def _pct(xs: list[float], q: float) -> float:

@@ -22,26 +22,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 
 from appliance.access.labels import Labels
 from appliance.config import load_settings
 from appliance.runtime.gguf_check import validate_gguf
-from appliance.runtime.lora_gguf import write_lora_adapter
 from appliance.services import Services, build_services
 from appliance.updates.apply import apply_bundle
 from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import trust_root
 from appliance.updates.keys import init_keys
 
+from bench.adapters import TARGETS, random_adapter
 from bench.runtime_bench import REPO, _store
 
 WORK = REPO / "bench" / "work" / "updates"
 SCIFACT = REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
 KEY_PASS = "bench key passphrase"
 ACCOUNT_PASS = "bench account passphrase"
-TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
 def _appliance(name: str, models: Path | None = None) -> Services:
@@ -58,17 +56,7 @@ def _appliance(name: str, models: Path | None = None) -> Services:
 
 
 def _adapter(base: Path, out: Path, rank: int, seed: int) -> Path:
-    info = validate_gguf(base)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for t in info.tensors:
-        parts = t.name.split(".")
-        if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" and parts[2] in TARGETS:
-            n_in, n_out = t.shape[0], t.shape[1]
-            tensors[t.name] = (rng.normal(0, 0.001, size=(rank, n_in)).astype(np.float32),
-                               rng.normal(0, 0.001, size=(n_out, rank)).astype(np.float32))
-    write_lora_adapter(out, architecture=info.architecture, alpha=float(rank), tensors=tensors, name=out.stem)
-    return out
+    return random_adapter(base, out, rank=rank, seed=seed, scale=0.001)
 
 
 def _station(name: str) -> tuple[Path, Path]:
