@@ -12,12 +12,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from appliance.runtime.client import EngineClient
-from appliance.runtime.gguf_check import validate_gguf
-from appliance.runtime.lora_gguf import write_lora_adapter
 from appliance.runtime.model_store import ModelRecord, ModelStore
 from appliance.runtime.protocol import EngineSpec
 
@@ -65,19 +62,10 @@ def make_random_adapter(base: Path, out: Path, *, seed: int, scale: float = 0.05
                         targets: tuple[str, ...] = ("attn_q", "attn_v", "ffn_down"),
                         metadata: dict | None = None) -> Path:
     """A real (random) LoRA adapter GGUF that fits ``base``: large enough to change outputs."""
-    info = validate_gguf(base)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for t in info.tensors:
-        parts = t.name.split(".")
-        if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" and parts[2] in targets:
-            n_in, n_out = t.shape[0], t.shape[1]  # GGUF order: ne0 = input features
-            a = rng.normal(0, scale, size=(rank, n_in)).astype(np.float32)
-            b = rng.normal(0, scale, size=(n_out, rank)).astype(np.float32)
-            tensors[t.name] = (a, b)
-    write_lora_adapter(out, architecture=info.architecture, alpha=float(rank), tensors=tensors,
-                       name=out.stem, metadata={"adapter.test_seed": seed, **(metadata or {})})
-    return out
+    from bench.adapters import random_adapter
+
+    return random_adapter(base, out, rank=rank, seed=seed, scale=scale, targets=targets,
+                          metadata={"adapter.test_seed": seed, **(metadata or {})})
 
 
 @pytest.fixture(scope="session")
