@@ -50,6 +50,7 @@ class RuntimeSettings:
     threads: int = 0  # 0: one per core
     n_ctx: int = 2048
     n_batch: int = 512
+    adapter_contexts: int = 2  # contexts kept with an adapter set (each costs its KV cache)
     embed_n_ctx: int = 512  # tokens per embedding decode (many short texts share one)
     flash_attn: bool = True
     n_gpu_layers: int = 0  # -1: offload every layer (needs a CUDA build)
@@ -65,6 +66,7 @@ class RuntimeSettings:
             ("threads", 0 <= self.threads <= 1024, "an integer from 0 to 1024"),
             ("n_ctx", 128 <= self.n_ctx <= 1 << 20, "an integer from 128 to 1048576"),
             ("n_batch", 32 <= self.n_batch <= 1 << 16, "an integer from 32 to 65536"),
+            ("adapter_contexts", 0 <= self.adapter_contexts <= 64, "an integer from 0 to 64"),
             ("embed_n_ctx", 512 <= self.embed_n_ctx <= 1 << 20, "an integer from 512 to 1048576"),
             ("n_gpu_layers", self.n_gpu_layers >= -1, "-1 (all) or a count >= 0"),
             ("main_gpu", self.main_gpu >= 0, "a GPU index >= 0"),

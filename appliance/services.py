@@ -52,6 +52,7 @@ def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True
         threads=rt.threads,
         n_ctx=rt.n_ctx,
         n_batch=rt.n_batch,
+        adapter_contexts=rt.adapter_contexts,
         embed_n_ctx=rt.embed_n_ctx,
         flash_attn=rt.flash_attn,
         n_gpu_layers=rt.n_gpu_layers,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from appliance.errors import ContextOverflowError, EngineRequestError
 from appliance.runtime.client import EngineClient
-from appliance.runtime.protocol import GenerateRequest
+from appliance.runtime.model_store import ModelRecord
+from appliance.runtime.protocol import EngineSpec, GenerateRequest
 
 
 def test_chat_uses_the_models_own_template(engine: EngineClient) -> None:
@@ -121,6 +123,51 @@ def test_adapters_switch_per_request_without_reloading_the_base(engine: EngineCl
     assert after["stats"]["model_loads"] == before["stats"]["model_loads"] == 2  # base + embedder, once
     assert after["stats"]["adapter_switches"] >= before["stats"]["adapter_switches"] + 4
     assert after["adapters"]["alpha"]["loaded"] and after["adapters"]["beta"]["loaded"]
+
+
+def test_each_adapter_keeps_its_own_context_so_a_switch_sets_nothing(engine: EngineClient) -> None:
+    req = dict(prompt="Write one sentence about the sea.", max_tokens=4)
+    engine.generate(GenerateRequest(**req, adapter="alpha"))
+    engine.generate(GenerateRequest(**req, adapter="beta"))
+    before = engine.info()
+    assert sorted(before["contexts"], key=str) == [None, "alpha", "beta"]  # the base keeps the first
+    for name in ("alpha", "beta", None, "alpha", "beta", "alpha"):
+        engine.generate(GenerateRequest(**req, adapter=name))
+    after = engine.info()
+    assert after["stats"]["adapter_switches"] == before["stats"]["adapter_switches"] + 6
+    assert after["stats"]["adapter_retargets"] == before["stats"]["adapter_retargets"]  # no graph re-reserved
+
+
+@pytest.mark.parametrize("contexts", [0, 1])
+def test_fewer_contexts_than_adapters_give_the_same_answers(
+        contexts: int, engine: EngineClient, generator: ModelRecord, adapters_dir: Path) -> None:
+    req = dict(prompt="Write one sentence about the sea.", max_tokens=12)
+    order = ("alpha", "beta", None, "beta", "alpha", None)
+    expected = [engine.generate(GenerateRequest(**req, adapter=name)).text for name in order]
+    spec = EngineSpec(generator_path=str(generator.path), threads=2, n_ctx=1024, adapter_contexts=contexts,
+                      adapters={"alpha": str(adapters_dir / "alpha.gguf"), "beta": str(adapters_dir / "beta.gguf")})
+    with EngineClient(spec, request_timeout_s=120) as small:
+        assert [small.generate(GenerateRequest(**req, adapter=name)).text for name in order] == expected
+        info = small.info()
+        assert len(info["contexts"]) == 1 + contexts
+        # with one adapter context, each switch between alpha and beta re-targets it
+        assert info["stats"]["adapter_retargets"] >= (5 if contexts == 0 else 3)
+
+
+def test_replacing_an_adapter_in_use_frees_no_weights_a_context_still_holds(
+        engine: EngineClient, generator: ModelRecord, adapters_dir: Path) -> None:
+    req = dict(prompt="Write one sentence about the sea.", max_tokens=12)
+    spec = EngineSpec(generator_path=str(generator.path), threads=2, n_ctx=1024,
+                      adapters={"alpha": str(adapters_dir / "alpha.gguf"), "beta": str(adapters_dir / "beta.gguf")})
+    beta = engine.generate(GenerateRequest(**req, adapter="beta")).text
+    with EngineClient(spec, request_timeout_s=120) as host:
+        host.generate(GenerateRequest(**req, adapter="alpha"))
+        host.generate(GenerateRequest(**req, adapter="beta"))  # alpha's context now idle, still set
+        host.load_adapter("alpha", adapters_dir / "beta.gguf")
+        assert host.generate(GenerateRequest(**req, adapter="alpha")).text == beta
+        pid = host.host_pid
+        host.generate(GenerateRequest(**req, adapter="beta"))
+        assert host.host_pid == pid
 
 
 def test_unknown_adapter_named_in_error(engine: EngineClient) -> None:

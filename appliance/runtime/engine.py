@@ -30,10 +30,20 @@ class _Adapter:
 
 
 @dataclass
+class _Slot:
+    """One llama.cpp context on the shared base weights, with the adapter it has set."""
+
+    ctx: Any  # llama_cpp._internals.LlamaContext
+    adapter: str | None = None
+    last_used: int = 0
+
+
+@dataclass
 class _Stats:
     requests: int = 0
     last_tokens_per_s: float = 0.0
     adapter_switches: int = 0
+    adapter_retargets: int = 0  # a context's adapter set changed: llama.cpp re-reserves its graphs
     model_loads: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -49,6 +59,8 @@ class LlamaEngine:
         self.embedder: Any = None
         self.adapters: dict[str, _Adapter] = {}
         self._active_adapter: str | None = None
+        self._slots: list[_Slot] = []  # [0] is the generator's own context
+        self._uses = 0
         self._formatter: Any = None
         threads = spec.threads or None
         common = dict(n_threads=threads, n_threads_batch=threads, n_gpu_layers=spec.n_gpu_layers,
@@ -58,6 +70,7 @@ class LlamaEngine:
             self.generator = llama_cpp.Llama(spec.generator_path, n_ctx=spec.n_ctx, n_batch=spec.n_batch,
                                              seed=spec.seed, **common)
             self.stats.model_loads += 1
+            self._slots.append(_Slot(self.generator._ctx))
         if spec.embedder_path:
             validate_gguf(spec.embedder_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
             n = spec.embed_n_ctx
@@ -92,32 +105,72 @@ class LlamaEngine:
         if old is not None and old.handle is not None and old.handle != entry.handle:
             if self._active_adapter == name:
                 self._use_adapter(None)
+            for slot in self._slots:  # no context may keep the freed weights
+                if slot.adapter == name:
+                    self._set_adapter(slot, None)
+                    slot.last_used = 0
             self._lc.llama_adapter_lora_free(old.handle)
         return {"name": name, "loaded": entry.handle is not None, "error": entry.error}
 
     def _use_adapter(self, name: str | None) -> None:
+        """Point the generator at a context whose adapter set is ``name`` (None: the base).
+
+        Changing a context's adapters makes llama.cpp re-reserve its compute graphs on the
+        next decode (about 4 ms here), so each adapter gets a context of its own on the one
+        loaded base (``adapter_contexts`` of them, least recently used re-targeted when
+        they run out), and the base keeps the generator's first context. A switch between
+        requests is then a pointer swap; a context costs its KV cache and compute buffer.
+        """
         if name == self._active_adapter:
             return
-        ctx = self.generator.ctx
-        if name is None:
-            rc = self._lc.llama_set_adapters_lora(ctx, None, 0, None)
-        else:
+        if name is not None:
             entry = self.adapters.get(name)
             if entry is None:
                 known = ", ".join(sorted(self.adapters)) or "none"
                 raise EngineRequestError(f"unknown adapter {name!r} (loaded: {known})")
             if entry.handle is None:
                 raise EngineRequestError(f"adapter {name!r} is not usable: {entry.error}")
-            arr = (self._lc.llama_adapter_lora_p_ctypes * 1)(entry.handle)
-            scales = (ctypes.c_float * 1)(1.0)
-            rc = self._lc.llama_set_adapters_lora(ctx, arr, 1, scales)
-        if rc != 0:
-            raise EngineRequestError(f"llama.cpp could not switch to adapter {name!r} (code {rc})")
-        # cached KV state was computed with the other weights
+        slot = self._slot_for(name)
+        if slot.adapter != name:
+            self._set_adapter(slot, name)
+        self._uses += 1
+        slot.last_used = self._uses
+        self.generator._ctx = slot.ctx
+        # the Python-side token count described the other context; its KV cache is cleared
+        # by every request before its prompt is evaluated (generate, classify)
         self.generator.reset()
-        self.generator._ctx.kv_cache_clear()
         self._active_adapter = name
         self.stats.adapter_switches += 1
+
+    def _slot_for(self, name: str | None) -> _Slot:
+        base, own = self._slots[0], self._slots[1:]
+        if self.spec.adapter_contexts == 0:
+            return base  # one context, re-targeted on every switch
+        if name is None:
+            return base
+        for slot in own:
+            if slot.adapter == name:
+                return slot
+        if len(own) < self.spec.adapter_contexts:
+            from llama_cpp import _internals
+
+            llm = self.generator
+            slot = _Slot(_internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=False))
+            self._slots.append(slot)
+            return slot
+        return min(own, key=lambda s: s.last_used)
+
+    def _set_adapter(self, slot: _Slot, name: str | None) -> None:
+        if name is None:
+            rc = self._lc.llama_set_adapters_lora(slot.ctx.ctx, None, 0, None)
+        else:
+            arr = (self._lc.llama_adapter_lora_p_ctypes * 1)(self.adapters[name].handle)
+            scales = (ctypes.c_float * 1)(1.0)
+            rc = self._lc.llama_set_adapters_lora(slot.ctx.ctx, arr, 1, scales)
+        if rc != 0:
+            raise EngineRequestError(f"llama.cpp could not switch to adapter {name!r} (code {rc})")
+        slot.adapter = name
+        self.stats.adapter_retargets += 1
 
     # -- generation ---------------------------------------------------------------------
 
@@ -306,6 +359,7 @@ class LlamaEngine:
             "embedder": self.spec.embedder_path,
             "adapters": {n: {"loaded": a.handle is not None, "error": a.error} for n, a in self.adapters.items()},
             "active_adapter": self._active_adapter,
+            "contexts": [slot.adapter for slot in self._slots],
             "gpu_offload_supported": bool(lc.llama_supports_gpu_offload()),
             "n_gpu_layers": self.spec.n_gpu_layers,
             "system_info": lc.llama_print_system_info().decode(errors="replace").strip(),
@@ -317,6 +371,9 @@ class LlamaEngine:
     def close(self) -> None:
         if self.generator is not None and self._active_adapter is not None:
             self._use_adapter(None)
+        for slot in self._slots[1:]:  # the contexts go before the adapters they hold
+            slot.ctx.close()
+        del self._slots[1:]
         for entry in self.adapters.values():
             if entry.handle is not None:
                 self._lc.llama_adapter_lora_free(entry.handle)

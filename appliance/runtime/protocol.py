@@ -20,6 +20,7 @@ class EngineSpec:
     threads: int = 0
     n_ctx: int = 2048
     n_batch: int = 512
+    adapter_contexts: int = 2
     embed_n_ctx: int = 512
     flash_attn: bool = True
     n_gpu_layers: int = 0
