@@ -31,6 +31,7 @@ __all__ = [
     "BundleError",
     "BundleKeyError",
     "ConvertError",
+    "EvaluationError",
 ]
 
 
@@ -132,6 +133,13 @@ class LabelError(AccessError):
 
 class AgentError(ApplianceError):
     """A question, session or trace request was refused."""
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+
+class EvaluationError(ApplianceError):
+    """An evaluation set, run or drift gate was refused; the message names what was wrong."""
 
 
 # -- specialists -----------------------------------------------------------------------

@@ -83,12 +83,12 @@ def export_audit(services: Services, account: Account, out: Path, *, since_check
 
 
 def record_feedback(services: Services, account: Account, trace_id: str, verdict: str,
-                    correct_answer: str | None = None) -> None:
+                    correct_answer: str | None = None, correct_source: str | None = None) -> None:
     """An analyst marks one of their answers right or wrong (kept for evaluation, and audited)."""
     by = _fresh(services, account)
     services.audit().record("answer.feedback", by.name, trace=trace_id, verdict=verdict,
-                            correct_answer=correct_answer or None)
-    services.agent_store().add_feedback(trace_id, by.name, verdict, correct_answer)
+                            correct_answer=correct_answer or None, correct_source=correct_source or None)
+    services.agent_store().add_feedback(trace_id, by.name, verdict, correct_answer, correct_source)
 
 
 def check_audit(services: Services, account: Account) -> dict:

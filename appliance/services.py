@@ -13,6 +13,8 @@ from appliance.audit.log import AuditLog
 from appliance.config import Settings, load_settings
 from appliance.agent.loop import Agent
 from appliance.agent.store import AgentStore
+from appliance.evaluation.compare import Systems
+from appliance.evaluation.sets import EvalStore
 from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient, RequestLimits
@@ -74,6 +76,7 @@ class Services:
     _audit: AuditLog | None = field(default=None, repr=False)
     _accounts: AccountStore | None = field(default=None, repr=False)
     _agent_store: AgentStore | None = field(default=None, repr=False)
+    _eval_store: EvalStore | None = field(default=None, repr=False)
     _generation: Path | None = field(default=None, repr=False)
     embed_fn: Callable[[Sequence[str]], list] | None = None  # a test seam: embeddings without the engine
 
@@ -159,6 +162,27 @@ class Services:
         if self._agent_store is None:
             self._agent_store = AgentStore(self.settings.data_dir / "agent.db")
         return self._agent_store
+
+    def eval_store(self) -> EvalStore:
+        """Evaluation sets and their runs (``<data dir>/evaluation.db``)."""
+        if self._eval_store is None:
+            self._eval_store = EvalStore(self.settings.data_dir / "evaluation.db")
+        return self._eval_store
+
+    def evaluation_systems(self) -> Systems:
+        """What an evaluation compares: the agent without and with the specialists, and the specialists,
+        over the serving knowledge; none of them audits each question (the run is audited once)."""
+        self._follow_generation()
+        retriever = Retriever(self.knowledge(), self.settings.knowledge)
+        by_task: dict = {}
+        for spec in self.specialists().values():
+            by_task.setdefault(spec.task, spec)
+
+        def agent(specialists: list) -> Agent:
+            return Agent(retriever, self.engine(), self.agent_store(), self.scale, settings=self.settings.agent,
+                         specialists=specialists)
+
+        return Systems(agent([]), agent(list(by_task.values())) if by_task else None, by_task)
 
     @property
     def scale(self) -> LevelScale:

@@ -88,11 +88,13 @@ def test_extract_anchors_items_in_order_and_drops_the_rest() -> None:
     reply = json.dumps([{"text": "Ann", "type": "person"}, {"text": "Bob", "type": "person"},
                         {"text": "Ann", "type": "person"}, {"text": "Oslo", "type": "location"},
                         {"text": "Rome", "type": "location"}, {"text": "Bob", "type": "alien"}])
-    fake = SimpleNamespace(generate=lambda req: SimpleNamespace(text=reply))  # a fake at the engine seam
+    # a fake at the engine seam
+    fake = SimpleNamespace(generate=lambda req: SimpleNamespace(text=reply, completion_tokens=7))
     info = SimpleNamespace(name="ner", task="extract", labels=("person", "location"))
     out = AdapterSpecialist(info, lambda: fake).extract(text)  # type: ignore[arg-type]
     assert [(s.text, s.start) for s in out.spans] == [("Ann", 0), ("Bob", 8), ("Ann", 18), ("Oslo", 31)]
     assert out.dropped == [{"text": "Rome", "type": "location"}, {"text": "Bob", "type": "alien"}]
+    assert out.tokens == 7
 
 
 def test_cli_classify_extract_and_list(tmp_path: Path, model_store: ModelStore, generator) -> None:  # noqa: ANN001

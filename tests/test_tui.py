@@ -194,11 +194,13 @@ def test_flag_an_answer_as_wrong_with_the_right_one(services: Services) -> None:
         await pilot.press("ctrl+f")
         await settle(app, pilot, lambda: isinstance(app.screen, FlagScreen))
         app.screen.query_one("#correct", Input).value = "At the media kiosk."
+        app.screen.query_one("#source", Input).value = "media-policy"
         await pilot.click("#wrong")
         await settle(app, pilot, lambda: isinstance(app.screen, AskScreen))
         await pilot.pause(0.2)
         rows = services.agent_store().feedback("ann")
         assert rows and rows[-1]["verdict"] == "wrong" and rows[-1]["correct_answer"] == "At the media kiosk."
+        assert rows[-1]["correct_source"] == "media-policy"
         assert rows[-1]["trace_id"] == screen.last.trace_id
     run(services, body)
 

@@ -28,6 +28,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "audit.check": ("officer", "auditor", "admin"),
     "bundles.manage": ("officer", "admin"),
     "specialists.use": ("analyst", "officer", "auditor", "admin"),
+    "evaluation.manage": ("officer", "admin"),  # evaluation sets in and out, runs, the drift gate
+    "evaluation.read": ("officer", "auditor", "admin"),
 }
 
 

@@ -254,7 +254,8 @@ class Agent:
             self._audit(principal, answer, run)
         self.store.save_trace(trace_id=answer.trace_id, user=principal.name, session_id=session_id,
                               question=question, started_at=started, seconds=answer.seconds, outcome=answer.outcome,
-                              answer=answer.text, steps=run.steps)
+                              answer=answer.text, steps=run.steps,
+                              cited_docs=list(dict.fromkeys(c.doc_id for c in answer.citations)))
         if session_id:
             self.store.add_turn(session_id, principal.name,
                                 Turn(question, answer.searched[0] if answer.searched else question, answer.text,
@@ -465,6 +466,7 @@ class Agent:
         finally:
             run.charge("model", t0)
             step.ms = (time.perf_counter() - t0) * 1000
+        step.tokens = result.tokens
         out: dict = {"specialist": spec.name, "task": task}
         if task == "classify":
             out["labels"] = [[label, round(p, 4)] for label, p in result.labels[:5]]

@@ -54,7 +54,16 @@ def m003_feedback(db: sqlite_utils.Database) -> None:
         correct_answer TEXT, at TEXT NOT NULL, PRIMARY KEY (trace_id, user))""")
 
 
+@MIGRATIONS
+def m004_cited_docs_correct_source(db: sqlite_utils.Database) -> None:
+    """The documents an answer cited (for evaluation sets built from feedback), and the source an
+    analyst names as the right one."""
+    db.execute("ALTER TABLE traces ADD COLUMN cited_docs TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE feedback ADD COLUMN correct_source TEXT")
+
+
 MAX_FEEDBACK_CHARS = 4000
+MAX_SOURCE_CHARS = 500
 
 
 @dataclass
@@ -103,11 +112,12 @@ class AgentStore:
     # -- traces -------------------------------------------------------------------------
 
     def save_trace(self, *, trace_id: str, user: str, session_id: str | None, question: str, started_at: str,
-                   seconds: float, outcome: str, answer: str, steps: list[Step]) -> None:
+                   seconds: float, outcome: str, answer: str, steps: list[Step],
+                   cited_docs: list[str] | None = None) -> None:
         with self._lock, self.db.atomic():
             self.db["traces"].insert({"id": trace_id, "user": user, "session_id": session_id, "question": question,
                                       "started_at": started_at, "seconds": seconds, "outcome": outcome,
-                                      "answer": answer})
+                                      "answer": answer, "cited_docs": json.dumps(cited_docs or [])})
             self.db["trace_steps"].insert_all(
                 {"trace_id": trace_id, "n": i, "name": s.name, "input": json.dumps(s.input, default=str),
                  "decision": json.dumps(s.decision, default=str), "chunk_ids": json.dumps(s.chunk_ids),
@@ -126,21 +136,28 @@ class AgentStore:
                      for r in self.db.query("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY n", [trace_id])]
         return dict(rows[0], steps=steps, time_split=time_split(rows[0]["seconds"] or 0.0, steps))
 
-    def add_feedback(self, trace_id: str, user: str, verdict: str, correct_answer: str | None = None) -> None:
-        """Mark one of ``user``'s answers right or wrong (with the correct answer, if given); the last word counts."""
+    def add_feedback(self, trace_id: str, user: str, verdict: str, correct_answer: str | None = None,
+                     correct_source: str | None = None) -> None:
+        """Mark one of ``user``'s answers right or wrong (with the correct answer or source document, if
+        given); the last word counts."""
         if verdict not in ("right", "wrong"):
             raise AgentError(f"a verdict is right or wrong, not {verdict!r}")
         if correct_answer is not None and len(correct_answer) > MAX_FEEDBACK_CHARS:
             raise AgentError(f"the correct answer is over the {MAX_FEEDBACK_CHARS} character limit")
+        if correct_source is not None and len(correct_source) > MAX_SOURCE_CHARS:
+            raise AgentError(f"the correct source is over the {MAX_SOURCE_CHARS} character limit")
         with self._lock:
             self.trace(trace_id, user)  # the user's own answers only
             with self.db.atomic():
-                self.db.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?)",
-                                [trace_id, user, verdict, (correct_answer or "").strip() or None, _now()])
+                self.db.execute("INSERT OR REPLACE INTO feedback (trace_id, user, verdict, correct_answer, at, "
+                                "correct_source) VALUES (?, ?, ?, ?, ?, ?)",
+                                [trace_id, user, verdict, (correct_answer or "").strip() or None, _now(),
+                                 (correct_source or "").strip() or None])
 
     def feedback(self, user: str | None = None) -> list[dict]:
         with self._lock:
-            sql = "SELECT f.*, t.question, t.answer FROM feedback f JOIN traces t ON t.id = f.trace_id"
+            sql = ("SELECT f.*, t.question, t.answer, t.outcome, t.cited_docs FROM feedback f "
+                   "JOIN traces t ON t.id = f.trace_id")
             return list(self.db.query(sql + (" WHERE f.user = ?" if user else "") + " ORDER BY f.at",
                                       [user] if user else []))
 

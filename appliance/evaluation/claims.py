@@ -139,8 +139,16 @@ def _pct(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
 
 
+@dataclass(frozen=True)
+class SingleShot:
+    text: str
+    cited: list[Hit]
+    checks: list[bool]  # per answer sentence: supported by its cited passage
+    tokens: int
+
+
 def single_shot(engine: EngineClient, retriever: Retriever, grounder: Grounder, claim: str, principal: Principal,
-                k: int = 4) -> tuple[str, list[Hit], list[bool]]:
+                k: int = 4) -> SingleShot:
     """The baseline: retrieve once, generate once, no checks (verified afterwards for the score)."""
     hits = retriever.retrieve(claim, principal, k=k)
     texts = [h.chunk.text for h in hits]
@@ -150,7 +158,7 @@ def single_shot(engine: EngineClient, retriever: Retriever, grounder: Grounder, 
     sentences = split_cited(res.text)
     cited_numbers = {n for _, cites in sentences for n in cites if 1 <= n <= len(hits)}
     checks = [c.supported for c in grounder.check(sentences, texts, claim)] if sentences else []
-    return res.text, [hits[n - 1] for n in sorted(cited_numbers)], checks
+    return SingleShot(res.text, [hits[n - 1] for n in sorted(cited_numbers)], checks, res.completion_tokens)
 
 
 def evaluate_claims(agent: Agent, claims: Sequence[Claim], principal: Principal,
@@ -167,10 +175,10 @@ def evaluate_claims(agent: Agent, claims: Sequence[Claim], principal: Principal,
                              time.perf_counter() - t0, answer.seconds,
                              agent.store.trace(answer.trace_id)["time_split"])
         t0 = time.perf_counter()
-        _, cited, checks = single_shot(engine, retriever, grounder, claim.text, principal)
+        shot = single_shot(engine, retriever, grounder, claim.text, principal)
         answered = time.perf_counter() - t0
-        label = label_claim(engine, claim.text, [h.chunk.text for h in cited])
-        tallies["single_shot"].add(claim, label, [h.chunk.doc_id for h in cited], checks, not cited,
+        label = label_claim(engine, claim.text, [h.chunk.text for h in shot.cited])
+        tallies["single_shot"].add(claim, label, [h.chunk.doc_id for h in shot.cited], shot.checks, not shot.cited,
                                    time.perf_counter() - t0, answered)
         if progress:
             progress(1)

@@ -61,6 +61,7 @@ class Classification:
     threshold: float
     seconds: float
     adapter: str
+    tokens: int = 0  # generated: the label's tokens
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -72,6 +73,7 @@ class Extraction:
     dropped: list[dict]  # items the model produced that the input does not contain (or of unknown type)
     seconds: float
     adapter: str
+    tokens: int = 0  # generated: the JSON reply's tokens
 
     def as_dict(self) -> dict:
         return {"spans": [s.__dict__ for s in self.spans], "dropped": self.dropped, "seconds": self.seconds,
@@ -130,7 +132,7 @@ class AdapterSpecialist:
         out = self._engine().classify(classification_prompt(text), list(self.info.labels), adapter=self.name)
         conf = float(out["confidence"])
         return Classification(out["label"] if conf >= self.threshold else None, out["label"], conf, self.threshold,
-                              time.perf_counter() - started, self.name)
+                              time.perf_counter() - started, self.name, int(out.get("steps") or 0))
 
     def schema(self) -> dict:
         return {"type": "array", "maxItems": 32, "items": {
@@ -165,11 +167,13 @@ class AdapterSpecialist:
             spans.append(AgentSpan(kind, surface, at, at + len(surface)))
             pos = max(pos, at + len(surface))
         spans.sort(key=lambda s: (s.start, s.end))
-        return Extraction(spans, dropped, time.perf_counter() - started, self.name)
+        return Extraction(spans, dropped, time.perf_counter() - started, self.name, result.completion_tokens)
 
     def run(self, text: str) -> SpecialistResult:
         """The agent's seam (:class:`appliance.agent.specialists.Specialist`)."""
         if self.task == "classify":
             c = self.classify(text)
-            return SpecialistResult("classify", self.name, labels=[(c.best, c.confidence)] if c.label else [])
-        return SpecialistResult("extract", self.name, spans=self.extract(text).spans)
+            return SpecialistResult("classify", self.name, labels=[(c.best, c.confidence)] if c.label else [],
+                                    tokens=c.tokens)
+        e = self.extract(text)
+        return SpecialistResult("extract", self.name, spans=e.spans, tokens=e.tokens)

@@ -286,15 +286,16 @@ class AskScreen(Screen[None]):
             return
         self.app.push_screen(FlagScreen(self.last.question), self._flagged)
 
-    def _flagged(self, result: tuple[str, str] | None) -> None:
+    def _flagged(self, result: tuple[str, str, str] | None) -> None:
         if result is None or self.last is None:
             return
         from appliance import operations
 
         app: Any = self.app
-        verdict, correct = result
+        verdict, correct, source = result
         try:
-            operations.record_feedback(app.services, app.current(), self.last.trace_id, verdict, correct or None)
+            operations.record_feedback(app.services, app.current(), self.last.trace_id, verdict, correct or None,
+                                       source or None)
         except Exception as exc:  # noqa: BLE001
             self.post_message(Failed(exc, "saving your feedback"))
             return

@@ -71,7 +71,7 @@ class SessionsScreen(ModalScreen[str | None]):
         self.dismiss(getattr(event.item, "session_id", None))
 
 
-class FlagScreen(ModalScreen[tuple[str, str] | None]):
+class FlagScreen(ModalScreen[tuple[str, str, str] | None]):
     BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
 
     def __init__(self, question: str) -> None:
@@ -82,6 +82,7 @@ class FlagScreen(ModalScreen[tuple[str, str] | None]):
         with Vertical(classes="dialog", id="flag-box"):
             yield Label(Text(f"Was the answer to \u201c{self.question[:120]}\u201d right?", style="bold"))
             yield Input(placeholder="the correct answer (optional)", id="correct", max_length=4000)
+            yield Input(placeholder="the document that holds it (optional: its id)", id="source", max_length=500)
             with Horizontal():
                 yield Button("Right", variant="success", id="right")
                 yield Button("Wrong", variant="error", id="wrong")
@@ -90,7 +91,8 @@ class FlagScreen(ModalScreen[tuple[str, str] | None]):
     @on(Button.Pressed)
     def _button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id in ("right", "wrong"):
-            self.dismiss((event.button.id, self.query_one("#correct", Input).value.strip()))
+            self.dismiss((event.button.id, self.query_one("#correct", Input).value.strip(),
+                          self.query_one("#source", Input).value.strip()))
         else:
             self.dismiss(None)
 

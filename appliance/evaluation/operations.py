@@ -1,0 +1,86 @@
+"""Evaluation done on behalf of an account: sets in and out, runs; each authorizes and audits.
+
+The CLI and the TUI call these; a run is audited once (set, digest, figures), not per item.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from appliance.access.accounts import Account
+from appliance.errors import EvaluationError
+from appliance.evaluation.compare import ARCHITECTURES, compare, headline
+from appliance.evaluation.sets import EvalSet, items_from_feedback, load_items
+from appliance.operations import _fresh
+from appliance.services import Services
+
+__all__ = ["import_set", "set_from_feedback", "export_set", "delete_set", "run_set"]
+
+
+def import_set(services: Services, account: Account, name: str, path: Path, *, description: str = "",
+               replace: bool = False, origin: str | None = None) -> EvalSet:
+    by = _fresh(services, account, "evaluation.manage")
+    items = load_items(path, services.eval_store().limits)
+    services.audit().record("evaluation.set.import", by.name, set=name, file=path.name, items=len(items),
+                            replace=replace)
+    return services.eval_store().save(name, items, by=by.name, origin=origin or f"file {path.name}",
+                                      description=description, replace=replace)
+
+
+def set_from_feedback(services: Services, account: Account, name: str, *, replace: bool = False,
+                      description: str = "") -> tuple[EvalSet, list[str]]:
+    """A set of the questions analysts marked right or wrong (with the answer or source they gave)."""
+    by = _fresh(services, account, "evaluation.manage")
+    items, skipped = items_from_feedback(services.agent_store().feedback(), services.eval_store().limits)
+    if not items:
+        why = f" ({len(skipped)} left out: {skipped[0]})" if skipped else ""
+        raise EvaluationError(f"no usable feedback yet: analysts mark answers right or wrong in Ask (ctrl+f){why}")
+    services.audit().record("evaluation.set.feedback", by.name, set=name, items=len(items), skipped=len(skipped))
+    made = services.eval_store().save(name, items, by=by.name, origin="analysts' feedback",
+                                      description=description, replace=replace)
+    return made, skipped
+
+
+def export_set(services: Services, account: Account, name: str, out: Path) -> int:
+    by = _fresh(services, account, "evaluation.manage")
+    s = services.eval_store().get(name)
+    services.audit().record("evaluation.set.export", by.name, set=name, digest=s.digest, file=out.name)
+    return services.eval_store().export(name, out)
+
+
+def delete_set(services: Services, account: Account, name: str) -> None:
+    by = _fresh(services, account, "evaluation.manage")
+    s = services.eval_store().get(name)
+    services.audit().record("evaluation.set.delete", by.name, set=name, digest=s.digest)
+    services.eval_store().delete(name)
+
+
+def run_set(services: Services, account: Account, name: str, *, architectures: Sequence[str] = ARCHITECTURES,
+            limit: int | None = None, trigger: str = "manual",
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Every applicable architecture on the set, as the account (retrieval sees what it may read)."""
+    by = _fresh(services, account, "evaluation.manage")
+    unknown = sorted(set(architectures) - set(ARCHITECTURES))
+    if unknown:
+        raise EvaluationError(f"unknown architecture {unknown[0]!r} (choose from {', '.join(ARCHITECTURES)})")
+    if limit is not None and limit < 1:
+        raise EvaluationError("--limit must be at least 1")
+    evalset = services.eval_store().get(name)
+    generation = services.generation()
+    services.audit().record("evaluation.run", by.name, set=name, digest=evalset.digest, trigger=trigger,
+                            architectures=list(architectures), generation=generation.generation)
+    report = compare(evalset, services.evaluation_systems(), by.principal(), architectures=architectures,
+                     limit=limit, progress=progress)
+    run_id = secrets.token_hex(8)
+    report.update(run_id=run_id, generation=generation.generation, release=generation.release, trigger=trigger,
+                  by=by.name)
+    services.eval_store().add_run(run_id, name, evalset.digest, by=by.name, generation=str(generation.generation),
+                                  trigger=trigger, seconds=report["seconds"], report=report)
+    report["at"] = services.eval_store().runs(name, limit=1)[0]["at"]
+    services.audit().record("evaluation.result", by.name, set=name, run=run_id,
+                            recommendations={k: v["recommendation"]["architecture"]
+                                             for k, v in report["by_kind"].items()},
+                            figures={k: round(v, 4) for k, v in headline(report).items()})
+    return report
