@@ -5,6 +5,7 @@ The CLI and the TUI call these; a run is audited once (set, digest, figures), no
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,10 +76,9 @@ def run_set(services: Services, account: Account, name: str, *, architectures: S
                      limit=limit, progress=progress)
     run_id = secrets.token_hex(8)
     report.update(run_id=run_id, generation=generation.generation, release=generation.release, trigger=trigger,
-                  by=by.name)
+                  by=by.name, at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     services.eval_store().add_run(run_id, name, evalset.digest, by=by.name, generation=str(generation.generation),
-                                  trigger=trigger, seconds=report["seconds"], report=report)
-    report["at"] = services.eval_store().runs(name, limit=1)[0]["at"]
+                                  trigger=trigger, seconds=report["seconds"], report=report, at=report["at"])
     services.audit().record("evaluation.result", by.name, set=name, run=run_id,
                             recommendations={k: v["recommendation"]["architecture"]
                                              for k, v in report["by_kind"].items()},

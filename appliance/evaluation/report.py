@@ -47,7 +47,7 @@ def table_rows(kind: str, section: dict) -> tuple[list[str], list[list[str]]]:
 def markdown(report: dict) -> str:
     lines = [f"# Evaluation of `{report['set']}`", ""]
     meta = [f"{report['items']} items", f"set digest `{report['digest'][:16]}`"]
-    if report.get("generation"):
+    if report.get("generation") is not None:
         meta.append(f"generation {report['generation']}")
     if report.get("at"):
         meta.append(f"run {report['at']}")

@@ -381,9 +381,9 @@ class EvalStore:
     # -- runs ---------------------------------------------------------------------------
 
     def add_run(self, run_id: str, set_name: str, set_digest_: str, *, by: str, generation: str | None,
-                trigger: str, seconds: float, report: dict) -> None:
+                trigger: str, seconds: float, report: dict, at: str | None = None) -> None:
         with self._lock, self.db.atomic():
-            self.db["runs"].insert({"id": run_id, "set_name": set_name, "set_digest": set_digest_, "at": _now(),
+            self.db["runs"].insert({"id": run_id, "set_name": set_name, "set_digest": set_digest_, "at": at or _now(),
                                     "by": by, "generation": generation, "trigger": trigger, "seconds": seconds,
                                     "report": json.dumps(report, ensure_ascii=False)})
 
