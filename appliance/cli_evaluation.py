@@ -11,7 +11,6 @@ from rich.table import Table
 
 from appliance.cli import _services, console, main
 from appliance.cli_knowledge import eval_group
-from appliance.cli_updates import _progress
 from appliance.evaluation.compare import ARCHITECTURES
 
 __all__: list[str] = []
@@ -140,6 +139,7 @@ def eval_run(ctx: click.Context, set_name: str, archs: tuple[str, ...], limit: i
              as_json: bool) -> None:
     """Every applicable architecture on a set, side by side, with a recommendation per task type."""
     from appliance.cli_access import current_account
+    from appliance.cli_updates import _progress
     from appliance.evaluation.operations import run_set
     from appliance.evaluation.report import write_report
 

@@ -183,13 +183,15 @@ def bundle_apply(ctx: click.Context, directory: Path, as_json: bool) -> None:
 
     from appliance.cli import _services
     from appliance.cli_access import current_account
-    from appliance.updates.apply import apply_bundle
+    from appliance.evaluation.gate import apply_with_gate
 
     services = _services(ctx)
     with _progress() as step:
-        result = apply_bundle(services, current_account(ctx), directory, step)
+        result, gate = apply_with_gate(services, current_account(ctx), directory, step)
     if as_json:
-        click.echo(_json.dumps(result.as_dict(), indent=2))
+        click.echo(_json.dumps(dict(result.as_dict(), gate=gate.as_dict()), indent=2))
+        if gate.failed:
+            sys.exit(1)
         return
     if result.noop:
         console.print(f"{result.bundle} release {result.release} is already applied: nothing changed", highlight=False)
@@ -198,6 +200,26 @@ def bundle_apply(ctx: click.Context, directory: Path, as_json: bool) -> None:
     console.print(f"applied {result.bundle} release {result.release} as generation {result.generation} in "
                   f"{result.seconds:.1f} s: {c.get('added', 0)} added, {c.get('replaced', 0)} replaced, "
                   f"{c.get('unchanged', 0)} unchanged, {c.get('revoked', 0)} revoked", highlight=False)
+    if gate.verdict != "not run":
+        from appliance.evaluation.gate import gate_text
+
+        console.print(gate_text(gate))
+    if gate.failed:
+        sys.exit(1)
+
+
+@bundle.command("accept")
+@click.argument("generation", type=int)
+@click.pass_context
+def bundle_accept(ctx: click.Context, generation: int) -> None:
+    """Serve a generation the drift gate held (`[evaluation] gate_action = "hold"`) after all."""
+    from appliance.cli import _services
+    from appliance.cli_access import current_account
+    from appliance.evaluation.gate import accept_held
+
+    state = accept_held(_services(ctx), current_account(ctx), generation)
+    console.print(f"generation {generation} ({state.get('bundle')} release {state.get('release')}) serves, "
+                  f"accepted over {len(state.get('failed') or [])} figures the drift gate failed", highlight=False)
 
 
 @bundle.command("history")
@@ -213,19 +235,28 @@ def bundle_history(ctx: click.Context, as_json: bool) -> None:
     from appliance.cli_access import current_account
     from appliance.updates.apply import history
 
+    from appliance.evaluation.gate import held
+
     serving, kept, state = history(_services(ctx), current_account(ctx))
+    holding = held(_services(ctx))
     if as_json:
-        click.echo(_json.dumps({"serving": serving, "generations": [g.as_dict() for g in kept], "state": state},
-                               indent=2))
+        click.echo(_json.dumps({"serving": serving, "generations": [g.as_dict() for g in kept], "state": state,
+                                "held": holding}, indent=2))
         return
     table = Table(title=f"generations (highest release applied: {state.get('release', 0)})")
     for col in ("", "generation", "bundle", "release", "applied", "by", "changes"):
         table.add_column(col)
     for g in kept:
         changes = ", ".join(f"{v} {k}" for k, v in g.changes.items() if v)
-        table.add_row("serving" if g.generation == serving else "", str(g.generation), g.bundle or "(initial)",
-                      str(g.release), g.applied_at or "", g.by or "", changes)
+        mark = "serving" if g.generation == serving else "held" if holding and holding["generation"] == g.generation \
+            else ""
+        table.add_row(mark, str(g.generation), g.bundle or "(initial)", str(g.release), g.applied_at or "", g.by or "",
+                      changes)
     console.print(table)
+    if holding:
+        console.print(f"generation {holding['generation']} is held by the drift gate since {holding['at']} "
+                      f"({len(holding['failed'])} figures dropped): `appliance bundle accept {holding['generation']}` "
+                      "serves it", highlight=False)
 
 
 @bundle.command("rollback")

@@ -154,6 +154,30 @@ class SpecialistSettings:
 
 
 @dataclass(frozen=True)
+class EvaluationSettings:
+    """The drift gate: evaluation sets run after every bundle apply, and what a drop does."""
+
+    gate_sets: tuple[str, ...] = ()  # evaluation set names; none: no gate
+    gate_action: str = "rollback"  # rollback: the previous generation serves again; hold: also, until accepted
+    max_drop: float = 0.05  # a quality figure (accuracy, F1, groundedness ...) falling by more fails the gate
+    drop_thresholds: tuple[str, ...] = ()  # per figure, "metric=drop", e.g. "groundedness=0.02"
+    gate_limit: int = 0  # items of each kind a gate run takes (0: all)
+
+    def thresholds(self) -> dict[str, float]:
+        return {k.strip(): float(v) for k, _, v in (t.partition("=") for t in self.drop_thresholds)}
+
+    def checks(self) -> list[tuple[str, bool, str]]:
+        try:
+            ok = all(0 <= v <= 1 for v in self.thresholds().values())
+        except ValueError:
+            ok = False
+        return [("gate_action", self.gate_action in ("rollback", "hold"), '"rollback" or "hold"'),
+                ("max_drop", 0 <= self.max_drop <= 1, "from 0 to 1"),
+                ("drop_thresholds", ok, 'a list of "metric=drop" with drops from 0 to 1'),
+                ("gate_limit", 0 <= self.gate_limit <= 100_000, "from 0 to 100000")]
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     """The question-answering loop: budgets, the evidence rule, the verification policy."""
 
@@ -227,6 +251,7 @@ class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
     specialists: SpecialistSettings = field(default_factory=SpecialistSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     config_file: Path | None = None
     models_dir_override: Path | None = None
 
@@ -253,6 +278,7 @@ SECTIONS: dict[str, type] = {
     "agent": AgentSettings,
     "updates": UpdatesSettings,
     "specialists": SpecialistSettings,
+    "evaluation": EvaluationSettings,
 }
 
 

@@ -47,6 +47,8 @@ QUALITY = {"qa": ("token_f1", "exact_match", "source_recall", "groundedness"),
 TIE = 0.02  # within this of the best primary metric, the faster architecture is recommended
 SAME_SPEED = 1.10  # ... and within this latency ratio of the fastest, the simpler one
 SIMPLEST_FIRST = ("specialist", "single_shot", "agentic", "hybrid")  # fewest moving parts first
+SERVED = {"qa": ("hybrid", "agentic"), "claim": ("hybrid", "agentic"), "classify": ("specialist", "single_shot"),
+          "extract": ("specialist", "single_shot")}  # what the appliance serves for a kind, first that applies
 SHOTS = {"classify": 8, "extract": 3}
 SHOT_SEED = 7
 Progress = Callable[[int, int], None]
@@ -288,9 +290,10 @@ def recommend(kind: str, archs: dict[str, dict]) -> dict:
 
 
 def compare(evalset: EvalSet, systems: Systems, principal: Principal, *,
-            architectures: Sequence[str] = ARCHITECTURES, limit: int | None = None,
+            architectures: Sequence[str] = ARCHITECTURES, limit: int | None = None, served: bool = False,
             progress: Progress | None = None) -> dict[str, Any]:
-    """Run each applicable architecture on every item of ``evalset``; the report, by kind."""
+    """Run each applicable architecture on every item of ``evalset``; the report, by kind.
+    ``served``: only the architecture the appliance serves for each kind (the drift gate's run)."""
     runner = _Runner(systems, principal)
     by_kind: dict[str, list[EvalItem]] = {}
     for item in evalset.items:
@@ -318,6 +321,9 @@ def compare(evalset: EvalSet, systems: Systems, principal: Principal, *,
         items = items[:limit] if limit else items
         status = {a: (r if r is not None or a in architectures else "not asked for")
                   for a, r in applicable(kind, systems).items()}
+        if served:
+            chosen = next((a for a in SERVED[kind] if status[a] is None), None)
+            status = {a: (r if r is not None or a == chosen else "not what is served") for a, r in status.items()}
         plans[kind] = (items, status, shots, context)
     total = sum(len(items) * sum(r is None for r in status.values()) for items, status, _, _ in plans.values())
     done = 0

@@ -59,7 +59,7 @@ def delete_set(services: Services, account: Account, name: str) -> None:
 
 
 def run_set(services: Services, account: Account, name: str, *, architectures: Sequence[str] = ARCHITECTURES,
-            limit: int | None = None, trigger: str = "manual",
+            limit: int | None = None, trigger: str = "manual", served: bool = False,
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Every applicable architecture on the set, as the account (retrieval sees what it may read)."""
     by = _fresh(services, account, "evaluation.manage")
@@ -73,9 +73,10 @@ def run_set(services: Services, account: Account, name: str, *, architectures: S
     services.audit().record("evaluation.run", by.name, set=name, digest=evalset.digest, trigger=trigger,
                             architectures=list(architectures), generation=generation.generation)
     report = compare(evalset, services.evaluation_systems(), by.principal(), architectures=architectures,
-                     limit=limit, progress=progress)
+                     limit=limit, served=served, progress=progress)
     run_id = secrets.token_hex(8)
     report.update(run_id=run_id, generation=generation.generation, release=generation.release, trigger=trigger,
+                  served=served, limit=limit,
                   by=by.name, at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     services.eval_store().add_run(run_id, name, evalset.digest, by=by.name, generation=str(generation.generation),
                                   trigger=trigger, seconds=report["seconds"], report=report, at=report["at"])

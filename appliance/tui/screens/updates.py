@@ -22,6 +22,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Static
 
+from appliance.evaluation.gate import gate_text
 from appliance.tui.messages import Done, Failed, PhaseProgressed
 from appliance.tui.widgets import AppHeader
 
@@ -56,7 +57,7 @@ def plan_text(s: dict) -> Text:
     return out
 
 
-def applied_text(r: Any) -> Text:  # appliance.updates.apply.ApplyResult
+def applied_text(r: Any, gate: Any = None) -> Text:  # ApplyResult, and the drift gate's GateResult
     out = Text()
     out.append(" APPLIED ", style="bold reverse")
     if r.noop:
@@ -66,6 +67,8 @@ def applied_text(r: Any) -> Text:  # appliance.updates.apply.ApplyResult
     out.append(f" {r.bundle} release {r.release} as generation {r.generation} in {r.seconds:.1f} s\n", style="bold")
     out.append(f"{c.get('added', 0)} added, {c.get('replaced', 0)} replaced, {c.get('unchanged', 0)} unchanged, "
                f"{c.get('revoked', 0)} revoked\n")
+    if gate is not None and gate.verdict != "not run":
+        out.append_text(gate_text(gate))
     return out
 
 
@@ -270,9 +273,9 @@ class UpdatesScreen(Screen[None]):
     def _apply_worker(self, media: Path) -> None:
         app: Any = self.app
         try:
-            from appliance.updates.apply import apply_bundle
+            from appliance.evaluation.gate import apply_with_gate
 
-            result = apply_bundle(app.services, app.current(), media, self._reporter())
+            result = apply_with_gate(app.services, app.current(), media, self._reporter())
             self.post_message(Done("bundle-applied", result))
         except Exception as exc:  # noqa: BLE001
             self.post_message(Failed(exc, WHAT["apply"]))
@@ -325,7 +328,7 @@ class UpdatesScreen(Screen[None]):
             self._finished("verify")
         elif message.what == "bundle-applied":
             self.verified = None
-            result.update(applied_text(message.result))
+            result.update(applied_text(*message.result))
             self._finished("apply")
             self._load_history()
         elif message.what == "bundle-rolled-back":

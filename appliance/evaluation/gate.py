@@ -1,0 +1,209 @@
+"""The drift gate: no bundle silently makes answers worse.
+
+With ``[evaluation] gate_sets`` configured, a bundle apply goes:
+
+1. each gate set has a baseline on the serving generation: its last gate (or baseline)
+   run there on the same items; if there is none it is run first;
+2. the bundle is applied as ever (verified, staged, switched atomically);
+3. each gate set runs again on the new generation, with what the appliance serves for each
+   kind of item (the agent, with its specialists; the specialist itself);
+4. every quality figure (accuracy, F1, groundedness, ...) is compared with the baseline; a
+   drop of more than its threshold fails the gate. Then the previous generation serves
+   again at once, and the new one is either left (``gate_action = "rollback"``) or held
+   for an officer (``"hold"``: ``appliance bundle accept N`` serves it after all).
+
+Every verdict is audited with the figures that decided it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.text import Text
+
+from appliance.access.accounts import Account
+from appliance.access.authz import authorize
+from appliance.errors import BundleError, EvaluationError
+from appliance.evaluation.compare import QUALITY
+from appliance.evaluation.operations import run_set
+from appliance.services import Services
+from appliance.updates.apply import ApplyResult, apply_bundle, rollback
+from appliance.updates.check import updates_dir
+
+__all__ = ["GateResult", "apply_with_gate", "figures", "drops", "held", "accept_held", "gate_text"]
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class GateResult:
+    verdict: str  # passed | rolled back | held | not run
+    sets: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # {figure, before, after, drop, threshold}
+    compared: int = 0  # figures compared
+    seconds: float = 0.0
+    runs: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def figures(report: dict) -> dict[str, float]:
+    """``kind/metric`` -> value, from the one architecture a gate run measures per kind."""
+    out: dict[str, float] = {}
+    for kind, section in report.get("by_kind", {}).items():
+        for m in section.get("architectures", {}).values():
+            if "skipped" in m:
+                continue
+            for metric in QUALITY.get(kind, ()):
+                if isinstance(m.get(metric), (int, float)):
+                    out[f"{kind}/{metric}"] = float(m[metric])
+    return out
+
+
+def drops(before: dict[str, float], after: dict[str, float], max_drop: float,
+          thresholds: dict[str, float]) -> tuple[list[dict], int]:
+    """The figures that fell by more than their threshold, and how many were compared."""
+    failed, compared = [], 0
+    for key in sorted(before.keys() & after.keys()):
+        compared += 1
+        limit = thresholds.get(key, thresholds.get(key.split("/", 1)[1], max_drop))
+        drop = before[key] - after[key]
+        if drop > limit + 1e-9:
+            failed.append({"figure": key, "before": round(before[key], 4), "after": round(after[key], 4),
+                           "drop": round(drop, 4), "threshold": limit})
+    return failed, compared
+
+
+def _held_file(services: Services) -> Path:
+    return updates_dir(services) / "held.json"
+
+
+def held(services: Services) -> dict | None:
+    """The generation the gate holds for an officer's decision, if any (none once it serves or is gone)."""
+    from appliance.updates.generations import list_generations
+
+    f = _held_file(services)
+    if not f.is_file():
+        return None
+    try:
+        state = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    kept = {g.generation for g in list_generations(services.settings.data_dir)}
+    if state.get("generation") not in kept or state.get("generation") == services.generation().generation:
+        return None
+    return state
+
+
+def _write_held(services: Services, state: dict | None) -> None:
+    f = _held_file(services)
+    if state is None:
+        f.unlink(missing_ok=True)
+        return
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    os.replace(tmp, f)
+
+
+def _baseline(services: Services, account: Account, name: str, generation: int, limit: int | None,
+              step: Progress) -> dict:
+    store = services.eval_store()
+    digest = store.get(name).digest
+    for run in store.runs(name, limit=200):
+        if (run["generation"] == str(generation) and run["set_digest"] == digest and run["report"].get("served")
+                and run["report"].get("limit") == limit):
+            return run["report"]
+    return run_set(services, account, name, served=True, limit=limit, trigger="gate baseline",
+                   progress=lambda done, total: step(f"drift gate: baseline of {name}", done, total))
+
+
+def apply_with_gate(services: Services, account: Account, media: Path, progress: Progress | None = None,
+                    now: dt.datetime | None = None) -> tuple[ApplyResult, GateResult]:
+    """Apply the bundle on ``media``; with gate sets configured, measure before and after, and
+    return to the previous generation if a figure drops by more than its threshold."""
+    import time
+
+    step = progress or (lambda phase, done, total: None)
+    settings = services.settings.evaluation
+    names = list(settings.gate_sets)
+    if not names:
+        return apply_bundle(services, account, media, progress, now=now), GateResult("not run")
+    authorize(services.accounts().get(account.name), "bundles.manage")
+    authorize(services.accounts().get(account.name), "evaluation.manage")
+    limit = settings.gate_limit or None
+    started = time.perf_counter()
+    try:
+        for name in names:
+            services.eval_store().get(name)  # a missing gate set stops the apply before anything changes
+    except EvaluationError as exc:
+        raise BundleError(f"drift gate: {exc} ([evaluation] gate_sets)") from None
+    parent = services.generation().generation
+    before: dict[str, float] = {}
+    for name in names:
+        before.update({f"{name}:{k}": v for k, v in figures(_baseline(services, account, name, parent, limit,
+                                                                       step)).items()})
+    gate_s = time.perf_counter() - started
+    result = apply_bundle(services, account, media, progress, now=now)
+    if result.noop or result.generation is None:
+        return result, GateResult("not run", names)
+    started = time.perf_counter()
+    after: dict[str, float] = {}
+    runs = []
+    for name in names:
+        report = run_set(services, account, name, served=True, limit=limit, trigger=f"gate {result.generation}",
+                         progress=lambda done, total, name=name: step(f"drift gate: {name}", done, total))
+        runs.append(report["run_id"])
+        after.update({f"{name}:{k}": v for k, v in figures(report).items()})
+    failed, compared = drops(before, after, settings.max_drop,
+                             {f"{n}:{k}": v for n in names for k, v in settings.thresholds().items()}
+                             | settings.thresholds())
+    gate = GateResult("passed", names, failed, compared, gate_s + time.perf_counter() - started, runs)
+    by = services.accounts().get(account.name)
+    if failed:
+        rollback(services, account, to=parent)
+        gate.verdict = "held" if settings.gate_action == "hold" else "rolled back"
+        if gate.verdict == "held":
+            _write_held(services, {"generation": result.generation, "parent": parent, "bundle": result.bundle,
+                                   "release": result.release, "failed": failed, "runs": runs,
+                                   "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    services.audit().record("evaluation.gate", by.name, bundle=result.bundle, release=result.release,
+                            generation=result.generation, verdict=gate.verdict, sets=names, compared=compared,
+                            failed=failed, runs=runs)
+    return result, gate
+
+
+def accept_held(services: Services, account: Account, generation: int) -> dict:
+    """An officer's decision on a held generation: serve it after all (audited with what failed)."""
+    by = authorize(services.accounts().get(account.name), "bundles.manage")
+    state = held(services)
+    if state is None or state.get("generation") != generation:
+        what = f"generation {state['generation']} is" if state else "no generation is"
+        raise BundleError(f"generation {generation} is not held by the drift gate ({what} held)")
+    services.audit().record("evaluation.gate.accepted", by.name, generation=generation, bundle=state.get("bundle"),
+                            failed=state.get("failed"))
+    rollback(services, account, to=generation)
+    _write_held(services, None)
+    return state
+
+
+def gate_text(gate: GateResult) -> Text:
+    """The gate's verdict and the figures that decided it, for the CLI and the TUI."""
+    out = Text()
+    if gate.verdict == "passed":
+        out.append(f"Drift gate passed: {gate.compared} figures of {', '.join(gate.sets)} held up "
+                   f"({gate.seconds:.0f} s).\n", style="green")
+        return out
+    out.append(" DRIFT GATE FAILED ", style="bold reverse red")
+    action = ("the previous generation serves again, and this one is held: accept it with "
+              "`appliance bundle accept`" if gate.verdict == "held" else "the previous generation serves again")
+    out.append(f" {action}.\n", style="bold")
+    for f in gate.failed:
+        out.append(f"  {f['figure']}: {f['before']:.3f} -> {f['after']:.3f} (drop {f['drop']:.3f}, "
+                   f"allowed {f['threshold']:.3f})\n")
+    return out

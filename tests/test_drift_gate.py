@@ -1,0 +1,131 @@
+"""The drift gate: figures compared with their thresholds, and over the real appliance a bundle that
+makes answers worse is rolled back (or held until an officer accepts it), and audited."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from appliance.audit.log import AuditLog
+from appliance.evaluation.gate import drops, figures
+from appliance.runtime.model_store import ModelStore
+from tests.test_knowledge_real import _accounts, _run
+from tests.test_update_real import _build, _run_with
+
+DOCS = {
+    "kiosk.txt": "The Removable Media Kiosk is in room A-017 in Building A. Every USB drive is scanned there "
+                 "before it is connected to a station computer.\n",
+    "canteen.txt": "The canteen serves lunch from noon until two o'clock on weekdays, in Building E.\n",
+    "gym.txt": "The staff gym in Building E opens at six in the morning.\n",
+}
+QUESTIONS = [
+    {"kind": "qa", "input": "Which room is the Removable Media Kiosk in?",
+     "expected": {"answers": ["room A-017"], "sources": ["kiosk.txt"]}},
+    {"kind": "qa", "input": "When does the canteen serve lunch?",
+     "expected": {"answers": ["from noon until two o'clock"], "sources": ["canteen.txt"]}},
+]
+
+
+def test_drops_use_the_figure_threshold_then_the_metric_then_the_default() -> None:
+    before = {"s:qa/token_f1": 0.5, "s:qa/groundedness": 1.0, "s:classify/accuracy": 0.9, "s:extract/f1": 0.4}
+    after = {"s:qa/token_f1": 0.46, "s:qa/groundedness": 0.97, "s:classify/accuracy": 0.80, "s:extract/f1": 0.5}
+    failed, compared = drops(before, after, 0.05, {"groundedness": 0.02, "s:classify/accuracy": 0.2})
+    assert compared == 4
+    assert [(f["figure"], f["threshold"]) for f in failed] == [("s:qa/groundedness", 0.02)]
+    failed, _ = drops(before, after, 0.03, {})
+    assert {f["figure"] for f in failed} == {"s:qa/token_f1", "s:classify/accuracy"}
+    assert drops({"a/x": 1.0}, {"b/y": 0.0}, 0.0, {}) == ([], 0)  # nothing in common: nothing compared
+
+
+def test_figures_take_the_measured_architecture_of_each_kind() -> None:
+    report = {"by_kind": {
+        "qa": {"architectures": {"agentic": {"skipped": "not what is served"},
+                                 "hybrid": {"token_f1": 0.4, "groundedness": 0.9, "exact_match": None,
+                                            "p50_ms": 900}}},
+        "classify": {"architectures": {"specialist": {"accuracy": 0.8, "macro_f1": 0.7, "p50_ms": 90}}}}}
+    assert figures(report) == {"qa/token_f1": 0.4, "qa/groundedness": 0.9, "classify/accuracy": 0.8,
+                               "classify/macro_f1": 0.7}
+
+
+def _spec(tmp: Path, release: int, docs: list[str]) -> Path:
+    (tmp / "docs").mkdir(exist_ok=True)
+    for name in docs:
+        (tmp / "docs" / name).write_text(DOCS[name])
+    spec = tmp / f"spec-{release}.toml"
+    spec.write_text(f"""
+[bundle]
+name = "northgate-gate-test"
+appliance_class = "northgate"
+release = {release}
+expires_days = 30
+
+[[knowledge]]
+collection = "facility-handbook"
+labels = "UNCLASSIFIED"
+paths = {json.dumps([f"docs/{d}" for d in docs])}
+""")
+    return spec
+
+
+def _apply(tmp: Path, store: ModelStore, token: str, media: Path, **env: str) -> tuple[int, dict]:
+    extra = {"APPLIANCE_EVALUATION_GATE_SETS": "gate", **env}
+    proc = _run_with(["bundle", "apply", str(media), "--json"], tmp, store, token, extra)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _serving(tmp: Path, store: ModelStore, token: str) -> int:
+    proc = _run(["bundle", "history", "--json"], tmp, store, token=token)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["serving"]
+
+
+def test_a_bundle_that_makes_answers_worse_is_rolled_back_or_held(tmp_path: Path, model_store: ModelStore) -> None:
+    tok = _accounts(tmp_path, model_store, {"olga": ("officer", "SECRET")})["olga"]
+    first = _build(tmp_path, _spec(tmp_path, 1, ["kiosk.txt", "canteen.txt"]), "b1", model_store)
+    assert _run(["bundle", "trust", str(first / "metadata" / "1.root.json")], tmp_path, model_store,
+                token=tok).returncode == 0
+    missing = _run_with(["bundle", "apply", str(first)], tmp_path, model_store, tok,
+                        {"APPLIANCE_EVALUATION_GATE_SETS": "gate"})
+    assert missing.returncode == 2 and "drift gate: no evaluation set 'gate'" in missing.stderr
+    assert _run(["bundle", "apply", str(first)], tmp_path, model_store, token=tok).returncode == 0
+    (tmp_path / "gate.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    assert _run(["evalset", "import", "gate", str(tmp_path / "gate.jsonl")], tmp_path, model_store,
+                token=tok).returncode == 0
+
+    # release 2 drops the kiosk document: its question can no longer be answered from a source
+    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 2, ["canteen.txt"]), "b2",
+                                                           model_store))
+    gate = out["gate"]
+    assert code == 1 and gate["verdict"] == "rolled back", gate
+    assert "gate:qa/source_recall" in {f["figure"] for f in gate["failed"]}
+    assert _serving(tmp_path, model_store, tok) == 1
+    runs = json.loads(_run(["eval", "runs", "--set", "gate", "--json"], tmp_path, model_store, token=tok).stdout)
+    assert sorted(r["trigger"] for r in runs) == ["gate 2", "gate baseline"]
+
+    # the same change held for an officer instead, then accepted
+    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 3, ["canteen.txt"]), "b3",
+                                                           model_store), APPLIANCE_EVALUATION_GATE_ACTION="hold")
+    assert code == 1 and out["gate"]["verdict"] == "held"
+    held = out["generation"]
+    assert _serving(tmp_path, model_store, tok) == 1
+    shown = _run(["bundle", "history"], tmp_path, model_store, token=tok)
+    assert f"generation {held} is held by the drift gate" in shown.stdout
+    wrong = _run(["bundle", "accept", "1"], tmp_path, model_store, token=tok)
+    assert wrong.returncode == 2 and f"generation {held} is held" in wrong.stderr
+    accepted = _run(["bundle", "accept", str(held)], tmp_path, model_store, token=tok)
+    assert accepted.returncode == 0, accepted.stderr
+    assert _serving(tmp_path, model_store, tok) == held
+    assert json.loads(_run(["bundle", "history", "--json"], tmp_path, model_store, token=tok).stdout)["held"] is None
+
+    # release 4 brings the kiosk back and adds a document: the gate passes against the accepted generation
+    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 4, list(DOCS)), "b4",
+                                                           model_store))
+    assert code == 0 and out["gate"]["verdict"] == "passed" and out["gate"]["compared"] >= 3, out["gate"]
+    assert _serving(tmp_path, model_store, tok) == out["generation"]
+
+    entries = [e.value() for e in AuditLog(tmp_path / "data" / "audit").entries()]
+    verdicts = [e["verdict"] for e in entries if e["kind"] == "evaluation.gate"]
+    assert verdicts == ["rolled back", "held", "passed"]
+    accepted_entry = next(e for e in entries if e["kind"] == "evaluation.gate.accepted")
+    assert accepted_entry["user"] == "olga" and accepted_entry["generation"] == held
