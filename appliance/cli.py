@@ -269,7 +269,7 @@ def embed(ctx: click.Context, texts: tuple[str, ...], as_json: bool) -> None:
 
 # Commands of the other rooms register themselves on `main`.
 from appliance import cli_access, cli_agent, cli_audit, cli_demo, cli_knowledge, cli_specialists, cli_tui, cli_updates  # noqa: E402,F401,I001,E501
-from appliance import cli_evaluation  # noqa: E402,F401
+from appliance import cli_evaluation, cli_observability  # noqa: E402,F401
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "specialists.use": ("analyst", "officer", "auditor", "admin"),
     "evaluation.manage": ("officer", "admin"),  # evaluation sets in and out, runs, the drift gate
     "evaluation.read": ("officer", "auditor", "admin"),
+    "metrics.read": ("officer", "auditor", "admin"),  # request metrics: counts and timings, no content
+    "traces.export": ("officer", "auditor"),  # every request's spans, to a file (OpenTelemetry JSON)
 }
 
 

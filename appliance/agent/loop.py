@@ -141,6 +141,7 @@ class _Run:
         if len(self.steps) >= self.settings.max_steps:
             raise _Budget(f"step budget of {self.settings.max_steps} used")
         s = Step(name, **kw)  # type: ignore[arg-type]
+        s.start_ms = (time.perf_counter() - self.t0) * 1000
         self.steps.append(s)
         self.current = s
         return s
@@ -242,7 +243,7 @@ class Agent:
         try:
             self._answer(question, principal, history, run, answer, on_token)
         except _Budget as exc:
-            run.steps.append(Step("budget", decision=str(exc)))
+            run.steps.append(Step("budget", decision=str(exc), start_ms=(time.perf_counter() - run.t0) * 1000))
             if not answer.text or str(exc) == "cancelled":
                 self._abstain(answer, f"stopped: {exc}")
                 answer.outcome = "cancelled" if str(exc) == "cancelled" else answer.outcome

@@ -62,6 +62,13 @@ def m004_cited_docs_correct_source(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE feedback ADD COLUMN correct_source TEXT")
 
 
+@MIGRATIONS
+def m005_step_start(db: sqlite_utils.Database) -> None:
+    """When each step started, from the start of its request: steps become spans."""
+    db.execute("ALTER TABLE trace_steps ADD COLUMN start_ms REAL NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX IF NOT EXISTS traces_started ON traces (started_at)")
+
+
 MAX_FEEDBACK_CHARS = 4000
 MAX_SOURCE_CHARS = 500
 
@@ -77,6 +84,7 @@ class Step:
     ms: float = 0.0
     model_ms: float = 0.0  # of ms, spent in the model (generation, embedding, specialists)
     retrieval_ms: float = 0.0  # of ms, spent searching the index
+    start_ms: float = 0.0  # when the step began, from the start of its request
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,8 @@ class AgentStore:
                 {"trace_id": trace_id, "n": i, "name": s.name, "input": json.dumps(s.input, default=str),
                  "decision": json.dumps(s.decision, default=str), "chunk_ids": json.dumps(s.chunk_ids),
                  "scores": json.dumps([round(x, 6) for x in s.scores]), "tokens": s.tokens, "ms": round(s.ms, 3),
-                 "model_ms": round(s.model_ms, 3), "retrieval_ms": round(s.retrieval_ms, 3)}
+                 "model_ms": round(s.model_ms, 3), "retrieval_ms": round(s.retrieval_ms, 3),
+                 "start_ms": round(s.start_ms, 3)}
                 for i, s in enumerate(steps))
 
     def trace(self, trace_id: str, user: str | None = None) -> dict:
@@ -135,6 +144,16 @@ class AgentStore:
                           chunk_ids=json.loads(r["chunk_ids"]), scores=json.loads(r["scores"]))
                      for r in self.db.query("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY n", [trace_id])]
         return dict(rows[0], steps=steps, time_split=time_split(rows[0]["seconds"] or 0.0, steps))
+
+    def trace_ids(self, *, since: str | None = None, user: str | None = None, limit: int = 10_000) -> list[str]:
+        """Trace ids, oldest first: started at or after ``since`` (ISO time), of ``user`` if given."""
+        sql, args = "SELECT id FROM traces WHERE 1 = 1", []
+        if since:
+            sql, args = sql + " AND started_at >= ?", [*args, since]
+        if user:
+            sql, args = sql + " AND user = ?", [*args, user]
+        with self._lock:
+            return [r["id"] for r in self.db.query(sql + " ORDER BY started_at LIMIT ?", [*args, limit])]
 
     def add_feedback(self, trace_id: str, user: str, verdict: str, correct_answer: str | None = None,
                      correct_source: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""System: models and adapters, GPU offload, recent answer speed, index sizes, air gap, disk."""
+"""System: models and adapters, GPU offload, request metrics, index sizes, air gap, disk."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
+from appliance.agent.metrics import request_metrics, since_iso
 from appliance.tui.messages import Done, Failed
 from appliance.tui.widgets import AppHeader
 
@@ -26,6 +27,26 @@ def _size(path: Path) -> int:
 
 def _mb(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def metric_rows(m: dict) -> list[tuple[str, str]]:
+    """The request metrics of the last day as rows (the same figures as `appliance metrics`)."""
+    if not m["requests"]:
+        return [("requests (24 h)", "none yet")]
+    lat, ret = m["latency"], m["retrieval"]
+    rows = [("requests (24 h)", f"{m['requests']}: " + ", ".join(f"{n} {k}" for k, n in sorted(m["outcomes"].items()))),
+            ("request latency p50 / p95", f"{lat['p50_ms']:,.0f} / {lat['p95_ms']:,.0f} ms"),
+            ("abstained / flagged by analysts", f"{_pct(m['abstention_rate'])} / {_pct(m['analyst_flag_rate'])}"),
+            ("sentences the verifier flagged", _pct(m["verifier_flag_rate"])),
+            ("searches with evidence", f"{_pct(ret['hit_rate'])} of {ret['searches']}"),
+            ("tokens/s (generation, 24 h)", "-" if m["tokens_per_s"] is None else f"{m['tokens_per_s']:.0f}")]
+    slow = sorted(((s["p95_ms"] or 0.0, name) for name, s in m["steps"].items()), reverse=True)[:4]
+    rows.append(("slowest steps (p95)", ", ".join(f"{name} {ms:,.0f} ms" for ms, name in slow)))
+    return rows
 
 
 class SystemScreen(Screen[None]):
@@ -64,6 +85,7 @@ class SystemScreen(Screen[None]):
             speeds = [v for _, v in app.answer_speeds]
             rows.append(("tokens/s of the last answers",
                          ", ".join(f"{v:.0f}" for v in speeds) if speeds else "no answer yet"))
+            rows += metric_rows(request_metrics(app.services.agent_store(), since=since_iso(24)))
             kb = app.services.knowledge()
             st = kb.stats()
             rows += [(f"index {k}", str(v)) for k, v in st.items()]
