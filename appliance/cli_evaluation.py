@@ -158,21 +158,9 @@ def eval_run(ctx: click.Context, set_name: str, archs: tuple[str, ...], limit: i
 
 
 def _print_report(report: dict) -> None:
-    from appliance.evaluation.report import ARCH_NAMES, KIND_NAMES, table_rows
+    from appliance.evaluation.report import rich_report
 
-    console.print(f"[bold]{report['set']}[/]: {report['items']} items, generation {report['generation']}, "
-                  f"{report['seconds']:.0f} s", highlight=False)
-    for kind, section in report["by_kind"].items():
-        cols, rows = table_rows(kind, section)
-        table = Table(*cols, title=f"{KIND_NAMES.get(kind, kind)} ({section['items']} items)", box=box.SIMPLE)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-        rec = section["recommendation"]
-        arch = rec.get("architecture")
-        console.print(f"  recommended: [bold]{ARCH_NAMES.get(arch, arch) if arch else 'none'}[/]", highlight=False)
-        for reason in rec.get("reasons", []):
-            console.print(f"    {reason}", highlight=False)
+    console.print(rich_report(report))
 
 
 @eval_group.command("report")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown", "write_report", "ARCH_NAMES"]
+__all__ = ["markdown", "write_report", "ARCH_NAMES", "rich_report"]
 
 ARCH_NAMES = {"single_shot": "single-shot", "agentic": "agentic RAG", "specialist": "specialist",
               "hybrid": "hybrid"}
@@ -42,6 +42,31 @@ def table_rows(kind: str, section: dict) -> tuple[list[str], list[list[str]]]:
         rows.append([name, *(_fmt(m.get(c)) for c in _COLUMNS.get(kind, ())), _fmt(m.get("p50_ms"), 0),
                      _fmt(m.get("p95_ms"), 0), _fmt(m.get("tokens_mean"), 1)])
     return cols, rows
+
+
+def rich_report(report: dict) -> Any:
+    """The report as rich renderables: a line about the run, then per kind its table and recommendation
+    (the CLI prints it, the TUI's Evaluation screen shows it)."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = [Text(f"{report['set']}: {report['items']} items, generation {report.get('generation')}, "
+                             f"{report.get('seconds', 0.0):.0f} s" + (f", run {report['at']}" if report.get("at")
+                                                                      else ""), style="bold")]
+    for kind, section in report["by_kind"].items():
+        cols, rows = table_rows(kind, section)
+        table = Table(*cols, title=f"{KIND_NAMES.get(kind, kind)} ({section['items']} items)", box=box.SIMPLE,
+                      title_justify="left")
+        for row in rows:
+            table.add_row(*row)
+        rec = section["recommendation"]
+        arch = rec.get("architecture")
+        line = Text("  recommended: ")
+        line.append(ARCH_NAMES.get(arch, arch) if arch else "none", style="bold")
+        parts += [table, line, *(Text(f"    {r}") for r in rec.get("reasons", []))]
+    return Group(*parts)
 
 
 def markdown(report: dict) -> str:

@@ -28,12 +28,13 @@ __all__ = ["ApplianceApp", "SCREENS_BY_ROLE"]
 
 SCREENS_BY_ROLE: dict[str, tuple[str, ...]] = {
     "analyst": ("ask", "library", "system", "specialists"),
-    "officer": ("ask", "library", "system", "audit", "updates", "specialists"),
-    "auditor": ("ask", "library", "system", "audit", "specialists"),
-    "admin": ("ask", "library", "system", "audit", "updates", "specialists"),
-}  # "updates" for exactly the roles allowed bundles.manage, "specialists" specialists.use (tests hold them together)
+    "officer": ("ask", "library", "system", "audit", "updates", "specialists", "evaluation"),
+    "auditor": ("ask", "library", "system", "audit", "specialists", "evaluation"),
+    "admin": ("ask", "library", "system", "audit", "updates", "specialists", "evaluation"),
+}  # "updates" for exactly the roles allowed bundles.manage, "specialists" specialists.use, "evaluation"
+# evaluation.read (tests hold them together)
 TITLES = {"ask": "Ask", "library": "Library", "system": "System", "audit": "Audit", "updates": "Updates",
-          "specialists": "Specialists"}
+          "specialists": "Specialists", "evaluation": "Evaluation"}
 
 
 def clearance(account: Account) -> str:
@@ -51,6 +52,7 @@ class ApplianceApp(App[None]):
         ("f5", "goto('audit')", "Audit"),
         ("f6", "goto('updates')", "Updates"),
         ("f7", "goto('specialists')", "Specialists"),
+        ("f8", "goto('evaluation')", "Evaluation"),
         ("ctrl+l", "logout", "Log out"),
     ]
 
@@ -164,13 +166,14 @@ class ApplianceApp(App[None]):
     def _make(self, name: str) -> Screen:
         from appliance.tui.screens.ask import AskScreen
         from appliance.tui.screens.audit import AuditScreen
+        from appliance.tui.screens.evaluation import EvaluationScreen
         from appliance.tui.screens.library import LibraryScreen
         from appliance.tui.screens.specialists import SpecialistsScreen
         from appliance.tui.screens.system import SystemScreen
         from appliance.tui.screens.updates import UpdatesScreen
 
         return {"ask": AskScreen, "library": LibraryScreen, "system": SystemScreen, "audit": AuditScreen,
-                "updates": UpdatesScreen, "specialists": SpecialistsScreen}[name]()
+                "updates": UpdatesScreen, "specialists": SpecialistsScreen, "evaluation": EvaluationScreen}[name]()
 
     # -- actions ------------------------------------------------------------------------
 
