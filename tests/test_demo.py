@@ -170,6 +170,9 @@ def test_demo_bundle_matches_the_manifest_and_applies_once(tmp_path: Path, model
     found = services.specialists()
     assert {n: s.task for n, s in found.items()} == {"banking77-intent": "classify", "wnut17-entities": "extract"}
     assert first["generation"] == 1 and first["changes"]["added"] > 300
+    [demo_set] = services.eval_store().list()  # the demo's evaluation set arrived with the signed policy
+    assert demo_set["name"] == "demo" and demo_set["origin"] == f"bundle {spec.name} release {spec.release}"
+    assert set(demo_set["kinds"]) == {"qa", "classify", "extract"}
     kb = services.knowledge()
     assert {d.doc_id: d.collection for d in kb.catalog.documents() if d.collection != "research"} == {
         doc_id: collection_of(doc_id) for doc_id in (d.doc_id for d in kb.catalog.documents())

@@ -153,6 +153,28 @@ paths = ["docs/corpus.jsonl"]
     assert current_info(appliance.settings.data_dir).generation == 0
 
 
+def test_evaluation_sets_arrive_with_the_policy_and_a_bad_one_is_refused(appliance, tmp_path: Path) -> None:
+    good = '{"kind": "qa", "input": "When is lunch?", "expected": {"answers": ["noon"], "sources": ["canteen.txt"]}}\n'
+    extra = """
+[[evaluation]]
+name = "gate"
+path = "docs/gate.jsonl"
+description = "lunch"
+"""
+    bad = _build(tmp_path, 1, "b1", extra=extra, docs={"gate.jsonl": good + '{"kind": "qa", "input": "x"}\n'})
+    olga = _trusted(appliance, tmp_path, bad)
+    with pytest.raises(BundleError, match=r"policy/evaluation/gate.jsonl: the evaluation set is refused: gate.jsonl:2"):
+        apply_bundle(appliance, olga, bad)
+    assert appliance.eval_store().list() == [] and current_info(appliance.settings.data_dir).generation == 0
+    (tmp_path / "docs" / "gate.jsonl").write_text(good)
+    media = _build(tmp_path, 2, "b2", extra=extra)
+    apply_bundle(appliance, olga, media)
+    [made] = appliance.eval_store().list()
+    assert (made["name"], made["n_items"], made["description"]) == ("gate", 1, "lunch")
+    assert made["origin"] == "bundle northgate-knowledge release 2"
+    assert [e.value()["kind"] for e in appliance.audit().entries()][-2:] == ["evaluation.set.bundle", "bundle.apply"]
+
+
 def test_recover_finishes_an_apply_interrupted_after_the_switch(appliance, tmp_path: Path) -> None:
     media = _build(tmp_path, 1, "b1")
     olga = _trusted(appliance, tmp_path, media)

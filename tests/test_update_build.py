@@ -135,7 +135,7 @@ def test_bundle_build_cli_signs_the_demo_spec(tmp_path: Path) -> None:
                            str(tmp_path / "usb" / "demo-1"), "--password-stdin"], env=env, capture_output=True,
                           text=True, input=PASS + "\n", timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "built northgate-demo-knowledge release 2" in proc.stdout
+    assert "built northgate-demo-knowledge release 3" in proc.stdout
     client = _client(tmp_path / "usb" / "demo-1",
                      (tmp_path / "usb" / "demo-1" / "metadata" / "1.root.json").read_bytes(), tmp_path / "a")
     client.refresh()

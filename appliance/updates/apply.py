@@ -236,6 +236,7 @@ def _finish(services: Services, info: GenerationInfo, by: str, recovered: bool =
     _write_state(services, state)
     _fault("state")
     _apply_policy(services, info, by)
+    _install_evaluation_sets(services, info, by)
     _fault("policy")
     services.audit().record("bundle.apply", by, bundle=info.bundle, release=info.release, generation=info.generation,
                             changes=info.changes, models=info.models, adapters=sorted(info.adapters),
@@ -246,6 +247,30 @@ def _finish(services: Services, info: GenerationInfo, by: str, recovered: bool =
     removed = gens.prune(services.settings.data_dir, services.settings.updates.keep_generations)
     _prune_blobs(services)
     return removed
+
+
+def _install_evaluation_sets(services: Services, info: GenerationInfo, by: str) -> None:
+    """The bundle's evaluation sets into the evaluation store (a set already there unchanged is left)."""
+    import tempfile
+
+    from appliance.evaluation.sets import load_items, set_digest
+
+    store = services.eval_store()
+    have = {s["name"]: s["digest"] for s in store.list()}
+    for t in gens.read_targets(gens.current_path(services.settings.data_dir)):
+        if t.get("role") != "policy" or not str(t.get("path", "")).startswith("policy/evaluation/"):
+            continue
+        name = str(t["custom"]["name"])
+        with tempfile.TemporaryDirectory(dir=updates_dir(services)) as tmp:
+            named = Path(tmp) / Path(t["path"]).name  # the readers go by the file's extension
+            os.link(blob_cache(services) / t["sha256"], named)
+            items = load_items(named)
+        if have.get(name) == set_digest(items):
+            continue
+        store.save(name, items, by=by, origin=f"bundle {info.bundle} release {info.release}",
+                   description=str(t["custom"].get("description") or ""), replace=True)
+        services.audit().record("evaluation.set.bundle", by, set=name, items=len(items), bundle=info.bundle,
+                                release=info.release)
 
 
 def _apply_policy(services: Services, info: GenerationInfo, by: str) -> None:

@@ -4,7 +4,8 @@ A spec (``bundles/*.toml``) names the payloads; the build signs, with the key ri
 
 * root (every version since the appliance's, so a client walks the chain),
 * targets (delegating ``knowledge/``, ``adapters/``, ``models/``, ``policy/`` to their
-  roles, and carrying the bundle's name, appliance class and release counter),
+  roles, and carrying the bundle's name, appliance class and release counter; evaluation
+  sets travel under ``policy/evaluation/``: what answers must keep meeting is policy),
 * the four delegated targets roles (each payload with its hashes, length and custom fields:
   labels, collection, base-model digest ...), snapshot and timestamp.
 
@@ -134,6 +135,14 @@ def load_spec(path: Path, scale: LevelScale | None = None) -> BundleSpec:
             raise BundleError(f"{where}: name must be a-z 0-9 . _ - and kind generator or embedder")
         src = _source(base, _text(entry, "path", where), where)
         payloads.append(Payload("models", f"models/{model}/{src.name}", src, {"name": model, "kind": kind}))
+    for i, entry in enumerate(doc.get("evaluation", [])):  # evaluation sets travel with the policy
+        where = f"{path} [[evaluation]] #{i + 1}"
+        set_name, description = _text(entry, "name", where), entry.get("description", "")
+        if not _NAME.match(set_name) or not isinstance(description, str) or len(description) > 500:
+            raise BundleError(f"{where}: name must be a-z 0-9 . _ - and description text of at most 500 characters")
+        src = _source(base, _text(entry, "path", where), where)
+        payloads.append(Payload("policy", f"policy/evaluation/{src.name}", src,
+                                {"name": set_name, "description": description}))
     if "policy" in doc:
         where = f"{path} [policy]"
         src = _source(base, _text(doc["policy"], "path", where), where)

@@ -39,6 +39,7 @@ class Checked:
     models: dict[str, PlannedTarget] = field(default_factory=dict)  # kind -> target
     adapters: dict[str, PlannedTarget] = field(default_factory=dict)  # adapter name -> target
     policy: tuple[PlannedTarget, Policy] | None = None
+    evaluation: dict[str, PlannedTarget] = field(default_factory=dict)  # evaluation set name -> target
     generator_sha256: str | None = None  # the base the adapters are for
 
     @property
@@ -70,6 +71,8 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
             except GGUFError as exc:
                 raise BundleError(f"{t.path}: refused, not a valid GGUF LoRA adapter: {_bare(exc, t)}") from None
             out.adapters[str(t.custom.get("name") or Path(t.path).parent.name)] = t
+        elif t.role == "policy" and t.path.startswith("policy/evaluation/"):
+            out.evaluation[_evaluation_set(t, plan.work)] = t
         elif t.role == "policy":
             out.policy = (t, _policy(services, t))
     if "generator" in out.models:
@@ -91,6 +94,21 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
 def _bare(exc: Exception, t: PlannedTarget) -> str:
     """The validator's message without the appliance's internal path of the payload."""
     return str(exc).replace(f"{t.verified_file}: ", "").replace(str(t.verified_file), t.path)
+
+
+def _evaluation_set(t: PlannedTarget, work: Path) -> str:
+    """The name of a bundled evaluation set whose items all check (EvaluationError names the bad line)."""
+    from appliance.evaluation.sets import NAME, load_items
+    from appliance.errors import EvaluationError
+
+    name = str(t.custom.get("name") or "")
+    if not NAME.match(name):
+        raise BundleError(f"{t.path}: an evaluation set needs a name of a-z 0-9 . _ -")
+    try:
+        load_items(named_copy(t, work))
+    except EvaluationError as exc:
+        raise BundleError(f"{t.path}: the evaluation set is refused: {_bare(exc, t)}") from None
+    return name
 
 
 def _policy(services: Services, t: PlannedTarget) -> Policy:
