@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUITES = ("runtime", "knowledge", "agent", "audit", "tui", "updates", "specialists")
+SUITES = ("runtime", "knowledge", "agent", "audit", "tui", "updates", "specialists", "evaluation")
 
 
 def main() -> None:

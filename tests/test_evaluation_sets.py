@@ -55,7 +55,7 @@ def test_formats_of_the_other_eval_commands(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name, text, message", [
     ("a.jsonl", '{"kind": "qa", "input": "Where?", "expected": {}}\n', r"a\.jsonl:1: a question needs answers"),
-    ("b.jsonl", '{"kind": "qa", "input": "x"}\nnot json\n', r"b\.jsonl:2: not JSON"),
+    ("b.jsonl", '{"kind": "qa", "input": "x"}\nnot json\n', r"b\.jsonl: line 2 is not JSON"),
     ("c.jsonl", '{"kind": "claim", "input": "x", "expected": {"label": "MAYBE"}}\n', r"c\.jsonl:1: a claim's label"),
     ("d.jsonl", '{"kind": "extract", "input": "Ann", "expected": {"spans": [{"start": 0, "end": 9, "type": "p"}]}}\n',
      r"d\.jsonl:1: span 1 \(0, 9\) is outside the text of 3 characters"),

@@ -50,11 +50,7 @@ def _summary(values_ms: list[float]) -> dict[str, Any]:
 
 def request_metrics(store: AgentStore, *, since: str | None = None, user: str | None = None) -> dict[str, Any]:
     """The metrics of the requests started at or after ``since`` (ISO time; None: all kept)."""
-    where, args = "WHERE 1 = 1", []
-    if since:
-        where, args = where + " AND t.started_at >= ?", [*args, since]
-    if user:
-        where, args = where + " AND t.user = ?", [*args, user]
+    where, args = store.window(since, user, table="t")
     with store._lock:
         traces = list(store.db.query(f"SELECT t.id, t.seconds, t.outcome, t.cited_docs FROM traces t {where}", args))
         steps = list(store.db.query(

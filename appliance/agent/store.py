@@ -145,15 +145,22 @@ class AgentStore:
                      for r in self.db.query("SELECT * FROM trace_steps WHERE trace_id = ? ORDER BY n", [trace_id])]
         return dict(rows[0], steps=steps, time_split=time_split(rows[0]["seconds"] or 0.0, steps))
 
+    @staticmethod
+    def window(since: str | None, user: str | None, table: str = "traces") -> tuple[str, list]:
+        """A WHERE clause (and its arguments) for the traces started at or after ``since``, of ``user``."""
+        where, args = "WHERE 1 = 1", []
+        if since:
+            where, args = where + f" AND {table}.started_at >= ?", [*args, since]
+        if user:
+            where, args = where + f" AND {table}.user = ?", [*args, user]
+        return where, args
+
     def trace_ids(self, *, since: str | None = None, user: str | None = None, limit: int = 10_000) -> list[str]:
         """Trace ids, oldest first: started at or after ``since`` (ISO time), of ``user`` if given."""
-        sql, args = "SELECT id FROM traces WHERE 1 = 1", []
-        if since:
-            sql, args = sql + " AND started_at >= ?", [*args, since]
-        if user:
-            sql, args = sql + " AND user = ?", [*args, user]
+        where, args = self.window(since, user)
         with self._lock:
-            return [r["id"] for r in self.db.query(sql + " ORDER BY started_at LIMIT ?", [*args, limit])]
+            return [r["id"] for r in self.db.query(f"SELECT id FROM traces {where} ORDER BY started_at LIMIT ?",
+                                                   [*args, limit])]
 
     def add_feedback(self, trace_id: str, user: str, verdict: str, correct_answer: str | None = None,
                      correct_source: str | None = None) -> None:

@@ -199,7 +199,8 @@ def _latency(results: Sequence[_Result]) -> dict:
     lat = sorted(r.seconds * 1000 for r in results)
     return {"p50_ms": statistics.median(lat) if lat else None,
             "p95_ms": lat[min(len(lat) - 1, int(0.95 * (len(lat) - 1) + 0.5))] if lat else None,
-            "tokens_mean": statistics.fmean(r.tokens for r in results) if results else 0.0}
+            "tokens_mean": statistics.fmean(r.tokens for r in results) if results else 0.0,
+            "total_s": sum(r.seconds for r in results)}
 
 
 def _grounding(results: Sequence[_Result]) -> dict:

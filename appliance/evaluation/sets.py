@@ -172,19 +172,18 @@ def check_item(kind: object, input_: object, expected: object, where: str,
 
 
 def _jsonl(path: Path, limits: SetLimits) -> list[tuple[int, dict]]:
+    from appliance.evaluation.retrieval import read_jsonl
+
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise EvaluationError(f"{path.name}:{n}: not JSON") from None
-        if not isinstance(row, dict):
-            raise EvaluationError(f"{path.name}:{n}: not a JSON object")
-        rows.append((n, row))
-        if len(rows) > limits.max_items:
-            raise EvaluationError(f"{path.name}: over the {limits.max_items} item limit")
+    try:
+        for n, row in read_jsonl(path, limits.max_file_bytes):
+            rows.append((n, row))
+            if len(rows) > limits.max_items:
+                break
+    except ApplianceError as exc:
+        raise EvaluationError(str(exc)) from None
+    if len(rows) > limits.max_items:
+        raise EvaluationError(f"{path.name}: over the {limits.max_items} item limit")
     return rows
 
 
