@@ -77,6 +77,7 @@ class Services:
     _accounts: AccountStore | None = field(default=None, repr=False)
     _agent_store: AgentStore | None = field(default=None, repr=False)
     _eval_store: EvalStore | None = field(default=None, repr=False)
+    _eval_traces: AgentStore | None = field(default=None, repr=False)
     _generation: Path | None = field(default=None, repr=False)
     embed_fn: Callable[[Sequence[str]], list] | None = None  # a test seam: embeddings without the engine
 
@@ -171,15 +172,18 @@ class Services:
 
     def evaluation_systems(self) -> Systems:
         """What an evaluation compares: the agent without and with the specialists, and the specialists,
-        over the serving knowledge; none of them audits each question (the run is audited once)."""
+        over the serving knowledge; none of them audits each question (the run is audited once), and
+        their traces go to ``evaluation-traces.db``, out of the analysts' request metrics."""
         self._follow_generation()
+        if self._eval_traces is None:
+            self._eval_traces = AgentStore(self.settings.data_dir / "evaluation-traces.db")
         retriever = Retriever(self.knowledge(), self.settings.knowledge)
         by_task: dict = {}
         for spec in self.specialists().values():
             by_task.setdefault(spec.task, spec)
 
         def agent(specialists: list) -> Agent:
-            return Agent(retriever, self.engine(), self.agent_store(), self.scale, settings=self.settings.agent,
+            return Agent(retriever, self.engine(), self._eval_traces, self.scale, settings=self.settings.agent,
                          specialists=specialists)
 
         return Systems(agent([]), agent(list(by_task.values())) if by_task else None, by_task)

@@ -1,7 +1,8 @@
 """Evaluation benchmarks for the evaluation issue, on the demo appliance (its bundle applied).
 
-1. A full evaluation of 300 items across the four architectures: 100 SciFact claims whose
-   abstracts the demo holds (single-shot, agentic, hybrid), 100 Banking77 texts and 100
+1. A full evaluation of 300 items across the four architectures: 100 SciFact claims (those
+   citing an abstract the demo holds, then claims about abstracts it does not hold, whose
+   right verdict is NOT_ENOUGH_INFO) (single-shot, agentic, hybrid), 100 Banking77 texts and 100
    WNUT17 sentences (single-shot few-shot, specialist, hybrid), through ``eval run`` as an
    officer would start it. Baseline: the time the items themselves took (the sum of every
    architecture's per-item latency), so the ratio is the harness's own overhead.
@@ -57,13 +58,18 @@ def _items(n: int, seed: int = 11) -> list[EvalItem]:
     rng = random.Random(seed)
     held = {json.loads(line)["doc_id"] for line in open(REPO / "bundles" / "demo" / "research" / "scifact-300.jsonl")}
     claims: dict[str, EvalItem] = {}
+    absent: dict[str, EvalItem] = {}  # claims about abstracts the demo does not hold: nothing to go on
     for line in open(SHARED / "scifact" / "claims_train.jsonl"):
         row = json.loads(line)
-        docs = sorted({str(d) for d in row.get("cited_doc_ids") or []})
-        if docs and set(docs) <= held and row["claim"] not in claims:
+        docs = {str(d) for d in row.get("cited_doc_ids") or []}
+        if docs & held and row["claim"] not in claims:
             claims[row["claim"]] = EvalItem("claim", row["claim"], {"label": row.get("label") or "NOT_ENOUGH_INFO",
-                                                                    "sources": docs})
-    chosen = rng.sample(sorted(claims.values(), key=lambda i: i.input), min(n, len(claims)))
+                                                                    "sources": sorted(docs & held)})
+        elif docs and not docs & held:
+            absent[row["claim"]] = EvalItem("claim", row["claim"], {"label": "NOT_ENOUGH_INFO", "sources": []})
+    ordered = sorted(claims.values(), key=lambda i: i.input)
+    chosen = rng.sample(ordered, min(n, len(ordered)))
+    chosen += rng.sample(sorted(absent.values(), key=lambda i: i.input), n - len(chosen))
     with open(REPO / "bundles" / "adapters" / "banking77-intent" / "held_out.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     chosen += [EvalItem("classify", r["text"], {"label": r["label"]}) for r in rng.sample(rows, n)]
