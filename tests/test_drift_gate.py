@@ -10,19 +10,19 @@ from appliance.audit.log import AuditLog
 from appliance.evaluation.gate import drops, figures
 from appliance.runtime.model_store import ModelStore
 from tests.test_knowledge_real import _accounts, _run
+from tests.test_update_build import _spec as build_spec
 from tests.test_update_real import _build, _run_with
 
 DOCS = {
     "kiosk.txt": "The Removable Media Kiosk is in room A-017 in Building A. Every USB drive is scanned there "
                  "before it is connected to a station computer.\n",
-    "canteen.txt": "The canteen serves lunch from noon until two o'clock on weekdays, in Building E.\n",
     "gym.txt": "The staff gym in Building E opens at six in the morning.\n",
 }
 QUESTIONS = [
     {"kind": "qa", "input": "Which room is the Removable Media Kiosk in?",
      "expected": {"answers": ["room A-017"], "sources": ["kiosk.txt"]}},
     {"kind": "qa", "input": "When does the canteen serve lunch?",
-     "expected": {"answers": ["from noon until two o'clock"], "sources": ["canteen.txt"]}},
+     "expected": {"answers": ["from noon"], "sources": ["canteen.txt"]}},
 ]
 
 
@@ -48,23 +48,17 @@ def test_figures_take_the_measured_architecture_of_each_kind() -> None:
 
 
 def _spec(tmp: Path, release: int, docs: list[str]) -> Path:
+    """The update tests' bundle spec (the canteen and the cipher keys) with these documents besides."""
     (tmp / "docs").mkdir(exist_ok=True)
     for name in docs:
         (tmp / "docs" / name).write_text(DOCS[name])
-    spec = tmp / f"spec-{release}.toml"
-    spec.write_text(f"""
-[bundle]
-name = "northgate-gate-test"
-appliance_class = "northgate"
-release = {release}
-expires_days = 30
-
+    extra = f"""
 [[knowledge]]
 collection = "facility-handbook"
 labels = "UNCLASSIFIED"
 paths = {json.dumps([f"docs/{d}" for d in docs])}
-""")
-    return spec
+""" if docs else ""
+    return build_spec(tmp, release, extra)
 
 
 def _apply(tmp: Path, store: ModelStore, token: str, media: Path, **env: str) -> tuple[int, dict]:
@@ -82,7 +76,7 @@ def _serving(tmp: Path, store: ModelStore, token: str) -> int:
 
 def test_a_bundle_that_makes_answers_worse_is_rolled_back_or_held(tmp_path: Path, model_store: ModelStore) -> None:
     tok = _accounts(tmp_path, model_store, {"olga": ("officer", "SECRET")})["olga"]
-    first = _build(tmp_path, _spec(tmp_path, 1, ["kiosk.txt", "canteen.txt"]), "b1", model_store)
+    first = _build(tmp_path, _spec(tmp_path, 1, ["kiosk.txt"]), "b1", model_store)
     assert _run(["bundle", "trust", str(first / "metadata" / "1.root.json")], tmp_path, model_store,
                 token=tok).returncode == 0
     missing = _run_with(["bundle", "apply", str(first)], tmp_path, model_store, tok,
@@ -94,7 +88,7 @@ def test_a_bundle_that_makes_answers_worse_is_rolled_back_or_held(tmp_path: Path
                 token=tok).returncode == 0
 
     # release 2 drops the kiosk document: its question can no longer be answered from a source
-    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 2, ["canteen.txt"]), "b2",
+    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 2, []), "b2",
                                                            model_store))
     gate = out["gate"]
     assert code == 1 and gate["verdict"] == "rolled back", gate
@@ -104,7 +98,7 @@ def test_a_bundle_that_makes_answers_worse_is_rolled_back_or_held(tmp_path: Path
     assert sorted(r["trigger"] for r in runs) == ["gate 2", "gate baseline"]
 
     # the same change held for an officer instead, then accepted
-    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 3, ["canteen.txt"]), "b3",
+    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 3, []), "b3",
                                                            model_store), APPLIANCE_EVALUATION_GATE_ACTION="hold")
     assert code == 1 and out["gate"]["verdict"] == "held"
     held = out["generation"]
