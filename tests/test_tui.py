@@ -449,6 +449,40 @@ def test_an_officer_verifies_applies_and_rolls_back_a_bundle(appliance: Services
     assert kinds.count("bundle.rollback") == 2
 
 
+def test_a_generation_the_drift_gate_held_is_marked_and_accepted_from_updates(appliance: Services,
+                                                                              tmp_path: Path) -> None:
+    from appliance.evaluation.gate import _write_held
+    from appliance.updates.apply import apply_bundle, rollback
+
+    b1, b2 = _bundle(tmp_path, 1, "b1"), _bundle(tmp_path, 2, "b2", canteen="Lunch is now at one o'clock.\n")
+    _trust(appliance, b1)
+    olga = appliance.accounts().get("olga")
+    apply_bundle(appliance, olga, b1)
+    apply_bundle(appliance, olga, b2)
+    rollback(appliance, olga, to=1)  # as a failed gate leaves it, held for the officer
+    _write_held(appliance, {"generation": 2, "parent": 1, "bundle": "northgate-knowledge", "release": 2,
+                            "failed": [{"figure": "gate:qa/token_f1", "before": 0.5, "after": 0.2, "drop": 0.3,
+                                        "threshold": 0.05}], "runs": [], "at": "2026-11-24T10:00:00+00:00"})
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "olga")
+        screen = await _open_updates(app, pilot)
+        assert [r[:2] for r in _rows(screen)] == [["held (drift gate)", "2"], ["\u25b6 serving", "1"], ["", "0"]]
+        table = screen.query_one("#generations", DataTable)
+        table.focus()
+        table.move_cursor(row=0)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert screen.chosen == 2
+        await _step(app, pilot, "#bundle-rollback", confirm=True)
+        assert [r[:2] for r in _rows(screen)] == [["\u25b6 serving", "2"], ["", "1"], ["", "0"]]
+
+    run(appliance, body, warm_engine=False)
+    assert appliance.generation().generation == 2
+    accepted = [e.value() for e in appliance.audit().entries() if e.value()["kind"] == "evaluation.gate.accepted"]
+    assert accepted and accepted[0]["user"] == "olga" and accepted[0]["generation"] == 2
+
+
 def test_a_tampered_bundle_shows_why_it_is_refused(appliance: Services, tmp_path: Path) -> None:
     media = _bundle(tmp_path, 1, "b1")
     _trust(appliance, media)

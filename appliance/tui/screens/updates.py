@@ -284,9 +284,15 @@ class UpdatesScreen(Screen[None]):
     def _rollback_worker(self, to: int | None) -> None:
         app: Any = self.app
         try:
+            from appliance.evaluation.gate import accept_held, held
             from appliance.updates.apply import rollback
 
-            self.post_message(Done("bundle-rolled-back", rollback(app.services, app.current(), to)))
+            holding = held(app.services)
+            if holding and to == holding["generation"]:  # serving what the drift gate held: the officer accepts it
+                accept_held(app.services, app.current(), to)
+                self.post_message(Done("bundle-rolled-back", app.services.generation()))
+            else:
+                self.post_message(Done("bundle-rolled-back", rollback(app.services, app.current(), to)))
         except Exception as exc:  # noqa: BLE001
             self.post_message(Failed(exc, WHAT["rollback"]))
 
@@ -294,9 +300,10 @@ class UpdatesScreen(Screen[None]):
     def _load_history(self) -> None:
         app: Any = self.app
         try:
+            from appliance.evaluation.gate import held
             from appliance.updates.apply import history
 
-            self.post_message(Done("generations", history(app.services, app.current())))
+            self.post_message(Done("generations", (*history(app.services, app.current()), held(app.services))))
         except Exception as exc:  # noqa: BLE001
             self.post_message(Failed(exc, "reading the generations"))
 
@@ -363,7 +370,7 @@ class UpdatesScreen(Screen[None]):
             self.query_one("#bundle-phase", Label).update(DONE_LABEL[step])
             self.query_one("#bundle-progress", ProgressBar).update(total=1, progress=1)
 
-    def _show_generations(self, serving: int, kept: list[Any], state: dict) -> None:
+    def _show_generations(self, serving: int, kept: list[Any], state: dict, holding: dict | None = None) -> None:
         self.serving, self.generations = serving, kept
         if self.chosen not in {g.generation for g in kept} or self.chosen == serving:
             self.chosen = None
@@ -374,5 +381,7 @@ class UpdatesScreen(Screen[None]):
         for g in reversed(kept):  # the newest first
             changes = ", ".join(f"{v} {k}" for k, v in g.changes.items() if v)
             applied = (g.applied_at or "")[:16].replace("T", " ")
-            table.add_row("\u25b6 serving" if g.generation == serving else "", str(g.generation),
+            held_here = holding is not None and holding.get("generation") == g.generation
+            mark = "\u25b6 serving" if g.generation == serving else "held (drift gate)" if held_here else ""
+            table.add_row(mark, str(g.generation),
                           g.bundle or "(initial)", str(g.release), applied, g.by or "", changes, key=str(g.generation))
