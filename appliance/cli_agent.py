@@ -51,6 +51,23 @@ def ask(ctx: click.Context, question: str, session: str | None, as_json: bool) -
 
 
 @main.command()
+@click.argument("trace_id")
+@click.argument("verdict", type=click.Choice(["right", "wrong"]))
+@click.option("--answer", "correct_answer", help="The correct answer (for an answer marked wrong).")
+@click.option("--source", "correct_source", help="The document that holds the correct answer (its id).")
+@click.pass_context
+def feedback(ctx: click.Context, trace_id: str, verdict: str, correct_answer: str | None,
+             correct_source: str | None) -> None:
+    """Mark one of your answers right or wrong (as ctrl+f in Ask); kept for evaluation sets, audited."""
+    from appliance import operations
+    from appliance.cli_access import current_account
+
+    operations.record_feedback(_services(ctx), current_account(ctx), trace_id, verdict, correct_answer,
+                               correct_source)
+    console.print(f"the answer of trace {trace_id} is marked {verdict}", highlight=False)
+
+
+@main.command()
 @click.pass_context
 def sessions(ctx: click.Context) -> None:
     """List your conversation sessions."""

@@ -111,7 +111,11 @@ def test_set_from_analysts_feedback_and_export(appliance: tuple[Path, ModelStore
     asked = _run(["ask", "Which room is the Removable Media Kiosk in?", "--json"], base, store, token=tokens["ann"])
     assert asked.returncode == 0, asked.stderr
     answer = json.loads(asked.stdout)
-    AgentStore(base / "data" / "agent.db").add_feedback(answer["trace_id"], "ann", "right")
+    other = _run(["feedback", answer["trace_id"], "right"], base, store, token=tokens["olga"])
+    assert other.returncode == 2 and "no trace" in other.stderr  # only one's own answers
+    marked = _run(["feedback", answer["trace_id"], "right"], base, store, token=tokens["ann"])
+    assert marked.returncode == 0, marked.stderr
+    assert AgentStore(base / "data" / "agent.db").feedback("ann")[0]["verdict"] == "right"
     made = _run(["evalset", "from-feedback", "flags"], base, store, token=tokens["olga"])
     assert made.returncode == 0, made.stderr
     shown = json.loads(_run(["evalset", "show", "flags", "--json"], base, store, token=tokens["olga"]).stdout)
