@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from appliance.audit.log import AuditLog
-from appliance.evaluation.gate import drops, figures
+from appliance.evaluation.gate import GateResult, drops, figures, gate_text
 from appliance.runtime.model_store import ModelStore
 from tests.test_knowledge_real import _accounts, _run
 from tests.test_update_build import _spec as build_spec
@@ -34,7 +34,23 @@ def test_drops_use_the_figure_threshold_then_the_metric_then_the_default() -> No
     assert [(f["figure"], f["threshold"]) for f in failed] == [("s:qa/groundedness", 0.02)]
     failed, _ = drops(before, after, 0.03, {})
     assert {f["figure"] for f in failed} == {"s:qa/token_f1", "s:classify/accuracy"}
-    assert drops({"a/x": 1.0}, {"b/y": 0.0}, 0.0, {}) == ([], 0)  # nothing in common: nothing compared
+    # a figure the new generation no longer yields (nothing left to measure it on) has fallen to 0
+    assert drops({"a/x": 0.8}, {"b/y": 0.0}, 0.05, {}) == (
+        [{"figure": "a/x", "before": 0.8, "after": None, "drop": 0.8, "threshold": 0.05}], 1)
+    assert drops({"a/x": 0.0}, {}, 0.05, {}) == ([], 1)
+
+
+def test_the_verdict_names_each_figure_and_a_run_that_failed() -> None:
+    gate = GateResult("held", ["gate"], [
+        {"figure": "gate: the gate run failed", "error": "engine crashed (exit -9)"},
+        {"figure": "gate:qa/groundedness", "before": 0.9, "after": None, "drop": 0.9, "threshold": 0.05},
+        {"figure": "gate:qa/token_f1", "before": 0.5, "after": 0.3, "drop": 0.2, "threshold": 0.05}], 4)
+    text = gate_text(gate).plain
+    assert "DRIFT GATE FAILED" in text and "held: accept it with `appliance bundle accept`" in text
+    assert "gate: the gate run failed: engine crashed (exit -9)" in text
+    assert "gate:qa/groundedness: 0.900 -> not measured (drop 0.900, allowed 0.050)" in text
+    assert "gate:qa/token_f1: 0.500 -> 0.300" in text
+    assert "passed: 4 figures of gate held up" in gate_text(GateResult("passed", ["gate"], [], 4)).plain
 
 
 def test_figures_take_the_measured_architecture_of_each_kind() -> None:

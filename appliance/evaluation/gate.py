@@ -28,7 +28,7 @@ from rich.text import Text
 
 from appliance.access.accounts import Account
 from appliance.access.authz import authorize
-from appliance.errors import BundleError, EvaluationError
+from appliance.errors import ApplianceError, BundleError, EvaluationError
 from appliance.evaluation.compare import QUALITY
 from appliance.evaluation.operations import run_set
 from appliance.services import Services
@@ -68,15 +68,18 @@ def figures(report: dict) -> dict[str, float]:
 
 def drops(before: dict[str, float], after: dict[str, float], max_drop: float,
           thresholds: dict[str, float]) -> tuple[list[dict], int]:
-    """The figures that fell by more than their threshold, and how many were compared."""
+    """The figures that fell by more than their threshold, and how many were compared. A figure the
+    baseline had and the new generation no longer yields (nothing to measure it on) counts as a fall to 0."""
     failed, compared = [], 0
-    for key in sorted(before.keys() & after.keys()):
+    for key in sorted(before):
         compared += 1
-        limit = thresholds.get(key, thresholds.get(key.split("/", 1)[1], max_drop))
-        drop = before[key] - after[key]
+        limit = thresholds.get(key, thresholds.get(key.split("/", 1)[-1], max_drop))
+        now = after.get(key)
+        drop = before[key] - (now or 0.0)
         if drop > limit + 1e-9:
-            failed.append({"figure": key, "before": round(before[key], 4), "after": round(after[key], 4),
-                           "drop": round(drop, 4), "threshold": limit})
+            failed.append({"figure": key, "before": round(before[key], 4),
+                           "after": None if now is None else round(now, 4), "drop": round(drop, 4),
+                           "threshold": limit})
     return failed, compared
 
 
@@ -154,15 +157,22 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
         return result, GateResult("not run", names)
     started = time.perf_counter()
     after: dict[str, float] = {}
-    runs = []
+    runs: list[str] = []
+    broken: list[dict] = []
     for name in names:
-        report = run_set(services, account, name, served=True, limit=limit, trigger=f"gate {result.generation}",
-                         progress=lambda done, total, name=name: step(f"drift gate: {name}", done, total))
+        try:
+            report = run_set(services, account, name, served=True, limit=limit,
+                             trigger=f"gate {result.generation}",
+                             progress=lambda done, total, name=name: step(f"drift gate: {name}", done, total))
+        except ApplianceError as exc:  # the new generation cannot even be measured: it does not pass
+            broken.append({"figure": f"{name}: the gate run failed", "error": str(exc)[:500]})
+            continue
         runs.append(report["run_id"])
         after.update({f"{name}:{k}": v for k, v in figures(report).items()})
     failed, compared = drops(before, after, settings.max_drop,
                              {f"{n}:{k}": v for n in names for k, v in settings.thresholds().items()}
                              | settings.thresholds())
+    failed = broken + failed
     gate = GateResult("passed", names, failed, compared, gate_s + time.perf_counter() - started, runs)
     by = services.accounts().get(account.name)
     if failed:
@@ -204,6 +214,10 @@ def gate_text(gate: GateResult) -> Text:
               "`appliance bundle accept`" if gate.verdict == "held" else "the previous generation serves again")
     out.append(f" {action}.\n", style="bold")
     for f in gate.failed:
-        out.append(f"  {f['figure']}: {f['before']:.3f} -> {f['after']:.3f} (drop {f['drop']:.3f}, "
+        if "error" in f:
+            out.append(f"  {f['figure']}: {f['error']}\n")
+            continue
+        after = "not measured" if f["after"] is None else f"{f['after']:.3f}"
+        out.append(f"  {f['figure']}: {f['before']:.3f} -> {after} (drop {f['drop']:.3f}, "
                    f"allowed {f['threshold']:.3f})\n")
     return out
