@@ -86,6 +86,7 @@ def record_feedback(services: Services, account: Account, trace_id: str, verdict
                     correct_answer: str | None = None, correct_source: str | None = None) -> None:
     """An analyst marks one of their answers right or wrong (kept for evaluation, and audited)."""
     by = _fresh(services, account)
+    services.agent_store().check_feedback(trace_id, by.name, verdict, correct_answer, correct_source)
     services.audit().record("answer.feedback", by.name, trace=trace_id, verdict=verdict,
                             correct_answer=correct_answer or None, correct_source=correct_source or None)
     services.agent_store().add_feedback(trace_id, by.name, verdict, correct_answer, correct_source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class Services:
     _agent_store: AgentStore | None = field(default=None, repr=False)
     _eval_store: EvalStore | None = field(default=None, repr=False)
     _eval_traces: AgentStore | None = field(default=None, repr=False)
+    _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one store per database
     _generation: Path | None = field(default=None, repr=False)
     embed_fn: Callable[[Sequence[str]], list] | None = None  # a test seam: embeddings without the engine
 
@@ -160,14 +162,16 @@ class Services:
 
     def agent_store(self) -> AgentStore:
         """Traces, sessions and feedback: one store (one connection, migrations run once) per process."""
-        if self._agent_store is None:
-            self._agent_store = AgentStore(self.settings.data_dir / "agent.db")
+        with self._opening:  # TUI workers ask for it at once: two would both run the migrations
+            if self._agent_store is None:
+                self._agent_store = AgentStore(self.settings.data_dir / "agent.db")
         return self._agent_store
 
     def eval_store(self) -> EvalStore:
         """Evaluation sets and their runs (``<data dir>/evaluation.db``)."""
-        if self._eval_store is None:
-            self._eval_store = EvalStore(self.settings.data_dir / "evaluation.db")
+        with self._opening:
+            if self._eval_store is None:
+                self._eval_store = EvalStore(self.settings.data_dir / "evaluation.db")
         return self._eval_store
 
     def evaluation_systems(self) -> Systems:
@@ -175,8 +179,9 @@ class Services:
         over the serving knowledge; none of them audits each question (the run is audited once), and
         their traces go to ``evaluation-traces.db``, out of the analysts' request metrics."""
         self._follow_generation()
-        if self._eval_traces is None:
-            self._eval_traces = AgentStore(self.settings.data_dir / "evaluation-traces.db")
+        with self._opening:
+            if self._eval_traces is None:
+                self._eval_traces = AgentStore(self.settings.data_dir / "evaluation-traces.db")
         retriever = Retriever(self.knowledge(), self.settings.knowledge)
         by_task: dict = {}
         for spec in self.specialists().values():

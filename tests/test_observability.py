@@ -14,8 +14,8 @@ from tests.test_knowledge_real import DOCS, _accounts, _run
 
 
 def _fake_trace(store: AgentStore, trace_id: str, outcome: str, *, seconds: float = 1.0) -> None:
-    store.save_trace(trace_id=trace_id, user="ann", session_id=None, question="q?", started_at="2026-11-24T10:00:00.000+00:00",
-                     seconds=seconds, outcome=outcome, answer="a", cited_docs=["d"] if outcome == "answered" else [],
+    store.save_trace(trace_id=trace_id, user="ann", session_id=None, question="q?",
+                     started_at="2026-11-24T10:00:00.000+00:00", seconds=seconds, outcome=outcome, answer="a", cited_docs=["d"] if outcome == "answered" else [],
                      steps=[Step("route", decision={"route": "rag"}, ms=0.2),
                             Step("retrieve", ms=12.0, retrieval_ms=11.0, chunk_ids=["c1"], start_ms=1.0),
                             Step("assess", decision={"enough": outcome == "answered"}, ms=3.0, start_ms=13.0),

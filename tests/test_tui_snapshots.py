@@ -58,7 +58,7 @@ def _steady(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("appliance.tui.screens.system.shutil", type("S", (), {
         "disk_usage": staticmethod(lambda _p: usage(100 * 2**30, 40 * 2**30, 60 * 2**30))}))
     monkeypatch.setattr("appliance.tui.screens.system._size", lambda _p: 2**20)
-    monkeypatch.setattr("appliance.tui.screens.system.request_metrics", lambda _store, since: {
+    monkeypatch.setattr("appliance.tui.screens.system.request_metrics", lambda _store, since, user=None: {
         "requests": 12, "outcomes": {"answered": 9, "abstained": 3}, "abstention_rate": 0.25,
         "analyst_flag_rate": 1 / 12, "verifier_flag_rate": 0.1, "tokens_per_s": 98.5,
         "latency": {"p50_ms": 812.0, "p95_ms": 2140.0}, "retrieval": {"hit_rate": 0.75, "searches": 16},

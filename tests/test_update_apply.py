@@ -172,7 +172,7 @@ description = "lunch"
     [made] = appliance.eval_store().list()
     assert (made["name"], made["n_items"], made["description"]) == ("gate", 1, "lunch")
     assert made["origin"] == "bundle northgate-knowledge release 2"
-    assert [e.value()["kind"] for e in appliance.audit().entries()][-2:] == ["evaluation.set.bundle", "bundle.apply"]
+    assert [e.value()["kind"] for e in appliance.audit().entries()][-2:] == ["bundle.apply", "evaluation.set.bundle"]
 
 
 def test_recover_finishes_an_apply_interrupted_after_the_switch(appliance, tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ Over a window of requests: latency histograms per step and for whole requests, t
 second of generation, retrieval hit rate (searches that found a passage) and evidence rate
 (questions answered from a cited source), abstention rate, the verifier's flag rate
 (answer sentences its source does not support) and the analysts' flag rate (answers
-marked wrong). A search "hits" when a passage it found passes the evidence check. Histograms use fixed upper bounds in milliseconds, as Prometheus and
-OpenTelemetry do, so figures from different windows add up.
+marked wrong). A search "hits" when a passage it found passes the evidence check.
+Histograms use fixed upper bounds in milliseconds, as Prometheus and OpenTelemetry do, so
+figures from different windows add up.
 """
 
 from __future__ import annotations

@@ -162,18 +162,23 @@ class AgentStore:
             return [r["id"] for r in self.db.query(f"SELECT id FROM traces {where} ORDER BY started_at LIMIT ?",
                                                    [*args, limit])]
 
-    def add_feedback(self, trace_id: str, user: str, verdict: str, correct_answer: str | None = None,
-                     correct_source: str | None = None) -> None:
-        """Mark one of ``user``'s answers right or wrong (with the correct answer or source document, if
-        given); the last word counts."""
+    def check_feedback(self, trace_id: str, user: str, verdict: str, correct_answer: str | None = None,
+                       correct_source: str | None = None) -> None:
+        """AgentError unless ``user`` may give this feedback: on their own answer, within the limits."""
         if verdict not in ("right", "wrong"):
             raise AgentError(f"a verdict is right or wrong, not {verdict!r}")
         if correct_answer is not None and len(correct_answer) > MAX_FEEDBACK_CHARS:
             raise AgentError(f"the correct answer is over the {MAX_FEEDBACK_CHARS} character limit")
         if correct_source is not None and len(correct_source) > MAX_SOURCE_CHARS:
             raise AgentError(f"the correct source is over the {MAX_SOURCE_CHARS} character limit")
+        self.trace(trace_id, user)  # the user's own answers only
+
+    def add_feedback(self, trace_id: str, user: str, verdict: str, correct_answer: str | None = None,
+                     correct_source: str | None = None) -> None:
+        """Mark one of ``user``'s answers right or wrong (with the correct answer or source document, if
+        given); the last word counts."""
+        self.check_feedback(trace_id, user, verdict, correct_answer, correct_source)
         with self._lock:
-            self.trace(trace_id, user)  # the user's own answers only
             with self.db.atomic():
                 self.db.execute("INSERT OR REPLACE INTO feedback (trace_id, user, verdict, correct_answer, at, "
                                 "correct_source) VALUES (?, ?, ?, ?, ?, ?)",

@@ -27,6 +27,7 @@ from typing import Any
 from appliance.access.labels import Principal
 from appliance.agent.loop import Agent, Answer
 from appliance.agent.specialists import task_text
+from appliance.errors import ApplianceError
 from appliance.evaluation.claims import label_claim, single_shot
 from appliance.evaluation.qa import exact_match, token_f1
 from appliance.evaluation.sets import EvalItem, EvalSet
@@ -277,6 +278,8 @@ def recommend(kind: str, archs: dict[str, dict]) -> dict:
     if len(quick) > 1:
         reasons.append(f"as fast as {', '.join(a for a in quick if a != choice)} (within {SAME_SPEED - 1:.0%}) "
                        "with fewer moving parts")
+    if top.get("errors"):
+        reasons.append(f"{top['errors']} of its items failed (counted as wrong): {top['error_examples'][0]}")
     if kind in ("qa", "claim") and top.get("groundedness") is not None:
         reasons.append(f"groundedness {top['groundedness']:.3f}, abstains on {top['abstention_rate']:.0%}")
     if kind in ("classify", "extract") and top.get("tokens_mean"):
@@ -325,6 +328,8 @@ def compare(evalset: EvalSet, systems: Systems, principal: Principal, *,
         if served:
             chosen = next((a for a in SERVED[kind] if status[a] is None), None)
             status = {a: (r if r is not None or a == chosen else "not what is served") for a, r in status.items()}
+        if not items:
+            status = {a: r or "no items left after the few-shot examples" for a, r in status.items()}
         plans[kind] = (items, status, shots, context)
     total = sum(len(items) * sum(r is None for r in status.values()) for items, status, _, _ in plans.values())
     done = 0
@@ -339,23 +344,29 @@ def compare(evalset: EvalSet, systems: Systems, principal: Principal, *,
             if why_not is not None:
                 archs[arch] = {"skipped": why_not}
                 continue
-            results = []
-            for item in items:
-                if kind == "qa":
-                    results.append(runner.qa(arch, item))
-                elif kind == "claim":
-                    results.append(runner.claim(arch, item))
-                elif kind == "classify":
-                    results.append(runner.classify(arch, item, context, shots))
-                else:
-                    results.append(runner.extract(arch, item, context, shots))
+            results, errors = [], []
+            for n, item in enumerate(items, 1):
+                t0 = time.perf_counter()
+                try:
+                    if kind == "qa":
+                        results.append(runner.qa(arch, item))
+                    elif kind == "claim":
+                        results.append(runner.claim(arch, item))
+                    elif kind == "classify":
+                        results.append(runner.classify(arch, item, context, shots))
+                    else:
+                        results.append(runner.extract(arch, item, context, shots))
+                except ApplianceError as exc:  # one item the architecture refuses (too long ...) counts as failed
+                    results.append(_Result(time.perf_counter() - t0, abstained=True))
+                    errors.append(f"item {n}: {exc}"[:300])
                 done += 1
                 if progress:
                     progress(done, total)
             metrics = {"qa": lambda: _qa_metrics(items, results), "claim": lambda: _claim_metrics(items, results),
                        "classify": lambda: _classify_metrics(items, results, context),
                        "extract": lambda: _extract_metrics(items, results)}[kind]()
-            archs[arch] = {**metrics, **_grounding(results), **_latency(results), "items": len(results)}
+            archs[arch] = {**metrics, **_grounding(results), **_latency(results), "items": len(results),
+                           "errors": len(errors), "error_examples": errors[:5]}
         report["by_kind"][kind] = {"items": len(items), "few_shot_examples": len(shots), "primary": PRIMARY[kind],
                                    "architectures": archs, "recommendation": recommend(kind, archs)}
     report["seconds"] = time.perf_counter() - t_start

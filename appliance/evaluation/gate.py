@@ -28,7 +28,7 @@ from rich.text import Text
 
 from appliance.access.accounts import Account
 from appliance.access.authz import authorize
-from appliance.errors import ApplianceError, BundleError, EvaluationError
+from appliance.errors import BundleError, EvaluationError
 from appliance.evaluation.compare import QUALITY
 from appliance.evaluation.operations import run_set
 from appliance.services import Services
@@ -118,9 +118,9 @@ def _baseline(services: Services, account: Account, name: str, generation: int, 
               step: Progress) -> dict:
     store = services.eval_store()
     digest = store.get(name).digest
-    for run in store.runs(name, limit=200):
+    for run in store.runs(name, limit=200):  # the same items, generation, account (clearance) and limit
         if (run["generation"] == str(generation) and run["set_digest"] == digest and run["report"].get("served")
-                and run["report"].get("limit") == limit):
+                and run["report"].get("limit") == limit and run["by"] == account.name):
             return run["report"]
     return run_set(services, account, name, served=True, limit=limit, trigger="gate baseline",
                    progress=lambda done, total: step(f"drift gate: baseline of {name}", done, total))
@@ -141,10 +141,9 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
     authorize(services.accounts().get(account.name), "evaluation.manage")
     limit = settings.gate_limit or None
     started = time.perf_counter()
-    try:
-        for name in names:
-            services.eval_store().get(name)  # a missing gate set stops the apply before anything changes
-    except EvaluationError as exc:
+    try:  # the items as they are now: a bundle bringing a new version of a gate set is measured on these
+        sets = {name: services.eval_store().get(name) for name in names}
+    except EvaluationError as exc:  # a missing gate set stops the apply before anything changes
         raise BundleError(f"drift gate: {exc} ([evaluation] gate_sets)") from None
     parent = services.generation().generation
     before: dict[str, float] = {}
@@ -161,10 +160,10 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
     broken: list[dict] = []
     for name in names:
         try:
-            report = run_set(services, account, name, served=True, limit=limit,
+            report = run_set(services, account, name, served=True, limit=limit, items=sets[name],
                              trigger=f"gate {result.generation}",
                              progress=lambda done, total, name=name: step(f"drift gate: {name}", done, total))
-        except ApplianceError as exc:  # the new generation cannot even be measured: it does not pass
+        except Exception as exc:  # noqa: BLE001 - the new generation cannot even be measured: it does not pass
             broken.append({"figure": f"{name}: the gate run failed", "error": str(exc)[:500]})
             continue
         runs.append(report["run_id"])
@@ -177,6 +176,11 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
     by = services.accounts().get(account.name)
     if failed:
         rollback(services, account, to=parent)
+        for name, before_set in sets.items():  # a new version of a gate set the bundle brought goes with it
+            if services.eval_store().get(name).digest != before_set.digest:
+                services.eval_store().save(name, list(before_set.items), by=before_set.created_by,
+                                           origin=before_set.origin, description=before_set.description,
+                                           replace=True)
         gate.verdict = "held" if settings.gate_action == "hold" else "rolled back"
         if gate.verdict == "held":
             _write_held(services, {"generation": result.generation, "parent": parent, "bundle": result.bundle,

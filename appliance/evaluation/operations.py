@@ -60,15 +60,17 @@ def delete_set(services: Services, account: Account, name: str) -> None:
 
 def run_set(services: Services, account: Account, name: str, *, architectures: Sequence[str] = ARCHITECTURES,
             limit: int | None = None, trigger: str = "manual", served: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> dict:
-    """Every applicable architecture on the set, as the account (retrieval sees what it may read)."""
+            progress: Callable[[int, int], None] | None = None, items: EvalSet | None = None) -> dict:
+    """Every applicable architecture on the set, as the account (retrieval sees what it may read).
+    ``items``: these items of the set instead of the stored ones (the drift gate's copy from before an
+    apply that may bring a new version of the set)."""
     by = _fresh(services, account, "evaluation.manage")
     unknown = sorted(set(architectures) - set(ARCHITECTURES))
     if unknown:
         raise EvaluationError(f"unknown architecture {unknown[0]!r} (choose from {', '.join(ARCHITECTURES)})")
     if limit is not None and limit < 1:
         raise EvaluationError("--limit must be at least 1")
-    evalset = services.eval_store().get(name)
+    evalset = items if items is not None else services.eval_store().get(name)
     generation = services.generation()
     services.audit().record("evaluation.run", by.name, set=name, digest=evalset.digest, trigger=trigger,
                             architectures=list(architectures), generation=generation.generation)

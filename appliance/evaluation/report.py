@@ -40,7 +40,8 @@ def table_rows(kind: str, section: dict) -> tuple[list[str], list[list[str]]]:
             rows.append([name, *(["-"] * (len(cols) - 2)), f"not run: {m['skipped']}"])
             continue
         rows.append([name, *(_fmt(m.get(c)) for c in _COLUMNS.get(kind, ())), _fmt(m.get("p50_ms"), 0),
-                     _fmt(m.get("p95_ms"), 0), _fmt(m.get("tokens_mean"), 1)])
+                     _fmt(m.get("p95_ms"), 0), _fmt(m.get("tokens_mean"), 1)
+                     + (f" ({m['errors']} failed)" if m.get("errors") else "")])
     return cols, rows
 
 

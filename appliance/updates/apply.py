@@ -236,12 +236,17 @@ def _finish(services: Services, info: GenerationInfo, by: str, recovered: bool =
     _write_state(services, state)
     _fault("state")
     _apply_policy(services, info, by)
-    _install_evaluation_sets(services, info, by)
+    (updates_dir(services) / "held.json").unlink(missing_ok=True)  # a newer generation serves: nothing held
     _fault("policy")
     services.audit().record("bundle.apply", by, bundle=info.bundle, release=info.release, generation=info.generation,
                             changes=info.changes, models=info.models, adapters=sorted(info.adapters),
                             policy=info.policy_sha256, **({"recovered": True} if recovered else {}))
     _fault("audited")
+    try:
+        _install_evaluation_sets(services, info, by)
+    except Exception as exc:  # noqa: BLE001 - the generation serves; the sets can be imported by hand
+        services.audit().record("evaluation.set.bundle.failed", by, bundle=info.bundle, release=info.release,
+                                reason=str(exc)[:500])
     if old_meta and old_meta != info.metadata:
         shutil.rmtree(updates_dir(services) / old_meta, ignore_errors=True)
     removed = gens.prune(services.settings.data_dir, services.settings.updates.keep_generations)
@@ -263,7 +268,10 @@ def _install_evaluation_sets(services: Services, info: GenerationInfo, by: str) 
         name = str(t["custom"]["name"])
         with tempfile.TemporaryDirectory(dir=updates_dir(services)) as tmp:
             named = Path(tmp) / Path(t["path"]).name  # the readers go by the file's extension
-            os.link(blob_cache(services) / t["sha256"], named)
+            try:
+                os.link(blob_cache(services) / t["sha256"], named)
+            except OSError:
+                shutil.copyfile(blob_cache(services) / t["sha256"], named)
             items = load_items(named)
         if have.get(name) == set_digest(items):
             continue
@@ -371,6 +379,7 @@ def rollback(services: Services, account: Account, to: int | None = None) -> Gen
             raise BundleError(f"generation {target} is already serving")
         info = kept[target]
         gens.switch_to(data, target)
+        (updates_dir(services) / "held.json").unlink(missing_ok=True)  # a generation the drift gate held: decided
         _apply_policy(services, info, by.name)
         services.audit().record("bundle.rollback", by.name, from_generation=serving.generation,
                                 to_generation=target, bundle=info.bundle, release=info.release)

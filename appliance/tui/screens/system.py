@@ -33,12 +33,12 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
-def metric_rows(m: dict) -> list[tuple[str, str]]:
+def metric_rows(m: dict, whose: str = "requests") -> list[tuple[str, str]]:
     """The request metrics of the last day as rows (the same figures as `appliance metrics`)."""
     if not m["requests"]:
-        return [("requests (24 h)", "none yet")]
+        return [(f"{whose} (24 h)", "none yet")]
     lat, ret = m["latency"], m["retrieval"]
-    rows = [("requests (24 h)", f"{m['requests']}: " + ", ".join(f"{n} {k}" for k, n in sorted(m["outcomes"].items()))),
+    rows = [(f"{whose} (24 h)", f"{m['requests']}: " + ", ".join(f"{n} {k}" for k, n in sorted(m["outcomes"].items()))),
             ("request latency p50 / p95", f"{lat['p50_ms']:,.0f} / {lat['p95_ms']:,.0f} ms"),
             ("abstained / flagged by analysts", f"{_pct(m['abstention_rate'])} / {_pct(m['analyst_flag_rate'])}"),
             ("sentences the verifier flagged", _pct(m["verifier_flag_rate"])),
@@ -85,7 +85,11 @@ class SystemScreen(Screen[None]):
             speeds = [v for _, v in app.answer_speeds]
             rows.append(("tokens/s of the last answers",
                          ", ".join(f"{v:.0f}" for v in speeds) if speeds else "no answer yet"))
-            rows += metric_rows(request_metrics(app.services.agent_store(), since=since_iso(24)))
+            if app.may("metrics.read"):  # the appliance's requests; anyone else sees their own
+                rows += metric_rows(request_metrics(app.services.agent_store(), since=since_iso(24)))
+            else:
+                rows += metric_rows(request_metrics(app.services.agent_store(), since=since_iso(24),
+                                                    user=app.current().name), "your requests")
             kb = app.services.knowledge()
             st = kb.stats()
             rows += [(f"index {k}", str(v)) for k, v in st.items()]
