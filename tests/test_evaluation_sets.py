@@ -148,3 +148,42 @@ def test_recommendation_prefers_quality_then_speed_then_simplicity() -> None:
     assert rec["architecture"] == "single_shot"
     assert "specialist not run: no classify specialist is installed" in rec["reasons"]
     assert recommend("qa", {"agentic": {"skipped": "x"}})["architecture"] is None
+
+
+def test_compare_counts_refused_items_and_skips_a_kind_the_examples_emptied() -> None:
+    from types import SimpleNamespace
+
+    from appliance.access.labels import Principal
+    from appliance.evaluation.compare import SHOT_SEED, SHOTS, Systems, compare
+    from appliance.evaluation.specialists import _shots
+    from appliance.specialists.data import Example
+    from appliance.evaluation.sets import EvalItem, EvalSet
+    from appliance.specialists.serve import SpecialistError
+
+    class Classifier:  # a fake at the specialist seam: refuses a text over 20 characters
+        info = SimpleNamespace(labels=("a", "b"))
+        threshold = 0.5
+
+        def classify(self, text: str) -> SimpleNamespace:
+            if len(text) > 20:
+                raise SpecialistError(f"input of {len(text)} characters, over the 20 limit")
+            return SimpleNamespace(label=text[0], tokens=1)
+
+    engine = SimpleNamespace(classify=lambda prompt, labels: {"label": "a", "steps": 1})
+    systems = Systems(agent=SimpleNamespace(engine=engine), hybrid=None, specialists={"classify": Classifier()})
+    items = [EvalItem("classify", t, {"label": t[0]}) for t in
+             ["a one", "b two", "a three", "b four", "a five", "b six", "a seven", "b eight", "a nine", "b ten",
+              "a " + "long " * 10, "b twelve", "a " + "longer " * 10, "b " + "long " * 10]]
+    report = compare(EvalSet("s", tuple(items)), systems, Principal("olga", "SECRET"), architectures=("specialist",))
+    section = report["by_kind"]["classify"]
+    spec = section["architectures"]["specialist"]
+    shots, rest = _shots([Example(i.input, i.expected["label"]) for i in items], SHOTS["classify"], SHOT_SEED,
+                         key=lambda e: e.label)
+    assert section["few_shot_examples"] == len(shots) == 2 and spec["items"] == len(rest) == 12  # one per label
+    refused = sum(len(e.text) > 20 for e in rest)
+    assert refused >= 1 and spec["errors"] == refused and "over the 20 limit" in spec["error_examples"][0]
+    assert spec["accuracy"] == (12 - refused) / 12  # a refused item counts as wrong
+    tiny = compare(EvalSet("t", tuple(items[:2])), systems, Principal("olga", "SECRET"))
+    assert tiny["by_kind"]["classify"]["architectures"]["specialist"] == {
+        "skipped": "no items left after the few-shot examples"}
+    assert tiny["by_kind"]["classify"]["recommendation"]["architecture"] is None
