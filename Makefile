@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TEST_DATA := $(CURDIR)/.test-data
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install models test-models run doctor test test-all bench adapters clean
+.PHONY: help install llama-rebuild models test-models run doctor test test-all bench adapters clean
 
 help:
 	@echo "make run        set up, provision models, install the demo data, open the terminal UI"
@@ -16,17 +16,32 @@ help:
 	@echo "make test-all   every test, slow ones included"
 	@echo "make bench      benchmarks; results in bench/results/"
 	@echo "make adapters   train the demo specialists (build station; long: see README)"
+	@echo "make llama-rebuild  build llama.cpp from source again (portable; LLAMA_BACKEND=cuda for CUDA)"
 
-# llama-cpp-python compiles llama.cpp from source (about 6 minutes on 2 cores; pip caches
-# the wheel). For CUDA: CMAKE_ARGS="-DGGML_CUDA=on" make install (see README).
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# llama.cpp is built from source by deploy/build_llama_cpp.py, never natively: the portable
+# x86-64-v3 baseline (compat x86-64-v2 on a CPU without AVX2), about 3-10 minutes on 2 cores
+# the first time, from a wheel kept under .build/wheels/<build key> after that (never pip's
+# cache). LLAMA_BACKEND=cuda for the CUDA build; see README, "The llama.cpp build".
+LLAMA_BACKEND ?= cpu
+LLAMA_VARIANT ?= auto
+LLAMA_BUILD := $(BIN)/python deploy/build_llama_cpp.py --backend $(LLAMA_BACKEND) --variant $(LLAMA_VARIANT)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml deploy/build_llama_cpp.py | $(BIN)/python
+	$(LLAMA_BUILD)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[station,test]'
 	touch $(STAMP)
 
+# the check is cheap when the recorded build is installed; anything else is rebuilt or reinstalled
 install: $(STAMP)
+	@$(LLAMA_BUILD)
+
+llama-rebuild: | $(BIN)/python
+	$(LLAMA_BUILD) --force
 
 models: install
 	$(BIN)/appliance models fetch
