@@ -89,6 +89,22 @@ def _print_doctor(report: dict[str, Any]) -> None:
         table.add_row(m["name"], m["kind"], f"{m['architecture']} {m['quantization'] or ''}", m["sha256"][:10],
                       f"{m['size'] / 2**20:.0f}", {True: "yes", False: "NO", None: "-"}[m.get("verified")])
     console.print(table)
+    cpu, build, st = report["cpu"], report["llama_build"], report["selftest"]
+    console.print(f"[bold]cpu[/] {cpu['model']}: {' '.join(cpu['features']) or 'no AVX'}", highlight=False)
+    if build["recorded"]:
+        console.print(f"[bold]llama.cpp build[/] {build['variant']} ({build['backend']}), {build['description']}, "
+                      f"build {build['key']}, libraries {'as recorded' if build['matches'] else 'NOT as recorded'}; "
+                      f"compiled in: {' '.join(build['compiled'])}", highlight=False)
+        console.print(f"[bold]cmake[/] {' '.join(build['cmake_args'])}", style="dim", highlight=False)
+    else:
+        console.print(f"[bold red]llama.cpp build[/] {build['problem']}", highlight=False)
+    if st.get("ok") is None:
+        console.print("[bold]self-test[/] never run here (it runs before the engine first serves)")
+    else:
+        when = "last run" if st.get("not_run_now") else ("remembered" if st.get("cached") else "ran now")
+        verdict = "[green]passed[/]" if st["ok"] else f"[red]FAILED[/] while {st['stage']}: {escape(st['error'])}"
+        console.print(f"[bold]self-test[/] {verdict} ({when}, {st['checked_at']}, {st['seconds']} s; "
+                      f"{', '.join(m['name'] for m in st['models'])})", highlight=False)
     eng = report.get("engine")
     if eng and eng.get("ok"):
         console.print(f"[bold]engine[/] {eng['build']} build (n_gpu_layers={eng['n_gpu_layers']}), "

@@ -1,7 +1,9 @@
 """``appliance doctor``: is this box ready, and is it sealed?
 
-Collects the configuration, the model store (with digests), the engine build (CPU or
-CUDA), the air-gap state, and, unless told not to, runs the whole path once: the host
+Collects the configuration, the model store (with digests), the CPU and its features, the
+llama.cpp build (its variant, CMake arguments and compiled features, and whether the
+installed libraries are the recorded ones), the air-gap state, and, unless told not to,
+runs the start-up self-test in a throwaway host and then the whole path once: the host
 loads the models, embeds, a scratch Chroma index stores and finds the vectors, and the
 generator answers a question.
 """
@@ -16,8 +18,10 @@ from typing import Any
 
 from appliance.airgap import GUARD, airgap_status
 from appliance.errors import ApplianceError
+from appliance.runtime.build_info import build_info, cpu_info
 from appliance.runtime.protocol import GenerateRequest
-from appliance.services import Services, airgap_log
+from appliance.runtime.selftest import refusal
+from appliance.services import Services, airgap_log, engine_spec
 
 __all__ = ["run_doctor", "logged_attempts", "PROBE_QUESTION"]
 
@@ -100,6 +104,20 @@ def run_doctor(services: Services, *, verify: bool = False, engine: bool = True)
         problems.append(f"a serving model is not in the store: {exc} (run `appliance models fetch` or apply a "
                         "bundle)")
     problems += [f"model {m['name']}: {m['verify_detail']}" for m in models if m.get("verified") is False]
+    cpu, build = cpu_info(), build_info()
+    report["cpu"] = {"model": cpu.model, "features": cpu.relevant}
+    report["llama_build"] = {k: v for k, v in build.as_dict().items() if k != "libraries"}
+    if build.problem:
+        problems.append(f"llama.cpp build: {build.problem}; rebuild it with `{build.rebuild}`")
+    if engine and not problems:
+        spec = engine_spec(settings, services.store, info=info)
+        selftest = services.selftest().run(spec, services.model_identities())
+        report["selftest"] = selftest.as_dict()
+        if not selftest.ok:
+            problems.append(refusal(selftest, build))
+    else:
+        last = services.selftest().last()
+        report["selftest"] = dict(last, not_run_now=True) if last else {"ok": None, "not_run_now": True}
     if engine and not problems:
         try:
             report["engine"] = _probe(services)

@@ -20,6 +20,7 @@ __all__ = [
     "EngineError",
     "EngineCrashedError",
     "EngineTimeoutError",
+    "EngineSelfTestError",
     "EngineRequestError",
     "ContextOverflowError",
     "KnowledgeError",
@@ -96,6 +97,10 @@ class EngineCrashedError(EngineError):
 
 class EngineTimeoutError(EngineError):
     """The host did not answer in time; it has been killed and restarted."""
+
+
+class EngineSelfTestError(EngineError):
+    """The start-up self-test failed: this llama.cpp build cannot serve these models on this CPU."""
 
 
 class EngineRequestError(EngineError):

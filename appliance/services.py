@@ -21,9 +21,10 @@ from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient, RequestLimits
 from appliance.runtime.model_store import ModelRecord, ModelStore
 from appliance.runtime.protocol import EngineSpec
+from appliance.runtime.selftest import SelfTest
 from appliance.updates.generations import GenerationInfo, current_path, ensure_layout, read_info
 
-__all__ = ["Services", "build_services", "engine_spec", "active_models"]
+__all__ = ["Services", "build_services", "engine_spec", "spec_for", "active_models"]
 
 
 def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | None) -> dict[str, ModelRecord]:
@@ -39,7 +40,6 @@ def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | 
 def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True, embedder: bool = True,
                 info: GenerationInfo | None = None) -> EngineSpec:
     """The host's start-up description: the serving models and every adapter for that base."""
-    rt = settings.runtime
     models = active_models(settings, store, info) if (generator or embedder) else {}
     gen = models["generator"] if generator else None
     emb = models["embedder"] if embedder else None
@@ -48,9 +48,16 @@ def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True
         adapters = {a.name: str(a.path) for a in store.list("adapter") if a.base_sha256 in (None, gen.sha256)}
         for name, sha in (info.adapters.items() if info else ()):  # a bundle's adapters, by digest
             adapters[name] = str(store.by_sha256(sha).path)
+    return spec_for(settings, str(gen.path) if gen else None, str(emb.path) if emb else None, adapters)
+
+
+def spec_for(settings: Settings, generator_path: str | None, embedder_path: str | None,
+             adapters: dict[str, str]) -> EngineSpec:
+    """An engine spec for these model files, run as the settings say."""
+    rt = settings.runtime
     return EngineSpec(
-        generator_path=str(gen.path) if gen else None,
-        embedder_path=str(emb.path) if emb else None,
+        generator_path=generator_path,
+        embedder_path=embedder_path,
         adapters=adapters,
         threads=rt.threads,
         n_ctx=rt.n_ctx,
@@ -81,7 +88,9 @@ class Services:
     _eval_traces: AgentStore | None = field(default=None, repr=False)
     _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one store per database
     _generation: Path | None = field(default=None, repr=False)
+    _selftest: SelfTest | None = field(default=None, repr=False)
     embed_fn: Callable[[Sequence[str]], list] | None = None  # a test seam: embeddings without the engine
+    host_command: tuple[str, ...] | None = None  # a test seam: a host double (one that crashes on purpose)
 
     def embed(self, texts: Sequence[str]) -> list:
         """Embed with the serving embedder (through the engine, unless a test set ``embed_fn``)."""
@@ -206,8 +215,30 @@ class Services:
                 scale=self.scale, settings=self.settings.knowledge)
         return self._knowledge
 
+    def selftest(self) -> SelfTest:
+        """The start-up self-test; its passes are remembered beside the models (``<models dir>/selftest.json``):
+        they depend on the models, the llama.cpp build and the CPU, not on one data directory."""
+        with self._opening:
+            if self._selftest is None:
+                rt = self.settings.runtime
+                self._selftest = SelfTest(
+                    self.settings.models_dir / "selftest.json", log_path=self.settings.log_dir / "host-selftest.log",
+                    start_timeout_s=rt.start_timeout_s, request_timeout_s=min(rt.request_timeout_s, 120.0),
+                    env=self._host_env(), host_command=self.host_command)
+        return self._selftest
+
+    def model_identities(self) -> dict[str, tuple[str, str]]:
+        """Every stored model's and adapter's path -> (name, sha256), so the self-test need not hash them."""
+        return {str(r.path): (r.name, r.sha256) for r in self.store.list()}
+
+    def _host_env(self) -> dict[str, str]:
+        return dict(os.environ, APPLIANCE_AIRGAP_LOG=str(airgap_log(self.settings)))
+
     def engine(self, *, generator: bool = True, embedder: bool = True) -> EngineClient:
-        """The llama.cpp host client, started on first use (restarted if it lacks a needed model)."""
+        """The llama.cpp host client, started on first use (restarted if it lacks a needed model).
+
+        Before a host serves, the self-test must have passed for this build, CPU and model set
+        (:mod:`appliance.runtime.selftest`); if it fails, EngineSelfTestError says why, and no host starts."""
         self._follow_generation()
         have = self._engine_parts
         if self._engine is not None and (generator and not have[0] or embedder and not have[1]):
@@ -215,11 +246,13 @@ class Services:
             self._engine.close()
             self._engine = None
         if self._engine is None:
+            spec = engine_spec(self.settings, self.store, generator=generator, embedder=embedder,
+                               info=read_info(self._generation))
+            self.selftest().ensure(spec, self.model_identities())
             self._engine_parts = (generator, embedder)
             lim = self.settings.limits
             self._engine = EngineClient(
-                engine_spec(self.settings, self.store, generator=generator, embedder=embedder,
-                            info=read_info(self._generation)),
+                spec,
                 limits=RequestLimits(
                     max_prompt_chars=lim.max_prompt_chars, max_schema_bytes=lim.max_schema_bytes,
                     max_grammar_bytes=lim.max_grammar_bytes, max_embed_texts=lim.max_embed_texts,
@@ -228,7 +261,8 @@ class Services:
                 request_timeout_s=self.settings.runtime.request_timeout_s,
                 start_timeout_s=self.settings.runtime.start_timeout_s,
                 log_path=self.settings.log_dir / "host.log",
-                env=dict(os.environ, APPLIANCE_AIRGAP_LOG=str(airgap_log(self.settings))),
+                env=self._host_env(),
+                host_command=self.host_command,
             )
             self._engine.start()
         return self._engine

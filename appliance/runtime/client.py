@@ -26,7 +26,9 @@ from appliance import errors
 from appliance.errors import EngineCrashedError, EngineError, EngineRequestError, EngineTimeoutError
 from appliance.runtime.protocol import EngineSpec, GenerateRequest, GenerateResult
 
-__all__ = ["EngineClient", "RequestLimits"]
+__all__ = ["EngineClient", "RequestLimits", "HOST_COMMAND"]
+
+HOST_COMMAND = (sys.executable, "-m", "appliance.runtime.host")  # the host; FD is appended
 
 _ERRORS = {name: getattr(errors, name) for name in errors.__all__}
 
@@ -60,14 +62,20 @@ class EngineClient:
 
     def __init__(self, spec: EngineSpec, *, limits: RequestLimits | None = None, request_timeout_s: float = 300.0,
                  start_timeout_s: float = 120.0, log_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, restart: bool = True,
+                 host_command: Sequence[str] | None = None) -> None:
+        """``restart=False``: a host that dies or hangs is not replaced (the self-test's throwaway
+        host); ``host_command`` is a seam for tests (a host double that crashes on purpose)."""
         self.spec = spec
+        self.restart = restart
+        self.host_command = tuple(host_command or HOST_COMMAND)
         self.limits = limits or RequestLimits()
         self.request_timeout_s = request_timeout_s
         self.start_timeout_s = start_timeout_s
         self.log_path = log_path
         self.env = env
         self.restarts = 0
+        self.exit_code: int | None = None  # how the last host that died ended
         self.info_at_start: dict[str, Any] = {}
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
@@ -101,7 +109,7 @@ class EngineClient:
         env = dict(os.environ if self.env is None else self.env)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "appliance.runtime.host", str(child.fileno())],
+                [*self.host_command, str(child.fileno())],
                 pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True,
             )
@@ -159,8 +167,9 @@ class EngineClient:
 
     def _died(self, op: str, restart: bool) -> EngineError:
         code = self._proc.wait() if self._proc else None
+        self.exit_code = code
         what = f"llama.cpp host died ({_describe_exit(code)}) during {op}"
-        if not restart:
+        if not restart or not self.restart:
             self._teardown()
             return EngineCrashedError(what + self._host_log_tail())
         self.restarts += 1
@@ -181,7 +190,7 @@ class EngineClient:
                     if self._proc is not None and self._proc.poll() is not None:
                         raise EOFError
                     if time.monotonic() >= deadline:
-                        if not restart:
+                        if not restart or not self.restart:
                             self._teardown()
                             raise EngineTimeoutError(f"llama.cpp host did not answer {op} within {timeout:.0f} s")
                         self._proc.kill()  # type: ignore[union-attr]
@@ -211,6 +220,8 @@ class EngineClient:
             if not self.running:
                 if self._proc is not None:  # died between requests
                     raise self._died(op, restart=True)
+                if not self.restart and self.info_at_start:
+                    raise EngineCrashedError(f"llama.cpp host is gone (it is not restarted); {op} refused")
                 self._spawn()
             rid = next(self._ids)
             try:

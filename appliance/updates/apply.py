@@ -3,8 +3,9 @@
 Order of :func:`apply_bundle` (each step named for the fault-injection tests):
 
 1. ``verified``   stage and verify (:func:`verify_bundle`); check every payload
-2. ``models``     register the bundle's models and adapters (content-addressed, additive);
-                  an engine with the new models starts loading in the background
+2. ``models``     the start-up self-test on the new models (from the verified files, in a
+                  throwaway host); then register them and the adapters (content-addressed,
+                  additive); an engine with the new models starts loading in the background
 3. ``copied``     a new generation: a copy of the serving knowledge (catalog and index)
 4. ``knowledge``  ingest, replace and revoke documents in the new generation (re-embed all
                   of it if the embedder changes)
@@ -47,7 +48,7 @@ from appliance.services import Services, engine_spec
 from appliance.updates import generations as gens
 from appliance.updates.check import Plan, Progress, applied_state, blob_cache, updates_dir, verify_bundle
 from appliance.updates.generations import GenerationInfo
-from appliance.updates.payloads import Checked, apply_knowledge, register_models
+from appliance.updates.payloads import Checked, apply_knowledge, register_models, selftest_models
 
 __all__ = ["ApplyResult", "apply_bundle", "rollback", "history", "recover", "recover_at_start", "needs_recovery",
            "FAULT_ENV"]
@@ -147,6 +148,9 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
                               by=by.name, parent=serving.generation, models=dict(serving.models),
                               adapters=dict(serving.adapters), policy_sha256=serving.policy_sha256,
                               targets_sha256=plan.targets_sha256, metadata=f"meta-{number:06d}")
+        if checked.models or checked.adapters:
+            step("self-test of the new models", 0, 1)
+            selftest_models(services, checked, serving)
         register_models(services, checked, info)
         _fault("models")
         if (info.models, info.adapters) != (serving.models, serving.adapters):
@@ -324,7 +328,7 @@ def _engine(services: Services, info: GenerationInfo, *, generator: bool) -> Eng
     s = services.settings
     client = EngineClient(engine_spec(s, services.store, generator=generator, info=info),
                           request_timeout_s=s.runtime.request_timeout_s, start_timeout_s=s.runtime.start_timeout_s,
-                          log_path=s.log_dir / "host-health.log")
+                          log_path=s.log_dir / "host-health.log", host_command=services.host_command)
     client.start()
     return client
 

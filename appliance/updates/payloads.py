@@ -18,15 +18,17 @@ from pathlib import Path
 
 from appliance.access.labels import parse_labels
 from appliance.access.policy_file import Policy, check_policy, load_policy
-from appliance.errors import ApplianceError, BundleError, GGUFError, ModelStoreError, UnknownModelError
+from appliance.errors import (ApplianceError, BundleError, EngineSelfTestError, GGUFError, ModelStoreError,
+                              UnknownModelError)
 from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.parsers import parse_file
 from appliance.runtime.gguf_check import GGUFLimits, validate_gguf
-from appliance.services import Services, active_models
+from appliance.services import Services, active_models, spec_for
 from appliance.updates.check import Plan, PlannedTarget, named_copy
 from appliance.updates.generations import GenerationInfo
 
-__all__ = ["Checked", "check_payloads", "register_models", "apply_knowledge", "MAX_POLICY_BYTES"]
+__all__ = ["Checked", "check_payloads", "selftest_models", "register_models", "apply_knowledge",
+           "MAX_POLICY_BYTES"]
 
 MAX_POLICY_BYTES = 1 << 20
 EMBEDDERS = {"bert", "nomic-bert", "jina-bert-v2"}
@@ -123,6 +125,41 @@ def _policy(services: Services, t: PlannedTarget) -> Policy:
     except ApplianceError as exc:
         raise BundleError(f"{t.path}: {exc}") from None
     return policy
+
+
+def selftest_models(services: Services, checked: Checked, serving: GenerationInfo) -> None:
+    """Run the start-up self-test on what the new generation would serve, from the verified files,
+    before any of them enters the model store: a model this build cannot run here is refused and
+    leaves the store and the serving generation as they were."""
+    if not checked.models and not checked.adapters:
+        return
+    s, store = services.settings, services.store
+    known = services.model_identities()
+    paths: dict[str, str | None] = {}
+    for kind, configured in (("generator", s.runtime.generator), ("embedder", s.runtime.embedder)):
+        if kind in checked.models:
+            t = checked.models[kind]
+            paths[kind] = str(t.verified_file)
+            known[str(t.verified_file)] = (str(t.custom.get("name") or Path(t.path).parent.name), t.sha256)
+            continue
+        chosen = serving.models.get(kind)
+        try:
+            paths[kind] = str((store.by_sha256(chosen["sha256"]) if chosen else store.get(configured)).path)
+        except UnknownModelError:
+            paths[kind] = None
+    adapters: dict[str, str] = {}
+    if paths["generator"] is not None:
+        base = checked.generator_sha256 or known.get(paths["generator"], ("", ""))[1]
+        adapters = {a.name: str(a.path) for a in store.list("adapter") if a.base_sha256 in (None, base)}
+        if "generator" not in checked.models:
+            adapters.update({n: str(store.by_sha256(sha).path) for n, sha in serving.adapters.items()})
+        for name, t in checked.adapters.items():
+            adapters[name] = str(t.verified_file)
+            known[str(t.verified_file)] = (name, t.sha256)
+    try:
+        services.selftest().ensure(spec_for(s, paths["generator"], paths["embedder"], adapters), known)
+    except EngineSelfTestError as exc:
+        raise BundleError(f"the bundle's models fail the start-up self-test on this machine: {exc}") from None
 
 
 def register_models(services: Services, checked: Checked, info: GenerationInfo) -> None:
