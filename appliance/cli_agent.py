@@ -11,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from appliance.cli import _services, console, err_console, main
+from appliance.errors import ApplianceError
 from appliance.cli_knowledge import eval_group, eval_progress, principal_for, scratch_agent, scratch_knowledge
 
 
@@ -26,11 +27,19 @@ def ask(ctx: click.Context, question: str, session: str | None, as_json: bool) -
     agent = services.agent()
     session_id = agent.store.new_session(principal.name) if session == "new" else session
 
+    drafted: list[str] = []
+
     def draft(piece: str) -> None:
         if not as_json:
+            drafted.append(piece)
             err_console.print(piece, end="", style="dim", highlight=False, markup=False)
 
-    answer = agent.ask(question, principal, session_id=session_id, on_token=draft)
+    try:
+        answer = agent.ask(question, principal, session_id=session_id, on_token=draft)
+    except ApplianceError:
+        if drafted:  # the error line starts on a line of its own, under the draft cut short
+            err_console.print()
+        raise
     if as_json:
         click.echo(json.dumps(answer.as_dict(), indent=2))
         return

@@ -88,3 +88,10 @@ def engine(generator: ModelRecord, embedder_record: ModelRecord, adapters_dir: P
     client.start()
     yield client
     client.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test has a deadline: 120 s (pyproject), or 1800 s for one marked slow (`make test-all`)."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(1800))

@@ -86,3 +86,61 @@ def test_sessions_follow_up_and_bad_input(home: Path, model_store: ModelStore) -
     assert big.returncode == 2 and "over the 2000 limit" in big.stderr
     missing = _as("alice", ["trace", "show", "nope"], home, model_store)
     assert missing.returncode == 2 and "no trace 'nope'" in missing.stderr
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live children of ``pid``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append((int(d.name), cmd))
+    return out
+
+
+def test_the_engine_killed_mid_answer_is_one_error_line(home: Path, model_store: ModelStore) -> None:
+    """The host is killed while the draft streams: the command ends at once with one error line."""
+    import os
+    import selectors
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(APPLIANCE_DATA_DIR=str(home / "data"), APPLIANCE_MODELS_DIR=str(model_store.root), COLUMNS="200",
+               APPLIANCE_SESSION=TOKENS["alice"])
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", "ask", "When does the canteen serve lunch?"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + 90
+        drafted = b""
+        while not drafted.strip() and time.monotonic() < deadline and proc.poll() is None:
+            if sel.select(timeout=0.5):
+                drafted += os.read(proc.stderr.fileno(), 4096)
+        assert drafted.strip(), "no draft streamed before the deadline"
+        hosts = [p for p, cmd in _children(proc.pid) if "appliance.runtime.host" in cmd]
+        assert len(hosts) == 1, _children(proc.pid)
+        os.kill(hosts[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    stderr = (drafted + err).decode(errors="replace")
+    assert proc.returncode == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors == [stderr.rstrip().splitlines()[-1]] and len(errors) == 1, stderr  # one line, the last
+    # the kill lands in the stream (generate), or, if the draft just ended, in the next call
+    assert "llama.cpp host died (killed by SIGKILL) during " in errors[0] and "try again" in errors[0], errors
+    assert out == b""  # no half answer on stdout
+    assert _children(proc.pid) == []

@@ -81,7 +81,13 @@ async def login(app: ApplianceApp, pilot, name: str, passphrase: str = PASS) -> 
     await settle(app, pilot)
 
 
-async def settle(app: ApplianceApp, pilot, until: Callable[[], bool] | None = None, timeout: float = 120) -> None:
+def notices(app: ApplianceApp) -> list[str]:
+    """The notices the app has shown (toasts), oldest first."""
+    return [n.message for n in app._notifications]
+
+
+async def settle(app: ApplianceApp, pilot, until: Callable[[], bool] | None = None, timeout: float = 60) -> None:
+    """Wait for the workers (or ``until``), with a deadline well inside the 120 s per-test timeout."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         await pilot.pause(0.05)
@@ -91,18 +97,20 @@ async def settle(app: ApplianceApp, pilot, until: Callable[[], bool] | None = No
                 return
         elif until():
             return
-    raise AssertionError("the UI did not settle in time")
+    raise AssertionError(f"the UI did not settle in {timeout:.0f} s; notices: {notices(app)}")
 
 
 async def ask(app: ApplianceApp, pilot, question: str) -> AskScreen:
+    """Ask and wait for the answer; a failed answer fails at once, with the notice the user saw."""
     screen = app.screen
     assert isinstance(screen, AskScreen)
     box = screen.query_one("#question", Input)
     box.value = question
     box.focus()
     await pilot.press("enter")
-    await settle(app, pilot, lambda: screen.busy is None and screen.last is not None
-                 and screen.last.question == question)
+    await settle(app, pilot, lambda: screen.busy is None)
+    if screen.last is None or screen.last.question != question:
+        raise AssertionError(f"no answer to {question!r}; notices: {notices(app)}")
     return screen
 
 
@@ -185,6 +193,36 @@ def test_cancel_stops_an_answer(services: Services) -> None:
         run(services, body)
     finally:
         agent.retriever.retrieve = original
+
+
+def test_the_engine_killed_mid_answer_gives_a_notice_and_a_usable_screen(services: Services) -> None:
+    import os
+    import signal
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        screen = app.screen
+        engine = services.engine()
+        first_host = engine.host_pid
+        box = screen.query_one("#question", Input)
+        box.value = "When does the canteen serve lunch?"
+        box.focus()
+        await pilot.press("enter")
+        await settle(app, pilot, lambda: bool(screen.pieces) or screen.busy is None)
+        assert screen.pieces, f"no draft streamed; notices: {notices(app)}"
+        os.kill(first_host, signal.SIGKILL)  # mid-stream: the draft has started
+        await settle(app, pilot, lambda: screen.busy is None)
+        said = notices(app)
+        assert any("Answering failed: llama.cpp host died (killed by SIGKILL)" in n and "try again" in n
+                   for n in said), said
+        assert screen.last is None or screen.last.question != "When does the canteen serve lunch?"
+        assert "(no answer)" in str(screen.query_one(".draft", Static).render())
+        assert screen.query_one("#question", Input).disabled is False
+        # the screen is usable: the next question is answered by the restarted host
+        answered = await ask(app, pilot, "When does the canteen serve lunch?")
+        assert answered.last.citations and services.engine().host_pid != first_host
+
+    run(services, body)
 
 
 def test_flag_an_answer_as_wrong_with_the_right_one(services: Services) -> None:
@@ -593,7 +631,9 @@ async def _run_specialist(app: ApplianceApp, pilot, screen: SpecialistsScreen, n
     box.focus()
     screen.last = None
     await pilot.press("enter")
-    await settle(app, pilot, lambda: screen.running is None and screen.last is not None, timeout=300)
+    await settle(app, pilot, lambda: screen.running is None)
+    if screen.last is None:
+        raise AssertionError(f"no result from {name!r}; notices: {notices(app)}")
     return _text(screen, "#specialist-result")
 
 
