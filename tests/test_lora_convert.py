@@ -245,6 +245,7 @@ def test_real_base_parity(tmp_path: Path, generator: ModelRecord, monkeypatch: p
         "q4_1_adapter_clear_positions": int(clear.sum()),
         "q4_1_adapter_on_clear_positions": _agree(hf_lora[clear], q_good[clear]),
         "q4_1_broken_permutation": _agree(hf_lora, _flat(quantized["broken"])),
+        "q4_1_broken_on_clear_positions": _agree(hf_lora[clear], _flat(quantized["broken"])[clear]),
         "f32_base_vs_base": _agree(hf_base, _flat(dequantized["base"])),
         "f32_adapter": _agree(hf_lora, _flat(dequantized["good"])),
         "f32_broken_permutation": _agree(hf_lora, _flat(dequantized["broken"])),
@@ -256,10 +257,17 @@ def test_real_base_parity(tmp_path: Path, generator: ModelRecord, monkeypatch: p
     assert figures["f32_base_vs_base"] >= 0.99
     assert figures["f32_adapter"] >= 0.99
     assert figures["f32_broken_permutation"] <= figures["f32_adapter"] - 0.08  # measured 0.83
-    # llama.cpp on Q4_1 weights: near-ties flip (base vs base measured 0.967); clear positions agree
-    assert figures["q4_1_adapter"] >= figures["q4_1_base_vs_base"] - 0.03
+    # llama.cpp on Q4_1 weights is judged on the clear positions only. Over all positions, near-ties
+    # flip with the CPU's kernels (q4_1_adapter read 0.96 on an AVX-512 build and 0.933 on the
+    # portable AVX2 build of the same checkout), so no bar is set there. A kernel changes a logit
+    # by about 1e-3 (summation order, FMA); a position is clear when transformers' top-1 leads by
+    # 0.25 logit, 250 times that, so only a position the Q4_1 rounding itself brought to a near-tie
+    # can flip between CPUs. Measured 189 of 190 on both builds (AVX2 and AVX-512); the bar
+    # leaves room for two more such flips. The broken permutation stays far below on the same
+    # positions (measured 0.86), so the bar still tells the converter right from wrong.
     assert figures["q4_1_adapter_clear_positions"] >= 150
-    assert figures["q4_1_adapter_on_clear_positions"] >= 0.99
+    assert figures["q4_1_adapter_on_clear_positions"] >= 0.98
+    assert figures["q4_1_broken_on_clear_positions"] <= figures["q4_1_adapter_on_clear_positions"] - 0.06
 
 
 # -- refusals ----------------------------------------------------------------------------------
