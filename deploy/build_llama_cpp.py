@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Build and install llama-cpp-python the one way the appliance allows: never native.
 
-    python deploy/build_llama_cpp.py [--backend cpu|cuda] [--variant portable|native-noamx]
-                                     [--wheels DIR] [--target DIR] [--check]
+    python deploy/build_llama_cpp.py [--backend cpu|cuda] [--variant auto|portable|compat]
+                                     [--force] [--print-key]
+    python deploy/build_llama_cpp.py --variant native-noamx --target DIR   (the benchmark's baseline)
 
 Run it with the interpreter of the environment to install into (``make install`` runs it
 with ``.venv/bin/python``). Standard library only: it runs before anything else is
-installed.
+installed (so it repeats the few lines of ``appliance.runtime.build_info`` it needs).
 
 Why a script and not ``pip install llama-cpp-python``:
 
@@ -16,22 +17,26 @@ Why a script and not ``pip install llama-cpp-python``:
   instructions on another. The appliance's build is one **portable baseline**: x86-64-v3
   (SSE4.2, AVX, AVX2, FMA, F16C, BMI2), no AVX-512, no AMX, no runtime-dispatched
   variants. It runs the same kernels on every x86 server since Intel Haswell (2013) and
-  AMD Zen (2017), so a model computes the same numbers on all of them.
+  AMD Zen (2017), so a model computes the same numbers on all of them. ``--variant auto``
+  (the default) takes it where this CPU has those features, else ``compat`` (x86-64-v2,
+  SSE4.2 only) for older servers.
 - pip caches a wheel it built under the package's version, whatever ``CMAKE_ARGS`` were,
   and reuses it after the flags change. Here the wheel is built with ``--no-cache-dir``
   into ``<wheels>/<key>/``, where the key is a digest of the version, the backend, the
   variant, the CMake arguments and the Python tag; it is installed from that file only
-  (``--no-index``), so a stale native wheel can never be picked up.
+  (``--no-index``), so a stale native wheel can never be picked up. ``CMAKE_ARGS`` in the
+  environment is refused.
 - After installing, the library is loaded in a child process and its own report of the
   compiled CPU features (``llama_print_system_info``) is checked against the variant. A
   build record (``<prefix>/llama-cpp-build.json``) keeps the key, the CMake arguments and
   the digests of the installed libraries; ``appliance doctor`` shows it and says whether
-  the installed libraries are still the ones recorded.
+  the installed libraries are still the ones recorded. Run again with the record intact
+  and the libraries unchanged, it does nothing (about a second).
 
 ``--variant native-noamx`` exists for one purpose: the benchmark's baseline (``make
-bench``), a native build with AMX compiled out so that it cannot take the crashing path.
-It is installed into a separate ``--target`` directory, never into the appliance's
-environment.
+bench``), a native build with AMX compiled out (``-mno-amx-*``) so that it cannot take the
+crashing path. It is installed into a separate ``--target`` directory, never into the
+appliance's environment.
 
 The CUDA build (``--backend cuda``) follows the same rules: the same portable CPU flags
 for the host-side code, ``GGML_CUDA=on``, its own key. ``LLAMA_CUDA_ARCHITECTURES``
@@ -56,7 +61,7 @@ from pathlib import Path
 VERSION = "0.3.36"
 PACKAGE = "llama-cpp-python"
 RECORD = "llama-cpp-build.json"
-BUILD_MINUTES = "5-10"
+BUILD_MINUTES = "3-10"
 
 # Every feature named, so no default of a later llama.cpp changes the build.
 _FEATURES = ["SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2", "AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI",
@@ -109,8 +114,7 @@ def cmake_args(backend: str, variant: str) -> list[str]:
     if variant in _LEVELS:
         args = _FIXED + [f"-DGGML_{f}={'ON' if f in _LEVELS[variant] else 'OFF'}" for f in _FEATURES]
     elif variant == "native-noamx":
-        args = ["-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF",
-                f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"]
+        args = ["-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF"]
     else:
         raise BuildError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     args += COMMON
@@ -126,10 +130,18 @@ def cmake_args(backend: str, variant: str) -> list[str]:
     return args
 
 
+def compiler_env(variant: str) -> dict[str, str]:
+    """Compiler flags CMake takes from the environment (CMAKE_ARGS is split on spaces)."""
+    return {"CFLAGS": NO_AMX, "CXXFLAGS": NO_AMX} if variant == "native-noamx" else {}
+
+
 def build_key(backend: str, variant: str, args: list[str]) -> str:
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}-{sysconfig.get_platform()}"
-    text = json.dumps({"package": PACKAGE, "version": VERSION, "backend": backend, "variant": variant,
-                       "cmake_args": args, "python": tag}, sort_keys=True)
+    fields = {"package": PACKAGE, "version": VERSION, "backend": backend, "variant": variant,
+              "cmake_args": args, "python": tag}
+    if compiler_env(variant):
+        fields["env"] = compiler_env(variant)
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -145,17 +157,20 @@ def say(message: str) -> None:
     print(f"[llama.cpp build] {message}", flush=True)
 
 
-def _build_wheel(out: Path, args: list[str]) -> Path:
+def _build_wheel(out: Path, args: list[str], extra_env: dict[str, str]) -> Path:
     """``pip wheel`` from the source distribution, no cache in or out, with plain progress lines."""
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, CMAKE_ARGS=" ".join(args), FORCE_CMAKE="1", PYTHONUNBUFFERED="1",
-               CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
+               CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2), **extra_env)
+    for var in ("CFLAGS", "CXXFLAGS"):
+        if var not in extra_env:
+            env.pop(var, None)  # nothing from the caller's environment changes the build
     env.pop("PIP_FIND_LINKS", None)
     with tempfile.TemporaryDirectory(prefix="llama-wheel-", dir=out.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "--no-binary", PACKAGE,
                "-v", "-w", tmp, f"{PACKAGE}=={VERSION}"]
         say(f"compiling {PACKAGE} {VERSION} from source (about {BUILD_MINUTES} minutes on 2 cores)")
-        say("CMAKE_ARGS=" + " ".join(args))
+        say("CMAKE_ARGS=" + " ".join(args) + "".join(f" {k}={v!r}" for k, v in extra_env.items()))
         started = time.monotonic()
         last = 0.0
         tail: list[str] = []
@@ -272,7 +287,7 @@ def install(backend: str, variant: str, wheels: Path, target: Path | None = None
         say(f"{PACKAGE} {VERSION} {variant} ({backend}) already installed, build {key}")
         return rec
     found = sorted(folder.glob("llama_cpp_python-*.whl")) if folder.is_dir() else []
-    wheel = found[-1] if found else _build_wheel(folder, args)
+    wheel = found[-1] if found else _build_wheel(folder, args, compiler_env(variant))
     say(f"installing {wheel.name} from {folder} (build {key})")
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-cache-dir"]
     rec_file.unlink(missing_ok=True)  # no record while the libraries change

@@ -18,7 +18,7 @@ import pytest
 
 from appliance.config import load_settings
 from appliance.errors import BundleError, EngineSelfTestError
-from appliance.runtime.build_info import CpuInfo, build_info, compiled_features, cpu_info
+from appliance.runtime.build_info import CpuInfo, build_info, cpu_info
 from appliance.runtime.model_store import ModelRecord, ModelStore
 from appliance.runtime.protocol import EngineSpec
 from appliance.runtime.selftest import EMBED_MARGIN, ModelIdentity, SelfTest
@@ -133,15 +133,6 @@ def test_services_start_no_engine_when_the_selftest_fails(tmp_path: Path, model_
         assert len(services.engine().embed(["hello"])[0]) == 384
     finally:
         services.close()
-
-
-def test_compiled_features_and_the_cpu_are_compared() -> None:
-    feats = compiled_features("CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 0 | AMX_INT8 = 0 | OPENMP = 1 |")
-    assert feats["AVX2"] and not feats["AVX512"] and not feats["AMX_INT8"]
-    info = build_info(cpu=CpuInfo("an old Xeon", frozenset({"sse4_2", "pni", "ssse3"})))
-    if info.recorded and info.matches:  # make installs the recorded build; a foreign build is a problem
-        assert any(m.startswith("AVX2") for m in info.missing_on_cpu)
-        assert "lacks" in (info.problem or "")
 
 
 # -- a bundle whose model crashes the self-test ---------------------------------------------------
