@@ -225,6 +225,45 @@ def test_the_engine_killed_mid_answer_gives_a_notice_and_a_usable_screen(service
     run(services, body)
 
 
+def test_a_build_that_crashes_the_selftest_is_named_and_the_screen_stays_usable(
+        tmp_path: Path, model_store: ModelStore) -> None:
+    """The host double dies on its first decode: no engine starts, the notice says why and how to fix it."""
+    import sys
+
+    from tests.test_update_real import _store_copy
+
+    store = _store_copy(model_store, tmp_path / "models")
+    (store.root / "selftest.json").unlink(missing_ok=True)
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "data"),
+                                      "APPLIANCE_MODELS_DIR": str(store.root)}))
+    s.host_command = (sys.executable, str(Path(__file__).parent / "crashing_host.py"))
+    s.accounts().add("root", role="admin", level="TOP SECRET", passphrase=PASS, by=None)
+    s.accounts().add("ann", role="analyst", level="UNCLASSIFIED", passphrase=PASS, by=s.accounts().get("root"))
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        await settle(app, pilot, lambda: app.engine_ready.is_set())
+        screen = app.screen
+        box = screen.query_one("#question", Input)
+        box.value = "When does the canteen serve lunch?"
+        box.focus()
+        await pilot.press("enter")
+        await settle(app, pilot, lambda: screen.busy is None)
+        said = notices(app)
+        assert any(n.startswith("Loading the models failed: llama.cpp failed its start-up self-test") for n in said)
+        refusals = [n for n in said if n.startswith("Answering failed: llama.cpp failed its start-up self-test")]
+        assert refusals and "killed by SIGSEGV" in refusals[0] and "llama-rebuild" in refusals[0], said
+        assert "(no answer)" in str(screen.query_one(".draft", Static).render())
+        await pilot.press("f4")  # the rest of the appliance still works
+        await settle(app, pilot)
+        assert app.screen.query_one("#system", DataTable).row_count > 0
+
+    try:
+        run(s, body)
+    finally:
+        s.close()
+
+
 def test_flag_an_answer_as_wrong_with_the_right_one(services: Services) -> None:
     async def body(app: ApplianceApp, pilot) -> None:
         await login(app, pilot, "ann")
