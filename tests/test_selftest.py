@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,17 @@ def _hosts_of(pid: int) -> list[int]:
     return out
 
 
+@pytest.fixture
+def new_hosts() -> Callable[[], list[int]]:
+    """Child processes started during the test and still alive (the session's shared engine, made
+    by an earlier test, is alive all along and is not this test's leftover)."""
+    before = set(_hosts_of(os.getpid()))
+    return lambda: [pid for pid in _hosts_of(os.getpid()) if pid not in before]
+
+
 def test_a_pass_with_the_real_build_is_remembered_for_this_build_cpu_and_models(
-        tmp_path: Path, generator: ModelRecord, embedder_record: ModelRecord) -> None:
+        tmp_path: Path, generator: ModelRecord, embedder_record: ModelRecord,
+        new_hosts: Callable[[], list[int]]) -> None:
     test = SelfTest(tmp_path / "selftest.json", log_path=tmp_path / "host.log")
     first = test.ensure(_spec(generator, embedder_record), _known(generator, embedder_record))
     assert first.ok and not first.cached and first.error is None
@@ -67,7 +77,7 @@ def test_a_pass_with_the_real_build_is_remembered_for_this_build_cpu_and_models(
     assert again.cached and again.key == first.key and again.checked_at == first.checked_at
     # another process (a new SelfTest over the same file) remembers it too
     assert SelfTest(tmp_path / "selftest.json").remembered(first.key) is not None
-    assert _hosts_of(os.getpid()) == []  # the throwaway host is gone
+    assert new_hosts() == []  # the throwaway host is gone
 
 
 def test_the_key_changes_with_the_models_the_libraries_the_cpu_and_offload(tmp_path: Path) -> None:
@@ -88,7 +98,8 @@ def test_the_key_changes_with_the_models_the_libraries_the_cpu_and_offload(tmp_p
 
 
 def test_a_crash_on_the_first_decode_refuses_with_one_line_then_a_fixed_build_serves(
-        tmp_path: Path, generator: ModelRecord, embedder_record: ModelRecord) -> None:
+        tmp_path: Path, generator: ModelRecord, embedder_record: ModelRecord,
+        new_hosts: Callable[[], list[int]]) -> None:
     state = tmp_path / "selftest.json"
     spec, known = _spec(generator, embedder_record), _known(generator, embedder_record)
     broken = SelfTest(state, log_path=tmp_path / "host.log", host_command=CRASHING)
@@ -103,7 +114,7 @@ def test_a_crash_on_the_first_decode_refuses_with_one_line_then_a_fixed_build_se
     last = broken.last()
     assert last is not None and last["ok"] is False and last["stage"] == f"decoding with {generator.name}"
     assert json.loads(state.read_text())["passes"] == []  # a failure is never remembered as a pass
-    assert _hosts_of(os.getpid()) == []
+    assert new_hosts() == []
     # the build is fixed (the real host): the same models pass and the appliance serves again
     fixed = SelfTest(state, log_path=tmp_path / "host.log")
     assert fixed.ensure(spec, known).ok
@@ -118,14 +129,15 @@ def test_an_embedder_crash_is_named_as_such(tmp_path: Path, embedder_record: Mod
     assert "SIGSEGV" in (result.error or "")
 
 
-def test_services_start_no_engine_when_the_selftest_fails(tmp_path: Path, model_store: ModelStore) -> None:
+def test_services_start_no_engine_when_the_selftest_fails(tmp_path: Path, model_store: ModelStore,
+                                                          new_hosts: Callable[[], list[int]]) -> None:
     services = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "data"),
                                              "APPLIANCE_MODELS_DIR": str(model_store.root)}))
     services.host_command = CRASHING
     try:
         with pytest.raises(EngineSelfTestError, match="start-up self-test"):
             services.engine()
-        assert services._engine is None and _hosts_of(os.getpid()) == []
+        assert services._engine is None and new_hosts() == []
         with pytest.raises(EngineSelfTestError):  # remembered in this process: no second crash to find out
             services.engine()
         services.host_command = None  # the build is fixed
@@ -150,7 +162,8 @@ def _renamed_model(src: Path, dest: Path) -> Path:
 
 
 def test_a_bundle_model_that_crashes_the_selftest_leaves_store_and_generation_unchanged(
-        tmp_path: Path, model_store: ModelStore, generator: ModelRecord) -> None:
+        tmp_path: Path, model_store: ModelStore, generator: ModelRecord,
+        new_hosts: Callable[[], list[int]]) -> None:
     from tests.test_update_build import PASS
     from tests.test_update_verify import ACCOUNT_PASS
     from appliance.updates.build import build_bundle, load_spec
@@ -201,7 +214,7 @@ path = "new-generator.gguf"
         assert services.generation() == serving_before
         refused = [e.value() for e in services.audit().entries()][-1]
         assert refused["kind"] == "bundle.refused" and "self-test" in refused["reason"]
-        assert _hosts_of(os.getpid()) == []
+        assert new_hosts() == []
         # the build is fixed: the same bundle applies and the new model serves
         services.host_command = None
         services._selftest = None
