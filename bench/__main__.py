@@ -1,6 +1,6 @@
 """Run the benchmarks and write ``bench/results/<suite>.json``.
 
-``python -m bench [runtime] [knowledge] [agent] [audit] [--quick]`` (default: every suite).
+``python -m bench [build] [runtime] [knowledge] [agent] [audit] ... [--quick]`` (default: every suite).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUITES = ("runtime", "knowledge", "agent", "audit", "tui", "updates", "specialists", "evaluation")
+SUITES = ("build", "runtime", "knowledge", "agent", "audit", "tui", "updates", "specialists", "evaluation")
 
 
 def main() -> None:
