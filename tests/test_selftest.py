@@ -7,6 +7,7 @@ llama.cpp, the models, the model store, bundles, generations and the audit log.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from appliance.errors import BundleError, EngineSelfTestError
 from appliance.runtime.build_info import CpuInfo, build_info, cpu_info
 from appliance.runtime.model_store import ModelRecord, ModelStore
 from appliance.runtime.protocol import EngineSpec
-from appliance.runtime.selftest import EMBED_MARGIN, ModelIdentity, SelfTest
+from appliance.runtime.selftest import EMBED_MARGIN, ModelIdentity, SelfTest, SelfTestResult, refusal
 from appliance.services import build_services
 from appliance.updates.apply import apply_bundle
 from appliance.updates.check import trust_root
@@ -118,6 +119,19 @@ def test_a_crash_on_the_first_decode_refuses_with_one_line_then_a_fixed_build_se
     # the build is fixed (the real host): the same models pass and the appliance serves again
     fixed = SelfTest(state, log_path=tmp_path / "host.log")
     assert fixed.ensure(spec, known).ok
+
+
+def test_the_refusal_names_a_replaced_build_once_and_a_recorded_build_with_its_problem() -> None:
+    failed = SelfTestResult(False, "k", "t", 0.1, "Some CPU", ["avx2"], "b", [], stage="decoding with g",
+                            error="llama.cpp host died (killed by SIGSEGV) during generate")
+    build = build_info()
+    replaced = dataclasses.replace(build, recorded=True, matches=False, problem="the libraries were replaced")
+    line = refusal(failed, replaced)
+    assert line.count("the libraries were replaced") == 1 and "the host died (killed by SIGSEGV)" in line
+    recorded = dataclasses.replace(build, recorded=True, matches=True, variant="portable", description="x86-64-v3",
+                                   backend="cpu", key="abc", problem="the build uses AVX2, which this CPU lacks")
+    line = refusal(failed, recorded)
+    assert "portable x86-64-v3 (cpu), build abc; the build uses AVX2, which this CPU lacks." in line
 
 
 def test_an_embedder_crash_is_named_as_such(tmp_path: Path, embedder_record: ModelRecord,
