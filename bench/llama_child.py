@@ -4,19 +4,45 @@ The build benchmark runs this in a child process per build: with ``PYTHONPATH`` 
 at the native baseline it measures that build, without it the appliance's own. It reads
 a JSON job on stdin and prints one JSON line: the build's own report of its compiled CPU
 features, and the tokens, texts and seconds it measured. Loading models is not timed.
+With ``backend_dir`` or ``backend_library`` it first loads a CPU backend into a
+``GGML_BACKEND_DL`` build.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import sys
 import time
+from typing import Any
+
+
+def _load_cpu_backend(llama_cpp: Any, directory: str | None, library: str | None) -> None:
+    """Load a CPU backend into a ``GGML_BACKEND_DL`` build (the ``dispatch`` variant).
+
+    llama-cpp-python does not expose ``ggml_backend_load*`` (its issue #2069), so they are
+    called through ctypes on the ``libggml.so.0`` that ``libllama`` links (the wheel holds
+    copies, not symlinks, so ``libggml.so`` would be a second, empty registry).
+    ``directory``: llama.cpp's own choice, the best-scoring ``libggml-cpu-*.so`` in it.
+    """
+    ggml = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml.so.0"))
+    if library:
+        ggml.ggml_backend_load.restype = ctypes.c_void_p
+        ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+        if not ggml.ggml_backend_load(library.encode()):
+            raise SystemExit(f"could not load the CPU backend {library}")
+    else:
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        ggml.ggml_backend_load_all_from_path(str(directory).encode())
 
 
 def main() -> None:
     job = json.load(sys.stdin)
     import llama_cpp
 
+    if job.get("backend_dir") or job.get("backend_library"):
+        _load_cpu_backend(llama_cpp, job.get("backend_dir"), job.get("backend_library"))
     out: dict = {"llama_cpp": llama_cpp.__file__,
                  "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
     threads = job["threads"]

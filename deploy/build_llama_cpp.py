@@ -3,7 +3,7 @@
 
     python deploy/build_llama_cpp.py [--backend cpu|cuda] [--variant auto|portable|compat]
                                      [--force] [--print-key]
-    python deploy/build_llama_cpp.py --variant native-noamx --target DIR   (the benchmark's baseline)
+    python deploy/build_llama_cpp.py --variant native-noamx|dispatch --target DIR   (benchmark only)
 
 Run it with the interpreter of the environment to install into (``make install`` runs it
 with ``.venv/bin/python``). Standard library only: it runs before anything else is
@@ -35,7 +35,12 @@ Why a script and not ``pip install llama-cpp-python``:
 
 ``--variant native-noamx`` exists for one purpose: the benchmark's baseline (``make
 bench``), a native build with AMX compiled out (``-mno-amx-*``) so that it cannot take the
-crashing path. It is installed into a separate ``--target`` directory, never into the
+crashing path. ``--variant dispatch`` is the alternative the appliance did not take,
+built only to measure it: ``GGML_BACKEND_DL`` with ``GGML_CPU_ALL_VARIANTS`` (14 CPU
+backends, ``bin/libggml-cpu-<cpu>.so``). llama.cpp's own choice on an AMX CPU is the
+``sapphirerapids`` variant, which dies on the first decode; llama-cpp-python does not
+expose ``ggml_backend_load*`` (its issue #2069), so a caller loads a variant through
+ctypes. Both are installed into a separate ``--target`` directory, never into the
 appliance's environment.
 
 The CUDA build (``--backend cuda``) follows the same rules: the same portable CPU flags
@@ -78,13 +83,16 @@ VARIANTS = {
     "portable": "x86-64-v3 (SSE4.2 AVX AVX2 FMA F16C BMI2; no AVX-512, no AMX)",
     "compat": "x86-64-v2 (SSE4.2; for CPUs without AVX2)",
     "native-noamx": "native for this build machine's CPU with AMX compiled out (benchmark baseline only)",
+    "dispatch": "llama.cpp's runtime-dispatched CPU variants, GGML_BACKEND_DL (the alternative, benchmark only)",
 }
+BENCH_ONLY = ("native-noamx", "dispatch")
 # What llama.cpp reports as compiled in (its system-info names), on and off, per variant.
 EXPECT = {
     "portable": ({"SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2"},
                  {"AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8", "AVX_VNNI"}),
     "compat": ({"SSE3", "SSSE3"}, {"AVX", "AVX2", "F16C", "FMA", "BMI2", "AVX512", "AMX_INT8", "AVX_VNNI"}),
     "native-noamx": (set(), {"AMX_INT8"}),
+    "dispatch": (set(), set()),  # no CPU backend is loaded until the caller loads one of bin/libggml-cpu-*.so
 }
 # /proc/cpuinfo flags the portable variant needs
 PORTABLE_NEEDS = ["avx", "avx2", "fma", "f16c", "bmi2"]
@@ -115,6 +123,8 @@ def cmake_args(backend: str, variant: str) -> list[str]:
         args = _FIXED + [f"-DGGML_{f}={'ON' if f in _LEVELS[variant] else 'OFF'}" for f in _FEATURES]
     elif variant == "native-noamx":
         args = ["-DGGML_NATIVE=ON", "-DGGML_BACKEND_DL=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF"]
+    elif variant == "dispatch":
+        args = ["-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON"]
     else:
         raise BuildError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     args += COMMON
@@ -338,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     variant = auto_variant(cpu_flags()) if ns.variant == "auto" else ns.variant
-    if variant == "native-noamx" and ns.target is None:
-        print("--variant native-noamx is the benchmark's baseline: give --target DIR, it never goes into the "
+    if variant in BENCH_ONLY and ns.target is None:
+        print(f"--variant {variant} is for the benchmark only: give --target DIR, it never goes into the "
               "appliance's environment", file=sys.stderr)
         return 2
     try:

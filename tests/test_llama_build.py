@@ -40,7 +40,8 @@ def test_the_build_key_changes_with_everything_that_changes_the_binary() -> None
     b = _script()
     keys = {b.build_key(be, v, b.cmake_args(be, v)) for be in ("cpu", "cuda") for v in ("portable", "compat")}
     keys.add(b.build_key("cpu", "native-noamx", b.cmake_args("cpu", "native-noamx")))
-    assert len(keys) == 5  # a wheel built with other flags is never found under this build's key
+    keys.add(b.build_key("cpu", "dispatch", b.cmake_args("cpu", "dispatch")))
+    assert len(keys) == 6  # a wheel built with other flags is never found under this build's key
     args = b.cmake_args("cpu", "portable")
     assert b.build_key("cpu", "portable", args) == b.build_key("cpu", "portable", list(args))
 
@@ -70,6 +71,7 @@ def test_the_installed_check_refuses_a_native_build() -> None:
 @pytest.mark.parametrize("args, env, message", [
     ([], {"CMAKE_ARGS": "-DGGML_NATIVE=ON"}, "CMAKE_ARGS is set"),
     (["--variant", "native-noamx"], {}, "give --target DIR"),
+    (["--variant", "dispatch"], {}, "give --target DIR"),
 ])
 def test_the_script_refuses_what_would_bypass_it(args: list[str], env: dict[str, str], message: str) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), *args, "--print-key"], env={**os.environ, **env},
