@@ -299,7 +299,7 @@ class Agent:
     def _compose(self, question: str, answered: list[_Gathered], hits: list[Hit], run: _Run, answer: Answer,
                  on_token: Callable[[str], None] | None) -> None:
         """Synthesize from the evidence, verify, or fall back to quotes, or abstain."""
-        shown = [safe_passage(h.chunk.text) for h in hits]
+        shown = [safe_passage(h.chunk.passage) for h in hits]
         texts = [t for t, _ in shown]
         if any(d for _, d in shown):
             run.step("sanitize", decision={"instruction_sentences_removed": sum(d for _, d in shown)},
@@ -362,14 +362,14 @@ class Agent:
             stored = self.retriever.stored_vectors([hits[i] for i in missing])
             run.charge("retrieval", t0)
             again = [i for i, v in zip(missing, stored, strict=True) if v is None]
-            fresh = dict(zip(again, self._embed(run, [hits[i].chunk.text for i in again]), strict=True)) if again else {}
+            fresh = dict(zip(again, self._embed(run, [hits[i].chunk.passage for i in again]), strict=True)) if again else {}
             q = _unit(sub_vec)
             for i, v in zip(missing, stored, strict=True):
                 cos[i] = float(_unit(v if v is not None else fresh[i]) @ q)
         qwords = content_words(sub)
         out = []
         for h, c in zip(hits, cos, strict=True):
-            cover = len(qwords & content_words(h.chunk.text)) / len(qwords) if qwords else 0.0
+            cover = len(qwords & content_words(h.chunk.passage)) / len(qwords) if qwords else 0.0
             out.append(0.5 * (c or 0.0) + 0.5 * cover)
         return out
 
@@ -496,7 +496,7 @@ class Agent:
     def _specialist_on_passages(self, task: str, hits: list[Hit], run: _Run, answer: Answer) -> None:
         results, lines, cited = [], [], set()
         for n, h in enumerate(hits, 1):
-            out = self._run_specialist(task, safe_passage(h.chunk.text)[0], run, n)
+            out = self._run_specialist(task, safe_passage(h.chunk.passage)[0], run, n)
             results.append(dict(out, passage=n))
             if out.get("labels") or out.get("spans"):
                 lines.append(f"{_describe(out)} [{n}]")

@@ -151,7 +151,7 @@ def single_shot(engine: EngineClient, retriever: Retriever, grounder: Grounder, 
                 k: int = 4) -> SingleShot:
     """The baseline: retrieve once, generate once, no checks (verified afterwards for the score)."""
     hits = retriever.retrieve(claim, principal, k=k)
-    texts = [h.chunk.text for h in hits]
+    texts = [h.chunk.passage for h in hits]
     numbered = "\n".join(f"[{i}] \u00ab{t}\u00bb" for i, t in enumerate(texts, 1))
     res = engine.generate(GenerateRequest(system=SYSTEM, prompt=f"Passages:\n{numbered}\n\nQuestion: {claim}",
                                           max_tokens=120))
@@ -177,7 +177,7 @@ def evaluate_claims(agent: Agent, claims: Sequence[Claim], principal: Principal,
         t0 = time.perf_counter()
         shot = single_shot(engine, retriever, grounder, claim.text, principal)
         answered = time.perf_counter() - t0
-        label = label_claim(engine, claim.text, [h.chunk.text for h in shot.cited])
+        label = label_claim(engine, claim.text, [h.chunk.passage for h in shot.cited])
         tallies["single_shot"].add(claim, label, [h.chunk.doc_id for h in shot.cited], shot.checks, not shot.cited,
                                    time.perf_counter() - t0, answered)
         if progress:

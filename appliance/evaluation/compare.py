@@ -139,7 +139,7 @@ class _Runner:
             agent = self.s.agent
             shot = single_shot(agent.engine, agent.retriever, agent.grounder, item.input, self.principal,
                                k=agent.settings.k)
-            passages = [h.chunk.text for h in shot.cited]
+            passages = [h.chunk.passage for h in shot.cited]
             out = _Result(0.0, shot.tokens, shot.text, cited_docs=[h.chunk.doc_id for h in shot.cited],
                           checks=shot.checks, abstained=not shot.cited)
         else:

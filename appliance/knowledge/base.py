@@ -198,11 +198,12 @@ class KnowledgeBase:
             raise KnowledgeError(f"{doc.source_name}: no text to index")
         chunks = [ChunkRow(chunk_id=chunk_id(doc_id, version, c.ordinal), doc_id=doc_id, version=version,
                            partition=labels.partition, ordinal=c.ordinal, text=c.text, start=c.start, end=c.end,
-                           page=c.page, heading=tuple(c.heading_path)) for c in pieces]
+                           page=c.page, heading=tuple(c.heading_path), header=c.header, row=c.row)
+                  for c in pieces]
         new = NewDocument(doc_id=doc_id, version=version, title=doc.title, source_name=doc.source_name,
                           format=doc.format, sha256=sha, labels=labels, ingested_by=by, chunks=chunks,
                           chars=len(doc.text), collection=collection or (old.collection if old else None))
-        return new, [embedding_text(doc.title, c.heading, c.text) for c in chunks]
+        return new, [embedding_text(doc.title, c.heading, c.passage) for c in chunks]
 
     def _write(self, docs: Sequence[NewDocument], texts: Sequence[str]) -> None:
         vectors = self.embed(texts)
@@ -286,7 +287,7 @@ class KnowledgeBase:
         rows = self.catalog.chunks_by_id(ids)
         docs = self.catalog.documents_by_id(r.doc_id for r in rows.values())
         chunks = list(rows.values())
-        texts = [embedding_text(docs[c.doc_id].title, c.heading, c.text) for c in chunks]
+        texts = [embedding_text(docs[c.doc_id].title, c.heading, c.passage) for c in chunks]
         vecs = self.embed(texts)
         self.vectors.upsert(partition, [c.chunk_id for c in chunks], vecs, None,
                             [{"doc_id": c.doc_id, "version": c.version} for c in chunks])

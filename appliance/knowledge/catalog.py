@@ -26,6 +26,7 @@ from typing import Any, Callable, TypeVar
 import sqlite_utils
 
 from appliance.access.labels import Labels
+from appliance.knowledge.chunking import row_passage
 from appliance.migrations import Migrations
 
 __all__ = ["Catalog", "DocumentRow", "ChunkRow", "fts_query"]
@@ -55,6 +56,13 @@ def m001_catalog(db: sqlite_utils.Database) -> None:
 def m002_collections(db: sqlite_utils.Database) -> None:
     """Documents belong to a named collection (a handbook, a research corpus, a bundle's set)."""
     db.execute("ALTER TABLE documents ADD COLUMN collection TEXT")
+
+
+@MIGRATIONS
+def m003_table_rows(db: sqlite_utils.Database) -> None:
+    """A chunk that is a table row keeps its table's column names and its row number."""
+    db.execute("ALTER TABLE chunks ADD COLUMN table_header TEXT")  # JSON list of column names, NULL for prose
+    db.execute("ALTER TABLE chunks ADD COLUMN table_row INTEGER")
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,13 @@ class ChunkRow:
     end: int
     page: int | None
     heading: tuple[str, ...]
+    header: tuple[str, ...] = ()  # a table row's column names; () for prose
+    row: int | None = None  # a table row's 1-based number
+
+    @property
+    def passage(self) -> str:
+        """What is indexed, shown to the model and quoted: the text, or a row with its column names."""
+        return row_passage(self.header, self.text)
 
 
 def chunk_id(doc_id: str, version: int, ordinal: int) -> str:
@@ -132,7 +147,8 @@ def _doc(row: dict) -> DocumentRow:
 def _chunk(row: dict) -> ChunkRow:
     return ChunkRow(chunk_id=row["chunk_id"], doc_id=row["doc_id"], version=row["version"],
                     partition=row["partition"], ordinal=row["ordinal"], text=row["text"], start=row["start"],
-                    end=row["end"], page=row["page"], heading=tuple(json.loads(row["heading"])))
+                    end=row["end"], page=row["page"], heading=tuple(json.loads(row["heading"])),
+                    header=tuple(json.loads(row.get("table_header") or "[]")), row=row.get("table_row"))
 
 
 @dataclass(frozen=True)
@@ -321,12 +337,13 @@ class Catalog:
                      d.collection])
                 self.db.conn.executemany(
                     'INSERT INTO chunks (chunk_id, doc_id, version, partition, ordinal, text, start, "end", page,'
-                    " heading) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " heading, table_header, table_row) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     [(c.chunk_id, c.doc_id, c.version, part, c.ordinal, c.text, c.start, c.end, c.page,
-                      json.dumps(list(c.heading))) for c in d.chunks])
+                      json.dumps(list(c.heading)), json.dumps(list(c.header)) if c.header else None, c.row)
+                     for c in d.chunks])
                 self.db.conn.executemany(
                     f"INSERT INTO {self.fts_table(part)} (chunk_id, title, text) VALUES (?, ?, ?)",
-                    [(c.chunk_id, " ".join([d.title, *c.heading]), c.text) for c in d.chunks])
+                    [(c.chunk_id, " ".join([d.title, *c.heading]), c.passage) for c in d.chunks])
                 self.db.execute("DELETE FROM journal WHERE kind = 'pending' AND doc_id = ? AND version = ?",
                                 [d.doc_id, d.version])
         return retired
@@ -367,7 +384,9 @@ class Catalog:
         table = self.fts_table(partition)
         with self.db.atomic():
             self.db.execute(f"DELETE FROM {table}")
-            self.db.execute(
-                f"INSERT INTO {table} (chunk_id, title, text) SELECT c.chunk_id, coalesce(d.title, '') || ' ' || "
-                "coalesce((SELECT group_concat(value, ' ') FROM json_each(c.heading)), ''), c.text "
-                "FROM chunks c JOIN documents d ON d.doc_id = c.doc_id WHERE c.partition = ?", [partition])
+            rows = self.db.query("SELECT c.*, coalesce(d.title, '') AS doc_title FROM chunks c JOIN documents d "
+                                 "ON d.doc_id = c.doc_id WHERE c.partition = ?", [partition])
+            self.db.conn.executemany(  # the same title and text as swap_in writes (a row with its header)
+                f"INSERT INTO {table} (chunk_id, title, text) VALUES (?, ?, ?)",
+                ((r["chunk_id"], " ".join([r["doc_title"], *json.loads(r["heading"])]), _chunk(r).passage)
+                 for r in rows))

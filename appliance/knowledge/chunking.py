@@ -3,6 +3,13 @@
 A chunk never crosses a section boundary, so it has one page and one heading path, and
 ``chunk.text == doc.text[chunk.start:chunk.end]`` always holds: a citation of a chunk
 (or of a sentence span inside it) points at the exact characters of the document.
+
+A table (Markdown or HTML, as the parser found it) is chunked a row at a time: each data
+row is a chunk of its own, and carries the table's column names (``Chunk.header``), so
+it is indexed, shown and quoted as ``Service: Dinner; Hours: 17:30-19:30`` (see
+:func:`row_passage`) while its citation is the row's exact line. The header and delimiter
+lines are not chunks (every row carries them); any other text inside a table's span is
+chunked like prose, so nothing of the document goes unindexed.
 """
 
 from __future__ import annotations
@@ -10,9 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from appliance.knowledge.parsers import ParsedDocument
+from appliance.knowledge.parsers import ParsedDocument, Section, row_cells
 
-__all__ = ["Chunk", "chunk_document", "split_sentences"]
+__all__ = ["Chunk", "chunk_document", "row_passage", "split_sentences"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,25 @@ class Chunk:
     end: int
     page: int | None
     heading_path: tuple[str, ...]
+    header: tuple[str, ...] = ()  # a table row's column names; () for prose
+    row: int | None = None  # a table row's 1-based number among the table's data rows
+
+    @property
+    def passage(self) -> str:
+        """What is indexed and shown: the text, or a table row with its column names."""
+        return row_passage(self.header, self.text)
+
+
+def row_passage(header: tuple[str, ...] | list[str], text: str) -> str:
+    """``Service: Dinner; Days: Mon-Fri; Hours: 17:30-19:30`` for a row under its header
+    (text itself when there is no header). Cells beyond the header keep their position as
+    the name (``column 4``); empty cells are left out."""
+    if not header:
+        return text
+    cells = row_cells(text)
+    pairs = [f"{header[i] if i < len(header) and header[i] else f'column {i + 1}'}: {c}"
+             for i, c in enumerate(cells) if c]
+    return "; ".join(pairs) or text
 
 
 # A sentence ends after . ? ! (possibly several, then closing quotes/brackets) followed
@@ -112,21 +138,44 @@ def chunk_document(
         raise ValueError("need 1 <= target_chars <= max_chars and overlap_sentences >= 0")
     text = doc.text
     chunks: list[Chunk] = []
+    tables = sorted(doc.tables, key=lambda t: t.start)
     for section in doc.sections:
-        sentences: list[tuple[int, int]] = []
-        for a, b in split_sentences(text, section.start, section.end):
-            sentences.extend(_hard_split(text, a, b, max_chars) if b - a > max_chars else [(a, b)])
-        pos = 0  # first sentence not yet in a chunk
-        while pos < len(sentences):
-            first = pos
-            if pos and overlap_sentences:
-                first = max(pos - overlap_sentences, 0)
-                while first < pos and sentences[pos][1] - sentences[first][0] > max_chars:
-                    first += 1
-            last = pos + 1  # exclusive; the first new sentence always goes in
-            while last < len(sentences) and sentences[last][1] - sentences[first][0] <= target_chars:
-                last += 1
-            a, b = sentences[first][0], sentences[last - 1][1]
-            chunks.append(Chunk(len(chunks), text[a:b], a, b, section.page, section.heading_path))
-            pos = last
+        inside = [t for t in tables if section.start <= t.rows[0][0] and t.rows[-1][1] <= section.end]
+        cut = section.start
+        for table in inside:
+            _pack(chunks, text, cut, max(min(table.start, table.rows[0][0]), cut), section, target_chars, max_chars,
+                  overlap_sentences)
+            cut = table.rows[0][0]  # the header and delimiter lines: every row carries them
+            for number, (a, b) in enumerate(table.rows, 1):
+                _pack(chunks, text, cut, a, section, target_chars, max_chars, overlap_sentences)  # text between rows
+                if b - a > max_chars:  # a row too long to be one chunk is prose, split at whitespace
+                    _pack(chunks, text, a, b, section, target_chars, max_chars, overlap_sentences)
+                else:
+                    chunks.append(Chunk(len(chunks), text[a:b], a, b, section.page, section.heading_path,
+                                        table.header, number))
+                cut = b
+        _pack(chunks, text, cut, section.end, section, target_chars, max_chars, overlap_sentences)
     return chunks
+
+
+def _pack(chunks: list[Chunk], text: str, start: int, end: int, section: Section, target_chars: int,
+          max_chars: int, overlap_sentences: int) -> None:
+    """Sentence-packed chunks of ``text[start:end]`` (part of ``section``), appended to ``chunks``."""
+    if start >= end:
+        return
+    sentences: list[tuple[int, int]] = []
+    for a, b in split_sentences(text, start, end):
+        sentences.extend(_hard_split(text, a, b, max_chars) if b - a > max_chars else [(a, b)])
+    pos = 0  # first sentence not yet in a chunk
+    while pos < len(sentences):
+        first = pos
+        if pos and overlap_sentences:
+            first = max(pos - overlap_sentences, 0)
+            while first < pos and sentences[pos][1] - sentences[first][0] > max_chars:
+                first += 1
+        last = pos + 1  # exclusive; the first new sentence always goes in
+        while last < len(sentences) and sentences[last][1] - sentences[first][0] <= target_chars:
+            last += 1
+        a, b = sentences[first][0], sentences[last - 1][1]
+        chunks.append(Chunk(len(chunks), text[a:b], a, b, section.page, section.heading_path))
+        pos = last

@@ -34,11 +34,15 @@ TITLE_MAX = 200
 RATIO_MIN_BYTES = 1 << 20  # members smaller than this cannot be a bomb on their own
 
 
+RawTable = tuple[int, int, tuple[str, ...], tuple[tuple[int, int], ...]]  # start, end, header, row spans
+
+
 class Extracted(NamedTuple):
     title: str
     text: str
     sections: list[RawSection]
     warnings: list[str]
+    tables: list[RawTable] = []
 
 
 def one_line(s: str, limit: int = TITLE_MAX) -> str:
@@ -132,6 +136,11 @@ class _HTMLText(HTMLParser):
         self._pre = 0
         self._heading: int | None = None
         self._heading_parts: list[str] = []
+        self._table = 0  # depth of <table> nesting; only outermost tables are recorded
+        self._rows: list[tuple[int, int, bool, str]] = []  # this table's row lines: span, has <th>, text
+        self._row: bool | None = None  # in a row: does it have a <th>?
+        self._row_start, self._row_text = 0, ""
+        self.tables: list[RawTable] = []
 
     def _flush(self, para: bool) -> None:
         if self._heading is not None:  # a block inside a heading: keep its words apart
@@ -139,6 +148,8 @@ class _HTMLText(HTMLParser):
         text = one_line("".join(self._line), 10**9)
         self._line, self._line_has_text = [], False
         self.out.write(text)
+        if text:
+            self._row_start, self._row_text = self.out.length - len(text), text  # the line just written
         if para:
             self.out.paragraph_break()
 
@@ -156,8 +167,32 @@ class _HTMLText(HTMLParser):
 
     def finish(self) -> tuple[str, list[RawSection]]:
         self.end_heading()
+        if self._table:
+            self._end_table()  # an unclosed table ends with the document
         self._flush(True)
         return self.out.finish()
+
+    def _end_row(self) -> None:
+        """Close the open row (``</tr>``, or the next ``<tr>``/``</table>`` when it was left open)."""
+        if self._row is None:
+            return
+        before = self.out.length
+        self._flush(False)
+        if self.out.length > before:  # the row wrote a line
+            self._rows.append((self._row_start, self.out.length, self._row, self._row_text))
+        self._row = None
+
+    def _end_table(self) -> None:
+        """A table of a header row (its ``<th>`` row, else its first row) and at least one data row."""
+        self._end_row()
+        rows, self._rows = self._rows, []
+        if len(rows) < 2:
+            return
+        first = next((i for i, r in enumerate(rows) if r[2]), 0)
+        header = tuple(one_line(x, 10**9) for x in rows[first][3].split(" | "))
+        data = tuple((a, b) for i, (a, b, _, _) in enumerate(rows) if i > first)
+        if data:
+            self.tables.append((rows[0][0], rows[-1][1], header, data))
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         if tag in _DROP:
@@ -175,6 +210,17 @@ class _HTMLText(HTMLParser):
         elif tag in ("td", "th"):
             if self._line_has_text:
                 self._line.append(" | ")
+            if self._row is not None and tag == "th":
+                self._row = True
+        elif tag == "tr" and self._table == 1:
+            self._end_row()
+            self._flush(False)
+            self._row = False
+        elif tag == "table":
+            self._flush(True)
+            self._table += 1
+            if self._table == 1:
+                self._rows, self._row = [], None
         elif tag in _LINE or tag in _PARA:
             self._flush(tag in _PARA)
             self._pre += tag == "pre"
@@ -189,6 +235,13 @@ class _HTMLText(HTMLParser):
             self._in_title = False
         elif tag in _HEADINGS:
             self.end_heading()
+        elif tag == "tr" and self._table == 1:
+            self._end_row()
+        elif tag == "table" and self._table:
+            if self._table == 1:
+                self._end_table()
+            self._table -= 1
+            self._flush(True)
         elif tag in _LINE or tag in _PARA:
             self._flush(tag in _PARA)
             if tag == "pre":
@@ -222,7 +275,7 @@ def extract_html(name: str, text: str, stem: str) -> Extracted:
         raise ParseError(f"{name}: not valid HTML: {short_reason(exc)}") from None
     body, sections = parser.finish()
     title = one_line("".join(parser.title_parts)) or parser.first_h1[:TITLE_MAX] or stem
-    return Extracted(title, body, sections, [])
+    return Extracted(title, body, sections, [], parser.tables)
 
 
 # -- PDF -------------------------------------------------------------------------------

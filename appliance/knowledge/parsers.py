@@ -37,7 +37,8 @@ from appliance.knowledge.formats import (
     short_reason,
 )
 
-__all__ = ["SUPPORTED", "ParseLimits", "ParsedDocument", "Section", "parse_bytes", "parse_file"]
+__all__ = ["SUPPORTED", "ParseLimits", "ParsedDocument", "Section", "Table", "parse_bytes", "parse_file",
+           "row_cells"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,21 @@ class Section:
 
 
 @dataclass(frozen=True)
+class Table:
+    """A table in :attr:`ParsedDocument.text`: its column names and the span of each data row.
+
+    ``[start, end)`` covers the whole table (header and delimiter lines too); each row span
+    is one line of the text, so a row can be cited and quoted on its own, and the chunker
+    gives every row its header.
+    """
+
+    start: int
+    end: int
+    header: tuple[str, ...]
+    rows: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class ParsedDocument:
     source_name: str  # file name (no directories)
     doc_id: str | None  # a record's id (JSONL/CSV corpora; "<file>#<line>" if it has none), else None
@@ -59,6 +75,7 @@ class ParsedDocument:
     sections: tuple[Section, ...]  # in order, non-overlapping, inside [0, len(text)]
     format: str  # txt md html pdf docx csv jsonl
     warnings: tuple[str, ...] = field(default=())
+    tables: tuple[Table, ...] = field(default=())  # Markdown and HTML tables, in order
 
 
 @dataclass(frozen=True)
@@ -126,14 +143,17 @@ def parse_bytes(name: str, data: bytes, limits: ParseLimits = ParseLimits()) -> 
         elif fmt == "jsonl":
             docs = _parse_jsonl(label, source, text, warnings, limits)
         else:
+            tables: list[Table] = []
             if fmt == "html":
                 ex = extract_html(label, text, stem)
                 title, text, sections = ex.title, ex.text, ex.sections
+                tables = [Table(*t) for t in ex.tables]
             elif fmt == "md":
                 title, sections = _markdown_sections(text, stem)
+                tables = _markdown_tables(text)
             else:
                 title, sections = _first_line(text) or stem, [(0, len(text), (), None)]
-            docs = [_document(label, source, None, title, text, sections, fmt, warnings)]
+            docs = [_document(label, source, None, title, text, sections, fmt, warnings, tables)]
 
     # per document: a corpus file of many records is bounded by max_file_bytes instead
     for d in docs:
@@ -171,7 +191,7 @@ def _first_line(text: str) -> str:
 
 def _document(
     label: str, source: str, doc_id: str | None, title: str, text: str,
-    raw: list[RawSection], fmt: str, warnings: list[str],
+    raw: list[RawSection], fmt: str, warnings: list[str], tables: list[Table] | None = None,
 ) -> ParsedDocument:
     """Trim sections to their non-blank text, drop empty ones, check the invariants."""
     if not text.strip():
@@ -187,7 +207,11 @@ def _document(
             sections.append(Section(a, b, tuple(path), page))
     if not sections:
         raise ParseError(f"{label}: no text")
-    return ParsedDocument(source, doc_id, title or source, text, tuple(sections), fmt, tuple(warnings))
+    kept = []
+    for t in tables or []:  # a table lies inside one section (a heading never sits inside a table)
+        if t.rows and any(sec.start <= t.rows[0][0] and t.rows[-1][1] <= sec.end for sec in sections):
+            kept.append(t)
+    return ParsedDocument(source, doc_id, title or source, text, tuple(sections), fmt, tuple(warnings), tuple(kept))
 
 
 _CONTROL = bytes(b for b in range(256) if b in (*range(9), 11, *range(14, 32), 127))
@@ -278,6 +302,63 @@ def _markdown_sections(text: str, stem: str) -> tuple[str, list[RawSection]]:
             title = heading[:TITLE_MAX]
     sections.append((cut, len(text), path, None))
     return title or stem, sections
+
+
+# -- Markdown tables -------------------------------------------------------------------
+
+_DELIMITER = re.compile(r" {0,3}\|?[ \t]*:?-+:?[ \t]*(\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+
+
+def row_cells(line: str) -> list[str]:
+    """The cells of a table row line: ``| a | b |``, ``a | b`` (HTML rows as extracted), ``\\|`` kept."""
+    s = line.strip()
+    if s.startswith("|"):
+        s = s[1:]
+    if s.endswith("|") and not s.endswith("\\|"):
+        s = s[:-1]
+    return [one_line(c.replace("\\|", "|"), 10**9) for c in _CELL_SPLIT.split(s)]
+
+
+def _markdown_tables(text: str) -> list[Table]:
+    """GitHub-style pipe tables: a header line, a delimiter line (``|---|:--:|``), then rows
+    until a blank line or a line without a pipe. Tables inside code fences are code."""
+    lines: list[tuple[int, str]] = []
+    pos = 0
+    for line in text.split("\n"):
+        lines.append((pos, line))
+        pos += len(line) + 1
+    tables: list[Table] = []
+    fence = ""
+    i = 0
+    while i < len(lines):
+        start, line = lines[i]
+        stripped = line.strip()
+        if fence:
+            if stripped.startswith(fence) and not stripped.strip(fence[0]):
+                fence = ""
+            i += 1
+            continue
+        if m := _FENCE.match(line):
+            fence = m.group(1)
+            i += 1
+            continue
+        if "|" in line and i + 1 < len(lines) and _DELIMITER.match(lines[i + 1][1]):
+            header = tuple(row_cells(line))
+            if len(row_cells(lines[i + 1][1])) == len(header):
+                rows = []
+                j = i + 2
+                while j < len(lines) and lines[j][1].strip() and "|" in lines[j][1]:
+                    a, raw = lines[j]
+                    lead = len(raw) - len(raw.lstrip())
+                    rows.append((a + lead, a + len(raw.rstrip())))
+                    j += 1
+                if rows:
+                    tables.append(Table(start, rows[-1][1], header, tuple(rows)))
+                i = j
+                continue
+        i += 1
+    return tables
 
 
 # -- CSV -------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class Hit:
         return {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "version": c.version, "title": d.title,
                 "source_name": d.source_name, "labels": str(d.labels), "page": c.page, "heading": list(c.heading),
                 "start": c.start, "end": c.end, "score": round(self.score, 6), "dense_rank": self.dense_rank,
-                "bm25_rank": self.bm25_rank, "text": c.text}
+                "bm25_rank": self.bm25_rank, "text": c.text, "passage": c.passage}
 
 
 Reranker = Callable[[str, list[Hit]], list[Hit]]
