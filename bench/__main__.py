@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUITES = ("build", "runtime", "knowledge", "agent", "audit", "tui", "updates", "specialists", "evaluation")
+SUITES = ("build", "runtime", "knowledge", "agent", "audit", "tui", "updates", "specialists", "evaluation",
+          "verification")
 
 
 def main() -> None:

@@ -1,0 +1,116 @@
+"""How well the answer verifier tells entailed sentences from wrong ones that reuse the passage's words.
+
+The set (``bundles/demo/evaluation/verification.jsonl``) pairs a passage with a sentence
+that cites it, labelled ``supported`` or not, and a ``kind``: ``right`` (a faithful
+restatement) or one way of being wrong with the passage's own words (``entity-swap``,
+``number``, ``negation``, ``date``, ``relation``, ``vacuous``). :func:`score_verifier`
+runs a verifier over it and reports how many wrong sentences it rejects (the figure an
+analyst most depends on), how many right ones it keeps, and precision and recall of its
+rejections, per kind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.agent.grounding import Grounder
+from appliance.errors import EvaluationError
+
+__all__ = ["VERIFICATION_SET", "VerificationItem", "grounder_verifier", "load_verification_set", "score_verifier"]
+
+VERIFICATION_SET = Path(__file__).resolve().parents[2] / "bundles" / "demo" / "evaluation" / "verification.jsonl"
+MAX_SET_BYTES = 4 << 20
+MAX_ITEMS = 10_000
+MAX_FIELD_CHARS = 8_000
+KINDS = ("right", "entity-swap", "number", "negation", "date", "relation", "vacuous")
+
+# passages, sentence -> is the sentence supported by (entailed by) the passage?
+Verifier = Callable[[Sequence[tuple[str, str]]], list[bool]]
+
+
+@dataclass(frozen=True)
+class VerificationItem:
+    id: str
+    source: str
+    passage: str
+    sentence: str
+    supported: bool
+    kind: str
+
+
+def load_verification_set(path: Path = VERIFICATION_SET) -> list[VerificationItem]:
+    """Read and check the set; a bad line is an error naming the line and the field."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise EvaluationError(f"{path.name}: cannot read: {exc.strerror}") from None
+    if size > MAX_SET_BYTES:
+        raise EvaluationError(f"{path.name}: {size} bytes, over the limit of {MAX_SET_BYTES}")
+    items: list[VerificationItem] = []
+    seen: set[str] = set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvaluationError(f"{path.name}:{n}: not JSON: {exc.msg}") from None
+        if not isinstance(raw, dict):
+            raise EvaluationError(f"{path.name}:{n}: not a JSON object")
+        for key in ("id", "source", "passage", "sentence", "kind"):
+            value = raw.get(key)
+            if not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS:
+                raise EvaluationError(f"{path.name}:{n}: {key!r} must be a non-empty string of at most "
+                                      f"{MAX_FIELD_CHARS} characters")
+        if not isinstance(raw.get("supported"), bool):
+            raise EvaluationError(f"{path.name}:{n}: 'supported' must be true or false")
+        if raw["kind"] not in KINDS:
+            raise EvaluationError(f"{path.name}:{n}: kind {raw['kind']!r} is not one of {', '.join(KINDS)}")
+        if raw["supported"] != (raw["kind"] == "right"):
+            raise EvaluationError(f"{path.name}:{n}: only 'right' sentences are supported")
+        if raw["id"] in seen:
+            raise EvaluationError(f"{path.name}:{n}: id {raw['id']!r} appears twice")
+        seen.add(raw["id"])
+        items.append(VerificationItem(raw["id"], raw["source"], raw["passage"], raw["sentence"], raw["supported"],
+                                      raw["kind"]))
+        if len(items) > MAX_ITEMS:
+            raise EvaluationError(f"{path.name}: more than {MAX_ITEMS} items")
+    if not items:
+        raise EvaluationError(f"{path.name}: no items")
+    return items
+
+
+def score_verifier(items: Sequence[VerificationItem], verifier: Verifier) -> dict:
+    """Rejected-wrong rate, kept-right rate, precision and recall of rejections, and per kind."""
+    verdicts = verifier([(i.passage, i.sentence) for i in items])
+    if len(verdicts) != len(items):
+        raise EvaluationError(f"the verifier gave {len(verdicts)} verdicts for {len(items)} sentences")
+    wrong = [(i, ok) for i, ok in zip(items, verdicts, strict=True) if not i.supported]
+    right = [(i, ok) for i, ok in zip(items, verdicts, strict=True) if i.supported]
+    rejected_wrong = sum(not ok for _, ok in wrong)
+    rejected_right = sum(not ok for _, ok in right)
+    rejected = rejected_wrong + rejected_right
+    per_kind = {}
+    for kind in KINDS:
+        got = [ok for i, ok in zip(items, verdicts, strict=True) if i.kind == kind]
+        if got:
+            per_kind[kind] = {"n": len(got), "accepted": sum(got), "rejected": len(got) - sum(got)}
+    return {
+        "items": len(items), "wrong": len(wrong), "right": len(right),
+        "wrong_rejected": rejected_wrong / len(wrong) if wrong else None,  # recall of rejection
+        "right_kept": (len(right) - rejected_right) / len(right) if right else None,
+        "rejection_precision": rejected_wrong / rejected if rejected else None,
+        "per_kind": per_kind,
+        "passed_wrong": [i.id for i, ok in wrong if ok],
+        "rejected_right": [i.id for i, ok in right if not ok],
+    }
+
+
+def grounder_verifier(grounder: Grounder) -> Verifier:
+    """Today's rule: lexical and semantic support of the sentence by the passage it cites."""
+    def verify(pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        return [grounder.check([(sentence, [1])], [passage])[0].supported for passage, sentence in pairs]
+    return verify
