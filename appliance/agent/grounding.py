@@ -68,6 +68,16 @@ def lexical_support(sentence: str, passage: str) -> float:
     return len(words & content_words(passage)) / len(words)
 
 
+# A sentence about the passage instead of the world ("The passage is about the canteen opening
+# times.") states nothing an analyst can use, however well its words match: never an answer.
+# "The study found that ..." (a claim, attributed) is not caught: "that" after the verb lets it through.
+DESCRIBES_PASSAGE = re.compile(
+    r"^\W*(?:the|this|that)\s+(?:passage|abstract|document|text|excerpt|section|source|article|study|paper|"
+    r"memo|table|handbook|extract)s?\s+(?:(?:is|are|was)\s+(?:about|concerned\s+with|on)|concerns?|deals?\s+with|"
+    r"discuss(?:es)?|describes?|covers?|mentions?|talks?\s+about|welcomes?|relates?\s+to|refers?\s+to|"
+    r"focus(?:es)?\s+on|address(?:es)?|summari[sz]es?|outlines?|explains?|introduces?|"
+    r"reports?\s+(?:findings|results|data)\s+(?:about|on)|gives?\s+(?:information|details)\s+(?:about|on))\b"
+    r"(?!\s+that\b)", re.IGNORECASE)
 _QUESTION = re.compile(r"^\W*(question|q)\s*:|^\W*(what|who|whom|which|when|where|why|how)\b.*\?$", re.IGNORECASE)
 _TRAILING_CITES = re.compile(r"([.?!])\s*((?:\[\d{1,3}\]\s*)+)")
 
@@ -166,6 +176,10 @@ class Grounder:
                 continue
             if _QUESTION.match(text):
                 out.append(SentenceCheck(text, valid, 0.0, 0.0, 0.0, False, "a question, not an answer"))
+                continue
+            if DESCRIBES_PASSAGE.search(text):
+                out.append(SentenceCheck(text, valid, 0.0, 0.0, 0.0, False,
+                                         "describes the passage instead of answering"))
                 continue
             if not valid:
                 reason = "no citation" if not cites else f"cites a passage that does not exist ({cites})"
