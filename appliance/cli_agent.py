@@ -10,6 +10,7 @@ import click
 from rich import box
 from rich.table import Table
 
+from appliance.agent.loop import Answer
 from appliance.cli import _services, console, err_console, main
 from appliance.errors import ApplianceError
 from appliance.cli_knowledge import eval_group, eval_progress, principal_for, scratch_agent, scratch_knowledge
@@ -43,7 +44,8 @@ def ask(ctx: click.Context, question: str, session: str | None, as_json: bool) -
     if as_json:
         click.echo(json.dumps(answer.as_dict(), indent=2))
         return
-    err_console.print()
+    if drafted:
+        _settle_draft("".join(drafted), answer)
     if answer.marking:
         console.print(f"[reverse] {answer.marking} [/]")
     style = {"answered": "bold", "quoted": "bold", "specialist": "bold"}.get(answer.outcome, "yellow")
@@ -57,6 +59,37 @@ def ask(ctx: click.Context, question: str, session: str | None, as_json: bool) -
                   f"{'; session ' + session_id if session_id else ''}; {answer.seconds:.1f} s[/]")
     if answer.outcome == "abstained":
         sys.exit(0)
+
+
+def draft_rows(text: str, width: int) -> int:
+    """Terminal rows the streamed draft takes at ``width`` columns (lines wrap)."""
+    width = max(width, 1)
+    return sum(max(1, -(-len(line) // width)) for line in text.split("\n"))
+
+
+def draft_verdict(answer: Answer) -> str:
+    """What became of the draft, said under it where it cannot be erased (output not a terminal)."""
+    checked = answer.sentences
+    kept = sum(c.supported for c in checked)
+    if answer.outcome == "answered" and checked and kept == len(checked):
+        return "[draft above: every sentence verified; the answer follows]"
+    if answer.outcome == "answered":
+        return (f"[draft above NOT the answer: {len(checked) - kept} of {len(checked)} sentences failed "
+                "verification and were dropped; the checked answer follows]")
+    return f"[draft above NOT the answer: it failed verification; {answer.outcome} instead, below]"
+
+
+def _settle_draft(text: str, answer: Answer) -> None:
+    """The draft was a preview. On a terminal it is erased before the checked answer is printed,
+    so an unverified draft never stays on screen as if it were the answer; elsewhere (a pipe, a
+    log) it cannot be erased, so a line under it says what became of it."""
+    if err_console.is_terminal:
+        rows = draft_rows(text, err_console.width)
+        err_console.file.write("\r" + (f"\x1b[{rows - 1}A" if rows > 1 else "") + "\x1b[J")
+        err_console.file.flush()
+    else:
+        err_console.print()
+        err_console.print(draft_verdict(answer), highlight=False, markup=False)
 
 
 @main.command()

@@ -43,6 +43,8 @@ def test_ask_streams_then_prints_sources(home: Path, model_store: ModelStore) ->
     proc = _as("alice", ["ask", "Where are USB drives scanned?"], home, model_store)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip(), "the draft streams to stderr while it is generated"
+    # not a terminal: the draft cannot be erased, so a line under it says what became of it
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("[draft above"), proc.stderr[-500:]
     out = proc.stdout
     assert "kiosk" in out.lower() and "[1] Media kiosk (kiosk.md; Media kiosk; UNCLASSIFIED; chars" in out
     assert "Every USB drive brought into the facility" in out and "UNCLASSIFIED" in out.splitlines()[0]
@@ -144,3 +146,36 @@ def test_the_engine_killed_mid_answer_is_one_error_line(home: Path, model_store:
     assert "llama.cpp host died (killed by SIGKILL) during " in errors[0] and "try again" in errors[0], errors
     assert out == b""  # no half answer on stdout
     assert _children(proc.pid) == []
+
+
+def test_the_draft_verdict_and_the_rows_it_takes() -> None:
+    from appliance.agent.grounding import SentenceCheck
+    from appliance.agent.loop import Answer
+    import appliance.cli  # noqa: F401  (registers the commands; cli_agent is imported through it)
+    from appliance.cli_agent import draft_rows, draft_verdict
+
+    assert draft_rows("abc", 80) == 1 and draft_rows("a" * 81, 80) == 2 and draft_rows("x\n\ny" + "z" * 80, 80) == 4
+    ok = SentenceCheck("a", [1], 0.9, 0.9, 0.9, True, "supported")
+    bad = SentenceCheck("b", [1], 0.1, 0.1, 0.1, False, "support 0.10 below 0.55")
+    answered = Answer("q?", "a [1]", "answered", sentences=[ok])
+    assert "every sentence verified" in draft_verdict(answered)
+    answered.sentences = [ok, bad]
+    assert "NOT the answer: 1 of 2 sentences failed" in draft_verdict(answered)
+    quoted = Answer("q?", "quote", "quoted", sentences=[ok])
+    assert draft_verdict(quoted) == "[draft above NOT the answer: it failed verification; quoted instead, below]"
+
+
+def test_on_a_terminal_the_draft_is_erased_before_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    import appliance.cli  # noqa: F401
+    import appliance.cli_agent as cli_agent
+    from appliance.agent.loop import Answer
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli_agent, "err_console", Console(file=out, force_terminal=True, width=40))
+    cli_agent._settle_draft("The canteen serves dinner on Mondays and Wednesdays only, I think.", Answer("q", "x", "quoted"))
+    assert out.getvalue() == "\r\x1b[1A\x1b[J"  # 66 characters at 40 columns: back up one row, clear to the end
+    assert "[draft above" not in out.getvalue()
