@@ -135,7 +135,6 @@ def bench_builds(gen: str, emb: str, texts: list[str], rounds: int, max_tokens: 
             if name != "native":
                 out[what][f"{name}_per_s"] = rate(name, n, s)
                 out[what][f"{name}_ratio"] = rate(name, n, s) / base
-        out[what]["ratio"] = out[what]["portable_ratio"]
     return out
 
 

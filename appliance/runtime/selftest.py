@@ -264,8 +264,8 @@ def refusal(result: SelfTestResult, build: BuildInfo) -> str:
     if what.startswith("llama.cpp host "):
         what = what.removeprefix("llama.cpp host ")
         what = f"the host {what}"
-    described = build.describe()
-    why = f"; {build.problem}" if build.problem and build.problem not in described else ""
+    described = build.describe()  # names the problem itself when the build is unrecorded or replaced
+    why = f"; {build.problem}" if build.problem and build.recorded and build.matches else ""
     return (f"llama.cpp failed its start-up self-test while {result.stage}: {what}. "
             f"CPU: {result.cpu} ({' '.join(result.cpu_flags) or 'no AVX'}); build: {described}{why}. "
             f"The appliance will not serve with this build: rebuild it with `{build.rebuild}`")
