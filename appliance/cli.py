@@ -195,7 +195,7 @@ def models_verify(ctx: click.Context) -> None:
 @models.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Name to register it under.")
-@click.option("--kind", type=click.Choice(["generator", "embedder", "adapter"]), required=True)
+@click.option("--kind", type=click.Choice(["generator", "embedder", "reranker", "adapter"]), required=True)
 @click.option("--sha256", "expected", help="Refuse unless the file has this digest.")
 @click.option("--base", help="For an adapter: the registered base model it was trained on.")
 @click.pass_context

@@ -241,7 +241,7 @@ def eval_progress(quiet: bool) -> Progress:
 
 def scratch_agent(services: Services, kb: KnowledgeBase) -> Agent:
     """An agent over an evaluation's scratch knowledge base."""
-    return Agent(Retriever(kb, services.settings.knowledge), services.engine(), services.agent_store(),
+    return Agent(services.retriever(kb), services.engine(), services.agent_store(),
                  services.scale, settings=services.settings.agent)
 
 
@@ -256,7 +256,8 @@ def eval_group() -> None:
 @click.option("--queries", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="JSONL {id, claim|query, cited_doc_ids}.")
 @click.option("--k", default=10, show_default=True)
-@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid"]), help="One mode (default: all three).")
+@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid", "hybrid+rerank"]),
+              help="One mode (default: all, hybrid+rerank when a reranker is provisioned).")
 @click.option("--limit", type=int, help="Evaluate only the first N queries that cite documents.")
 @click.option("--index-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Keep the scratch index here and reuse it next time (default: a temporary directory).")
@@ -265,18 +266,19 @@ def eval_group() -> None:
 def eval_retrieval(ctx: click.Context, corpus: Path, queries: Path, k: int, mode: str | None, limit: int | None,
                    index_dir: Path | None, as_json: bool) -> None:
     """Ingest a corpus into a scratch index and report nDCG@10, recall, MRR and latency."""
-    from appliance.evaluation.retrieval import evaluate, ingest_corpus, load_queries
+    from appliance.evaluation.retrieval import RERANKED, evaluate, ingest_corpus, load_queries
 
     services = _services(ctx)
     qs = load_queries(queries)[:limit] if limit else load_queries(queries)
     with scratch_knowledge(services, index_dir, generator=False) as kb:
-        modes = [mode] if mode else ["dense", "bm25", "hybrid"]
+        reranked = services.retriever(kb)
+        modes = [mode] if mode else ["dense", "bm25", "hybrid"] + ([RERANKED] if reranked.reranker else [])
         with eval_progress(as_json) as progress:
             task = progress.add_task("ingesting corpus", total=None)
             ingest = ingest_corpus(kb, corpus, progress=lambda _s, n: progress.advance(task, n))
             progress.update(task, description="searching", completed=0, total=len(qs) * len(modes))
             result = evaluate(kb, Retriever(kb, services.settings.knowledge), qs, k=k, modes=modes,
-                              progress=lambda n: progress.advance(task, n))
+                              progress=lambda n: progress.advance(task, n), reranked=reranked)
     result["ingest"] = ingest
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -47,6 +47,7 @@ class RuntimeSettings:
 
     generator: str = "smollm2-135m-instruct"
     embedder: str = "all-minilm-l6-v2"
+    reranker: str = "scifact-minilm-reranker"  # "": no reranking
     threads: int = 0  # 0: one per core
     n_ctx: int = 2048
     n_batch: int = 512
@@ -188,6 +189,7 @@ class AgentSettings:
     max_seconds: float = 30.0
     evidence_corroborated: float = 0.5  # relevance for a passage both searches rank first
     evidence_single: float = 0.7  # relevance for a passage only one search ranks first
+    evidence_rerank: float = 0.0  # the reranker's logit for a passage to count as evidence
     support_threshold: float = 0.55
     policy: str = "block"  # block: drop unsupported sentences; flag: keep them marked
     hyde: bool = True
@@ -200,6 +202,7 @@ class AgentSettings:
                 ("max_seconds", 1 <= self.max_seconds <= 600, "from 1 to 600"),
                 ("evidence_corroborated", 0 <= self.evidence_corroborated <= 1, "from 0 to 1"),
                 ("evidence_single", 0 <= self.evidence_single <= 1, "from 0 to 1"),
+                ("evidence_rerank", -50 <= self.evidence_rerank <= 50, "a logit from -50 to 50"),
                 ("support_threshold", 0 <= self.support_threshold <= 1, "from 0 to 1"),
                 ("policy", self.policy in ("block", "flag"), '"block" or "flag"')]
 
@@ -216,6 +219,9 @@ class KnowledgeSettings:
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
     max_chunks_per_doc: int = 1  # in a result list
+    rerank: bool = True  # rerank the fused candidates with the cross-encoder, when one is provisioned
+    rerank_candidates: int = 30  # how many fused candidates the cross-encoder scores
+    rerank_rank_weight: float = 0.0  # minus this x log(fused rank) is added to the reranker's logit
     max_file_bytes: int = 64 * 2**20
     max_pages: int = 2_000
     max_text_chars: int = 5_000_000
@@ -232,6 +238,8 @@ class KnowledgeSettings:
             ("dense_weight", 0 <= self.dense_weight <= 10, "from 0 to 10"),
             ("bm25_weight", 0 <= self.bm25_weight <= 10, "from 0 to 10"),
             ("max_chunks_per_doc", 1 <= self.max_chunks_per_doc <= 100, "from 1 to 100"),
+            ("rerank_candidates", 1 <= self.rerank_candidates <= 200, "from 1 to 200"),
+            ("rerank_rank_weight", 0 <= self.rerank_rank_weight <= 10, "from 0 to 10"),
             ("max_file_bytes", self.max_file_bytes > 0, "> 0"),
             ("max_pages", self.max_pages > 0, "> 0"),
             ("max_text_chars", self.max_text_chars > 0, "> 0"),

@@ -103,7 +103,7 @@ def search(services: Services, account: Account, query: str, *, k: int = 10, mod
     from appliance.knowledge.retrieval import Retriever
 
     me = principal_of(services, account, narrowed)
-    hits = Retriever(services.knowledge(), services.settings.knowledge).retrieve(query, me, k=k, mode=mode)
+    hits = services.retriever().retrieve(query, me, k=k, mode=mode)
     services.audit().record("search", me.name, query=query[:2000], mode=mode, clearance=str(Labels(me.level,
                             me.compartments)), chunks=[h.chunk.chunk_id for h in hits])
     return hits

@@ -17,6 +17,7 @@ from appliance.agent.store import AgentStore
 from appliance.evaluation.compare import Systems
 from appliance.evaluation.sets import EvalStore
 from appliance.knowledge.base import KnowledgeBase
+from appliance.knowledge.rerank import CrossEncoderReranker
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient, RequestLimits
 from appliance.runtime.model_store import ModelRecord, ModelStore
@@ -28,12 +29,20 @@ __all__ = ["Services", "build_services", "engine_spec", "spec_for", "active_mode
 
 
 def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | None) -> dict[str, ModelRecord]:
-    """The generator and embedder that serve: a bundle's (by digest) if it brought one, else the configured."""
+    """The generator, embedder and reranker that serve: a bundle's (by digest) if it brought one, else the
+    configured. The reranker is optional: none when it is switched off, or not (yet) provisioned."""
     rt = settings.runtime
     out = {}
     for kind, configured in (("generator", rt.generator), ("embedder", rt.embedder)):
         chosen = (info.models.get(kind) if info else None) or None
         out[kind] = store.by_sha256(chosen["sha256"]) if chosen else store.get(configured)
+    chosen = (info.models.get("reranker") if info else None) or None
+    if not settings.knowledge.rerank:
+        pass
+    elif chosen:
+        out["reranker"] = store.by_sha256(chosen["sha256"])
+    elif rt.reranker and store.has(rt.reranker):
+        out["reranker"] = store.get(rt.reranker)
     return out
 
 
@@ -43,21 +52,24 @@ def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True
     models = active_models(settings, store, info) if (generator or embedder) else {}
     gen = models["generator"] if generator else None
     emb = models["embedder"] if embedder else None
+    rer = models.get("reranker") if embedder else None  # the retrieval side: embedder and reranker
     adapters = {}
     if gen is not None:
         adapters = {a.name: str(a.path) for a in store.list("adapter") if a.base_sha256 in (None, gen.sha256)}
         for name, sha in (info.adapters.items() if info else ()):  # a bundle's adapters, by digest
             adapters[name] = str(store.by_sha256(sha).path)
-    return spec_for(settings, str(gen.path) if gen else None, str(emb.path) if emb else None, adapters)
+    return spec_for(settings, str(gen.path) if gen else None, str(emb.path) if emb else None, adapters,
+                    reranker_path=str(rer.path) if rer else None)
 
 
 def spec_for(settings: Settings, generator_path: str | None, embedder_path: str | None,
-             adapters: dict[str, str]) -> EngineSpec:
+             adapters: dict[str, str], *, reranker_path: str | None = None) -> EngineSpec:
     """An engine spec for these model files, run as the settings say."""
     rt = settings.runtime
     return EngineSpec(
         generator_path=generator_path,
         embedder_path=embedder_path,
+        reranker_path=reranker_path,
         adapters=adapters,
         threads=rt.threads,
         n_ctx=rt.n_ctx,
@@ -97,6 +109,23 @@ class Services:
         if self.embed_fn is not None:
             return self.embed_fn(texts)
         return self.engine(generator=False).embed(list(texts), batch=self.settings.knowledge.embed_batch)
+
+    def retriever(self, kb: KnowledgeBase | None = None) -> Retriever:
+        """Hybrid retrieval over ``kb`` (the serving knowledge base by default), reranked when a
+        reranker serves."""
+        return Retriever(kb if kb is not None else self.knowledge(), self.settings.knowledge,
+                         reranker=self.reranker())
+
+    def reranker(self) -> CrossEncoderReranker | None:
+        """The cross-encoder stage, or None (switched off, not provisioned, or embeddings from a test seam)."""
+        if self.embed_fn is not None or not self.settings.knowledge.rerank:
+            return None
+        self._follow_generation()
+        if "reranker" not in active_models(self.settings, self.store, read_info(self._generation)):
+            return None
+        ks = self.settings.knowledge
+        return CrossEncoderReranker(lambda query, texts: self.engine(generator=False).rerank(query, texts),
+                                    candidates=ks.rerank_candidates, rank_weight=ks.rerank_rank_weight)
 
     def generation(self) -> GenerationInfo:
         """The serving generation (a bundle apply or rollback in any process switches it)."""
@@ -143,7 +172,7 @@ class Services:
             by_task: dict = {}
             for spec in self.specialists().values():  # the router's specialists: the first of each task
                 by_task.setdefault(spec.task, spec)
-            self._agent = Agent(Retriever(kb, self.settings.knowledge), self.engine(), self.agent_store(),
+            self._agent = Agent(self.retriever(kb), self.engine(), self.agent_store(),
                                 self.scale, settings=self.settings.agent, auditor=self.audit(),
                                 audit_answers=self.settings.audit.answers, specialists=list(by_task.values()))
         return self._agent
@@ -191,7 +220,7 @@ class Services:
         with self._opening:
             if self._eval_traces is None:
                 self._eval_traces = AgentStore(self.settings.data_dir / "evaluation-traces.db")
-        retriever = Retriever(self.knowledge(), self.settings.knowledge)
+        retriever = self.retriever()
         by_task: dict = {}
         for spec in self.specialists().values():
             by_task.setdefault(spec.task, spec)

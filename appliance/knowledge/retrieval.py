@@ -33,6 +33,7 @@ class Hit:
     dense_rank: int | None
     bm25_rank: int | None
     similarity: float | None = None  # cosine of query and chunk, when the semantic search found it
+    rerank: float | None = None  # the cross-encoder's logit, when a reranker scored it
 
     @property
     def labels(self) -> Labels:
@@ -43,7 +44,8 @@ class Hit:
         return {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "version": c.version, "title": d.title,
                 "source_name": d.source_name, "labels": str(d.labels), "page": c.page, "heading": list(c.heading),
                 "start": c.start, "end": c.end, "score": round(self.score, 6), "dense_rank": self.dense_rank,
-                "bm25_rank": self.bm25_rank, "text": c.text, "passage": c.passage}
+                "bm25_rank": self.bm25_rank, "rerank": None if self.rerank is None else round(self.rerank, 4),
+                "text": c.text, "passage": c.passage}
 
 
 Reranker = Callable[[str, list[Hit]], list[Hit]]
@@ -55,6 +57,7 @@ class RetrievalTiming:
     dense_s: float = 0.0
     bm25_s: float = 0.0
     fuse_s: float = 0.0
+    rerank_s: float = 0.0
     partitions: list[str] = field(default_factory=list)
 
 
@@ -162,9 +165,11 @@ class Retriever:
             out.append(Hit(chunk=chunk, document=docs[chunk.doc_id], score=fused[cid],
                            dense_rank=dense_rank.get(cid), bm25_rank=bm25_rank.get(cid),
                            similarity=similarity.get(cid)))
-            if len(out) >= (k if self.reranker is None else 2 * k):
+            if len(out) >= (k if self.reranker is None else max(k, self.settings.rerank_candidates)):
                 break
-        if self.reranker is not None:
-            out = self.reranker(query, out)[:k]
         timing.fuse_s = time.perf_counter() - t0
+        if self.reranker is not None:
+            t0 = time.perf_counter()
+            out = self.reranker(query, out)[:k]
+            timing.rerank_s = time.perf_counter() - t0
         return out

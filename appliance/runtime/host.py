@@ -67,6 +67,8 @@ def serve(conn: Connection) -> int:
                 _generate(engine, conn, rid, payload)
             elif op == "embed":
                 conn.send((rid, "ok", engine.embed(payload["texts"], normalize=payload.get("normalize", True))))
+            elif op == "rerank":
+                conn.send((rid, "ok", engine.rerank(payload["query"], payload["texts"])))
             elif op == "tokenize":
                 conn.send((rid, "ok", len(engine.generator.tokenize(payload.encode(), add_bos=False))))
             elif op == "info":

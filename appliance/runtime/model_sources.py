@@ -7,7 +7,8 @@ the pin, and the pinned member is taken out of it. Nothing here runs on the appl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 __all__ = ["ModelSource", "DEFAULT_SOURCES", "source_by_name"]
 
@@ -24,10 +25,17 @@ class ModelSource:
     members: dict[str, str] = field(default_factory=dict)
     convert: str | None = None  # "bert": convert the HF directory to a BERT GGUF
     license: str = ""
+    # a reranker: the committed delta (path inside this package, sha256) merged in while converting
+    delta: str | None = None
+    delta_sha256: str | None = None
 
     @property
     def source(self) -> str:
-        return f"pypi:{self.package}=={self.version}"
+        base = f"pypi:{self.package}=={self.version}"
+        return f"{base}+delta:{self.delta_sha256[:16]}" if self.delta_sha256 else base
+
+    def delta_path(self) -> Path | None:
+        return Path(__file__).resolve().parent.parent / self.delta if self.delta else None
 
 
 SMOLLM2 = ModelSource(
@@ -65,7 +73,13 @@ MINILM = ModelSource(
     license="Apache-2.0",
 )
 
-DEFAULT_SOURCES: tuple[ModelSource, ...] = (SMOLLM2, MINILM)
+# The cross-encoder reranker: MiniLM above with the delta trained here (appliance/rerank/train.py,
+# provenance beside the delta) merged in, converted with rank pooling.
+RERANKER = replace(MINILM, name="scifact-minilm-reranker", kind="reranker",
+                   delta="rerank/weights/reranker-delta.safetensors",
+                   delta_sha256="f51ec390342b5afdc3e59a09470ca18e6b434de615872c3c097e016e12a0e874")
+
+DEFAULT_SOURCES: tuple[ModelSource, ...] = (SMOLLM2, MINILM, RERANKER)
 
 
 def source_by_name(name: str) -> ModelSource:

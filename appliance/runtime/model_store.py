@@ -28,9 +28,11 @@ from appliance.errors import DigestMismatchError, GGUFError, ModelStoreError, Un
 from appliance.migrations import Migrations
 from appliance.runtime.gguf_check import GGUFInfo, GGUFLimits, validate_gguf
 
-__all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "sha256_file", "adapter_misfit"]
+__all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "sha256_file", "adapter_misfit", "encoder_misfit"]
 
-KINDS = ("generator", "embedder", "adapter")
+KINDS = ("generator", "embedder", "reranker", "adapter")
+ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "jina-bert-v2"})
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 CHUNK = 1 << 20
 MIGRATIONS = Migrations("models")
 
@@ -201,8 +203,7 @@ class ModelStore:
         info: GGUFInfo = validate_gguf(
             src, limits=GGUFLimits(max_file_bytes=limit), expect="adapter" if kind == "adapter" else "model"
         )
-        if kind == "embedder" and info.architecture not in {"bert", "nomic-bert", "jina-bert-v2"}:
-            raise ModelStoreError(f"{src}: architecture {info.architecture!r} is not an embedding model")
+        encoder_misfit(src, info, kind)
         if kind == "adapter":
             base_sha256 = self._adapter_base(src, info, base_sha256)
 
@@ -316,6 +317,21 @@ class ModelStore:
 
     def __iter__(self) -> Iterator[ModelRecord]:
         return iter(self.list())
+
+
+def encoder_misfit(src: Path, info: GGUFInfo, kind: str) -> None:
+    """Refuse an embedder or reranker GGUF of the wrong architecture or pooling type."""
+    if kind not in ("embedder", "reranker"):
+        return
+    if info.architecture not in ENCODER_ARCHITECTURES:
+        raise ModelStoreError(f"{src}: architecture {info.architecture!r} is not an encoder "
+                              f"({', '.join(sorted(ENCODER_ARCHITECTURES))}), so it cannot be the {kind}")
+    pooling = info.get(f"{info.architecture}.pooling_type")
+    name = POOLING_NAMES.get(pooling if isinstance(pooling, int) else -1, repr(pooling))
+    if kind == "embedder" and name not in ("mean", "cls"):
+        raise ModelStoreError(f"{src}: pooling type {name}, an embedder needs mean or cls pooling")
+    if kind == "reranker" and name != "rank":
+        raise ModelStoreError(f"{src}: pooling type {name}, a reranker needs rank pooling (a cross-encoder)")
 
 
 def adapter_misfit(adapter: GGUFInfo, base: GGUFInfo) -> str | None:

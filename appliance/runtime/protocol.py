@@ -16,12 +16,14 @@ __all__ = ["EngineSpec", "GenerateRequest", "GenerateResult"]
 class EngineSpec:
     generator_path: str | None = None
     embedder_path: str | None = None
+    reranker_path: str | None = None
     adapters: dict[str, str] = field(default_factory=dict)
     threads: int = 0
     n_ctx: int = 2048
     n_batch: int = 512
     adapter_contexts: int = 2
     embed_n_ctx: int = 512
+    rerank_max_tokens: int = 256  # one query-passage pair, [CLS] and both [SEP] included
     flash_attn: bool = True
     n_gpu_layers: int = 0
     main_gpu: int = 0

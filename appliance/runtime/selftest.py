@@ -46,6 +46,11 @@ EMBED_TEXTS = ("The cat sat on the mat.", "A cat was sitting on the mat.",
 # about 0.8 against 0.0 for these; a kernel that computes garbage gives near-equal values.
 # The margin is 40x any difference between CPU kernels (about 1e-3 in a cosine).
 EMBED_MARGIN = 0.04
+RERANK_QUERY = "Where does the cat sit?"
+# The passage that answers must outscore the unrelated one by this many logits. The
+# reranker gives several logits of difference for these; kernel differences between CPUs
+# move a logit by about 1e-3, garbage kernels give near-equal or non-finite values.
+RERANK_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ def identities(spec: EngineSpec, known: Mapping[str, tuple[str, str]] | None = N
         out.append(ident("generator", spec.generator_path))
     if spec.embedder_path:
         out.append(ident("embedder", spec.embedder_path))
+    if spec.reranker_path:
+        out.append(ident("reranker", spec.reranker_path))
     for name, path in sorted(spec.adapters.items()):
         out.append(ident("adapter", path, name))
     return out
@@ -222,6 +229,11 @@ class SelfTest:
                 details["embedding_dim"] = len(vectors[0])
                 _check_vectors(vectors)
                 details["embedding_margin"] = round(_cos(vectors[0], vectors[1]) - _cos(vectors[0], vectors[2]), 3)
+            if spec.reranker_path:
+                stage = f"reranking with {names['reranker']}"
+                scores = client.rerank(RERANK_QUERY, [EMBED_TEXTS[0], EMBED_TEXTS[2]])
+                _check_rerank(scores)
+                details["rerank_margin"] = round(scores[0] - scores[1], 3)
             stage = None
         except (EngineCrashedError, EngineTimeoutError, EngineSelfTestError) as exc:
             error = str(exc)
@@ -235,6 +247,14 @@ class SelfTest:
             models=[asdict(m) for m in models], stage=stage if error else None, error=error, details=details)
         self._remember(result)
         return result
+
+
+def _check_rerank(scores: list[float]) -> None:
+    if len(scores) != 2 or not all(math.isfinite(x) for x in scores):
+        raise EngineSelfTestError(f"the reranker's scores are not two finite numbers: {scores[:4]}")
+    if scores[0] - scores[1] < RERANK_MARGIN:
+        raise EngineSelfTestError(f"the reranker's scores make no sense: the answering passage scores {scores[0]:.3f}, "
+                                  f"an unrelated one {scores[1]:.3f}")
 
 
 def _cos(a: list[float], b: list[float]) -> float:

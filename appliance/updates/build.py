@@ -131,8 +131,8 @@ def load_spec(path: Path, scale: LevelScale | None = None) -> BundleSpec:
     for i, entry in enumerate(doc.get("models", [])):
         where = f"{path} [[models]] #{i + 1}"
         model, kind = _text(entry, "name", where), _text(entry, "kind", where)
-        if not _NAME.match(model) or kind not in ("generator", "embedder"):
-            raise BundleError(f"{where}: name must be a-z 0-9 . _ - and kind generator or embedder")
+        if not _NAME.match(model) or kind not in ("generator", "embedder", "reranker"):
+            raise BundleError(f"{where}: name must be a-z 0-9 . _ - and kind generator, embedder or reranker")
         src = _source(base, _text(entry, "path", where), where)
         payloads.append(Payload("models", f"models/{model}/{src.name}", src, {"name": model, "kind": kind}))
     for i, entry in enumerate(doc.get("evaluation", [])):  # evaluation sets travel with the policy

@@ -23,6 +23,7 @@ from appliance.errors import (ApplianceError, BundleError, EngineSelfTestError, 
 from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.parsers import parse_file
 from appliance.runtime.gguf_check import GGUFLimits, validate_gguf
+from appliance.runtime.model_store import ENCODER_ARCHITECTURES, encoder_misfit
 from appliance.services import Services, active_models, spec_for
 from appliance.updates.check import Plan, PlannedTarget, named_copy
 from appliance.updates.generations import GenerationInfo
@@ -31,7 +32,7 @@ __all__ = ["Checked", "check_payloads", "selftest_models", "register_models", "a
            "MAX_POLICY_BYTES"]
 
 MAX_POLICY_BYTES = 1 << 20
-EMBEDDERS = {"bert", "nomic-bert", "jina-bert-v2"}
+EMBEDDERS = ENCODER_ARCHITECTURES
 
 
 @dataclass
@@ -56,15 +57,19 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
     for t in plan.targets:
         if t.role == "models":
             kind = t.custom.get("kind")
-            if kind not in ("generator", "embedder") or kind in out.models:
-                raise BundleError(f"{t.path}: kind must be generator or embedder, one of each per bundle")
+            if kind not in ("generator", "embedder", "reranker") or kind in out.models:
+                raise BundleError(f"{t.path}: kind must be generator, embedder or reranker, one of each per bundle")
             try:
                 info = validate_gguf(t.verified_file, limits=GGUFLimits(max_file_bytes=limits.max_model_bytes),
                                      expect="model")
             except GGUFError as exc:
                 raise BundleError(f"{t.path}: refused, not a valid GGUF model: {_bare(exc, t)}") from None
-            if (info.architecture in EMBEDDERS) != (kind == "embedder"):
+            if kind == "generator" and info.architecture in EMBEDDERS:
                 raise BundleError(f"{t.path}: architecture {info.architecture!r} cannot serve as the {kind}")
+            try:
+                encoder_misfit(Path(t.path), info, kind)
+            except ModelStoreError as exc:
+                raise BundleError(f"refused: {exc}") from None
             out.models[kind] = t
         elif t.role == "adapters":
             try:
@@ -136,7 +141,9 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
     s, store = services.settings, services.store
     known = services.model_identities()
     paths: dict[str, str | None] = {}
-    for kind, configured in (("generator", s.runtime.generator), ("embedder", s.runtime.embedder)):
+    reranker = s.runtime.reranker if s.knowledge.rerank else ""
+    for kind, configured in (("generator", s.runtime.generator), ("embedder", s.runtime.embedder),
+                             ("reranker", reranker)):
         if kind in checked.models:
             t = checked.models[kind]
             paths[kind] = str(t.verified_file)
@@ -157,7 +164,8 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
             adapters[name] = str(t.verified_file)
             known[str(t.verified_file)] = (name, t.sha256)
     try:
-        services.selftest().ensure(spec_for(s, paths["generator"], paths["embedder"], adapters), known)
+        services.selftest().ensure(spec_for(s, paths["generator"], paths["embedder"], adapters,
+                                            reranker_path=paths["reranker"]), known)
     except EngineSelfTestError as exc:
         raise BundleError(f"the bundle's models fail the start-up self-test on this machine: {exc}") from None
 
