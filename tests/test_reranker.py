@@ -185,3 +185,29 @@ def test_rank_weight_lets_the_fused_order_break_near_ties() -> None:
 def test_reranker_refuses_a_short_answer() -> None:
     with pytest.raises(ValueError, match="2 scores for 3 passages"):
         CrossEncoderReranker(lambda q, t: [0.0, 1.0], candidates=3)("q", [_hit(i, "x") for i in range(3)])
+
+
+def test_verifier_is_a_second_cross_encoder_in_the_host(random_reranker, tmp_path: Path) -> None:  # noqa: ANN001
+    """The entailment judge is loaded as its own model: `entail` scores with it, and a host
+    without one refuses the call (naming what is missing) and keeps serving."""
+    from appliance.errors import EngineRequestError
+
+    _, d = random_reranker
+    gguf = str(d / "reranker.gguf")
+    texts = [p for _, p in PAIRS[:3]]
+    with EngineClient(EngineSpec(reranker_path=gguf, verifier_path=gguf, threads=2), log_path=tmp_path / "a.log",
+                      request_timeout_s=120) as client:
+        assert client.entail(PAIRS[0][0], texts) == pytest.approx(client.rerank(PAIRS[0][0], texts), abs=1e-5)
+        assert client.info()["verifier"] == gguf
+    with EngineClient(EngineSpec(reranker_path=gguf, threads=2), log_path=tmp_path / "b.log",
+                      request_timeout_s=120) as client:
+        with pytest.raises(EngineRequestError, match="no verifier model loaded"):
+            client.entail(PAIRS[0][0], texts)
+        assert len(client.rerank(PAIRS[0][0], texts)) == 3
+
+
+def test_store_refuses_a_verifier_without_rank_pooling(model_store: ModelStore, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(ModelStoreError, match="pooling type mean, a verifier needs rank pooling"):
+        store.add_file(model_store.get("all-minilm-l6-v2").path, name="v", kind="verifier", source="file:x")
+    assert store.list() == []

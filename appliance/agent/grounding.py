@@ -21,6 +21,7 @@ from appliance.knowledge.chunking import split_sentences
 __all__ = ["content_words", "lexical_support", "split_cited", "SentenceCheck", "Grounder", "Quote"]
 
 Embed = Callable[[Sequence[str]], list[list[float]]]
+Rank = Callable[[str, Sequence[str]], list[float]]  # a cross-encoder: (question, texts) -> logits
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CITE = re.compile(r"\[(\d{1,3})\]")
 # Sentences in retrieved text that try to instruct the model: shown to it as data, never as orders.
@@ -127,6 +128,8 @@ class SentenceCheck:
     semantic: float
     supported: bool
     reason: str
+    entailment: float | None = None  # the entailment judge's best logit over the cited passages
+
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,24 @@ def _unit(vectors: list[list[float]]) -> np.ndarray:
 
 
 class Grounder:
+    """Checks answer sentences against their cited passages.
+
+    Lexical and semantic support are the fast first filter. With ``entail`` (the entailment
+    judge, a cross-encoder reading the sentence and a passage together), a sentence that
+    passes it must also be entailed by one of its cited passages: its logit at least
+    ``entail_threshold``. That catches the sentence whose words are all in the passage but
+    whose claim is not (a room number moved to the wrong subject, a "not" added).
+    """
+
     def __init__(self, embed: Embed, threshold: float = 0.55, lexical_weight: float = 0.5,
-                 relevance_threshold: float = 0.4) -> None:
+                 relevance_threshold: float = 0.4, entail: Rank | None = None,
+                 entail_threshold: float = 0.0) -> None:
         self.embed = embed
         self.threshold = threshold
         self.relevance_threshold = relevance_threshold
         self.lexical_weight = lexical_weight
+        self.entail = entail
+        self.entail_threshold = entail_threshold
 
     def check(self, sentences: list[tuple[str, list[int]]], passages: Sequence[str],
               question: str | None = None) -> list[SentenceCheck]:
@@ -205,16 +220,39 @@ class Grounder:
                 relevance = max(cover, float(vecs[i] @ qvec))
                 if relevance < self.relevance_threshold:
                     ok, reason = False, f"does not address the question (relevance {relevance:.2f})"
-            out.append(SentenceCheck(text, valid, best[0], best[1], best[2], ok, reason))
+            entailment = None
+            if ok and self.entail is not None:
+                logits = self.entail(text, [passages[c - 1] for c in valid])
+                entailment = max(logits) if logits else float("-inf")
+                if entailment < self.entail_threshold:
+                    ok, reason = False, f"the cited passage does not state it (entailment {entailment:.1f})"
+            out.append(SentenceCheck(text, valid, best[0], best[1], best[2], ok, reason, entailment))
         return out
 
     def quotes(self, question: str, passages: Sequence[str], limit: int = 2,
-               min_score: float = 0.45) -> list[Quote]:
-        """Passage sentences that best answer ``question``, for the extractive fallback."""
+               min_score: float = 0.45, rank: Rank | None = None, min_rank: float = 0.0) -> list[Quote]:
+        """Passage sentences (a table row is one) that best answer ``question``, for the
+        extractive fallback.
+
+        With ``rank`` (the cross-encoder: question and sentence read together), the sentence
+        it scores highest is quoted, with the next best of the same passage, each only if its
+        logit reaches ``min_rank``. Without it, a sentence's score mixes how many of the
+        question's words it has and its cosine to the question.
+        """
         candidates = [(i + 1, s) for i, p in enumerate(passages) for s in passage_sentences(p)
                       if len(s) > 20 and not INSTRUCTION.search(s) and not _QUESTION.match(s.strip())]
         if not candidates:
             return []
+        if rank is not None:
+            logits = rank(question, [s.strip() for _, s in candidates])
+            if len(logits) != len(candidates):
+                raise ValueError(f"the reranker gave {len(logits)} scores for {len(candidates)} sentences")
+            ranked = sorted((Quote(s.strip(), n, float(x)) for (n, s), x in zip(candidates, logits, strict=True)),
+                            key=lambda q: -q.score)
+            if ranked[0].score < min_rank:
+                return []
+            best = ranked[0].passage
+            return [q for q in ranked if q.passage == best and q.score >= min_rank][:limit]
         vecs = _unit(self.embed([question] + [s for _, s in candidates]))
         sims = vecs[1:] @ vecs[0]
         qwords = content_words(question)

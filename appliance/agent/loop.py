@@ -41,6 +41,7 @@ from appliance.agent.store import AgentStore, Step, Turn
 from appliance.config import AgentSettings
 from appliance.audit.log import Auditor
 from appliance.errors import AgentError
+from appliance.knowledge.rerank import CrossEncoderReranker
 from appliance.knowledge.retrieval import Hit, Retriever
 from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import GenerateRequest
@@ -191,7 +192,9 @@ class Agent:
         self.scale = scale
         self.settings = settings or AgentSettings()
         self.specialists = {s.task: s for s in specialists}
-        self.grounder = Grounder(lambda texts: engine.embed(list(texts)), threshold=self.settings.support_threshold)
+        self.grounder = Grounder(lambda texts: engine.embed(list(texts)), threshold=self.settings.support_threshold,
+                                 entail=engine.entail if self._entailing() else None,
+                                 entail_threshold=self.settings.entail_threshold)
 
     # -- metered calls ------------------------------------------------------------------
 
@@ -221,8 +224,37 @@ class Agent:
         finally:
             step.ms = (time.perf_counter() - t0) * 1000
 
+    def _rank(self, run: _Run) -> Callable[[str, Sequence[str]], list[float]] | None:
+        """The retriever's cross-encoder, metered as model time; None without one."""
+        reranker = self.retriever.reranker
+        if not isinstance(reranker, CrossEncoderReranker):
+            return None
+        score = reranker.score
+
+        def rank(question: str, texts: Sequence[str]) -> list[float]:
+            t0 = time.perf_counter()
+            try:
+                return score(question, texts)
+            finally:
+                run.charge("model", t0)
+        return rank
+
     def _grounder(self, run: _Run) -> Grounder:
-        return Grounder(lambda texts: self._embed(run, texts), threshold=self.settings.support_threshold)
+        entail = None
+        if self._entailing():
+            def entail(sentence: str, passages: Sequence[str]) -> list[float]:
+                t0 = time.perf_counter()
+                try:
+                    return self.engine.entail(sentence, passages)
+                finally:
+                    run.charge("model", t0)
+        return Grounder(lambda texts: self._embed(run, texts), threshold=self.settings.support_threshold,
+                        entail=entail, entail_threshold=self.settings.entail_threshold)
+
+    def _entailing(self) -> bool:
+        """Whether answer sentences go to the entailment judge: switched on and loaded."""
+        spec = getattr(self.engine, "spec", None)
+        return self.settings.entailment and bool(getattr(spec, "verifier_path", None))
 
     # -- the state machine --------------------------------------------------------------
 
@@ -317,7 +349,9 @@ class Agent:
         checks = self._timed(run, "verify", lambda: grounder.check(split_cited(draft), texts, question),
                              input=draft)
         run.steps[-1].decision = [{"sentence": c.text, "support": round(c.support, 3), "ok": c.supported,
-                                   "reason": c.reason} for c in checks]
+                                   "reason": c.reason,
+                                   "entailment": None if c.entailment is None else round(c.entailment, 3)}
+                                  for c in checks]
         kept = [c for c in checks if c.supported or self.settings.policy == "flag"]
         if any(c.supported for c in checks):
             answer.outcome = "answered"
@@ -327,10 +361,13 @@ class Agent:
                                    + ("" if c.supported else " (unverified)") for c in kept)
             return
 
+        rank = self._rank(run)
+
         def pick() -> list[Quote]:
             found: dict[str, Quote] = {}
             for g in answered:  # each part of a compound question gets its own best source
-                for q in grounder.quotes(g.sub if len(answered) > 1 else question, texts):
+                for q in grounder.quotes(g.sub if len(answered) > 1 else question, texts, rank=rank,
+                                         min_rank=self.settings.quote_rerank):
                     found.setdefault(q.text, q)
             return list(found.values())
 

@@ -29,7 +29,7 @@ from appliance.agent.loop import Agent, Answer
 from appliance.agent.specialists import task_text
 from appliance.errors import ApplianceError
 from appliance.evaluation.claims import label_claim, single_shot
-from appliance.evaluation.qa import exact_match, token_f1
+from appliance.evaluation.qa import exact_match, states_fact, token_f1
 from appliance.evaluation.sets import EvalItem, EvalSet
 from appliance.evaluation.specialists import (_anchored, _fewshot_classify_prompt, _fewshot_extract_prompt, _shots,
                                               macro_f1, span_prf)
@@ -42,7 +42,7 @@ ARCHITECTURES = ("single_shot", "agentic", "specialist", "hybrid")
 APPLICABLE = {"qa": ("single_shot", "agentic", "hybrid"), "claim": ("single_shot", "agentic", "hybrid"),
               "classify": ("single_shot", "specialist", "hybrid"), "extract": ("single_shot", "specialist", "hybrid")}
 PRIMARY = {"qa": "token_f1", "claim": "label_accuracy", "classify": "accuracy", "extract": "f1"}
-QUALITY = {"qa": ("token_f1", "exact_match", "source_recall", "groundedness"),
+QUALITY = {"qa": ("token_f1", "exact_match", "expected_fact_rate", "source_recall", "groundedness"),
            "claim": ("label_accuracy", "evidence_recall", "groundedness"),
            "classify": ("accuracy", "macro_f1"), "extract": ("f1", "precision", "recall")}
 TIE = 0.02  # within this of the best primary metric, the faster architecture is recommended
@@ -75,6 +75,7 @@ class _Result:
     cited_docs: list[str] = field(default_factory=list)
     checks: list[bool] = field(default_factory=list)
     abstained: bool = False
+    outcome: str = ""  # answered | quoted | specialist | abstained | cancelled
 
 
 def applicable(kind: str, systems: Systems) -> dict[str, str | None]:
@@ -110,7 +111,7 @@ def _answer_result(answer: Answer, seconds: float, tokens: int) -> _Result:
     abstained = answer.outcome in ("abstained", "cancelled")
     return _Result(seconds, tokens, "" if abstained else " ".join(s.text for s in answer.sentences) or answer.text,
                    cited_docs=[c.doc_id for c in answer.citations], checks=[s.supported for s in answer.sentences],
-                   abstained=abstained)
+                   abstained=abstained, outcome=answer.outcome)
 
 
 class _Runner:
@@ -128,7 +129,7 @@ class _Runner:
                                k=agent.settings.k)
             return _Result(time.perf_counter() - t0, shot.tokens, shot.text if shot.cited else "",
                            cited_docs=[h.chunk.doc_id for h in shot.cited], checks=shot.checks,
-                           abstained=not shot.cited)
+                           abstained=not shot.cited, outcome="answered" if shot.cited else "abstained")
         agent = self.s.agent if arch == "agentic" else self.s.hybrid
         assert agent is not None
         return _answer_result(*_ask(agent, item.input, self.principal))
@@ -213,22 +214,31 @@ def _grounding(results: Sequence[_Result]) -> dict:
 
 
 def _qa_metrics(items: Sequence[EvalItem], results: Sequence[_Result]) -> dict:
-    em, f1, recall, cited, cited_gold = [], [], [], 0, 0
+    em, f1, fact, recall, cited, cited_gold = [], [], [], [], 0, 0
     unanswerable = abstained_right = 0
+    outcomes: dict[str, int] = {}
     for item, r in zip(items, results, strict=True):
         answers, sources = tuple(item.expected.get("answers") or ()), set(item.expected.get("sources") or ())
         if item.expected.get("unanswerable"):
             unanswerable += 1
             abstained_right += r.abstained
             continue
+        outcomes[r.outcome or "answered"] = outcomes.get(r.outcome or "answered", 0) + 1
         if answers:
             em.append(exact_match(r.text, answers))
             f1.append(token_f1(r.text, answers))
+            fact.append(states_fact(r.text, answers))
         if sources:
             recall.append(float(bool(sources & set(r.cited_docs))))
             cited += len(r.cited_docs)
             cited_gold += sum(d in sources for d in r.cited_docs)
+    answerable = sum(outcomes.values())
     return {"exact_match": statistics.fmean(em) if em else None, "token_f1": statistics.fmean(f1) if f1 else None,
+            "expected_fact_rate": statistics.fmean(fact) if fact else None,
+            # of the answerable questions: written (and verified) answers, quotes, abstentions
+            "answered_rate": outcomes.get("answered", 0) / answerable if answerable else None,
+            "quoted_rate": outcomes.get("quoted", 0) / answerable if answerable else None,
+            "abstained_rate_answerable": outcomes.get("abstained", 0) / answerable if answerable else None,
             "source_recall": statistics.fmean(recall) if recall else None,
             "citation_precision": cited_gold / cited if cited else None,
             "abstained_when_unanswerable": abstained_right / unanswerable if unanswerable else None}

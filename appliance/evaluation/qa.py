@@ -43,6 +43,15 @@ def _normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+def states_fact(prediction: str, golds: tuple[str, ...]) -> float:
+    """1.0 if the answer states one of the expected facts (its normalised words appear in order,
+    as a whole-word run, in the normalised answer), else 0.0. Unlike token F1 it does not
+    reward a long quote that merely shares words, and unlike exact match it does not punish a
+    full sentence around the fact."""
+    text = f" {_normalize(prediction)} "
+    return float(any(_normalize(g) and f" {_normalize(g)} " in text for g in golds))
+
+
 def exact_match(prediction: str, golds: tuple[str, ...]) -> float:
     return float(any(_normalize(prediction) == _normalize(g) for g in golds)) if golds else 0.0
 

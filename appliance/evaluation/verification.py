@@ -19,7 +19,8 @@ from pathlib import Path
 from appliance.agent.grounding import Grounder
 from appliance.errors import EvaluationError
 
-__all__ = ["VERIFICATION_SET", "VerificationItem", "grounder_verifier", "load_verification_set", "score_verifier"]
+__all__ = ["VERIFICATION_SET", "VerificationItem", "grounder_verifier", "entailment_verifier", "generator_judge",
+           "load_verification_set", "score_verifier", "JUDGE_PROMPT"]
 
 VERIFICATION_SET = Path(__file__).resolve().parents[2] / "bundles" / "demo" / "evaluation" / "verification.jsonl"
 MAX_SET_BYTES = 4 << 20
@@ -113,4 +114,24 @@ def grounder_verifier(grounder: Grounder) -> Verifier:
     """Today's rule: lexical and semantic support of the sentence by the passage it cites."""
     def verify(pairs: Sequence[tuple[str, str]]) -> list[bool]:
         return [grounder.check([(sentence, [1])], [passage])[0].supported for passage, sentence in pairs]
+    return verify
+
+
+def entailment_verifier(entail: Callable[[str, Sequence[str]], list[float]], threshold: float) -> Verifier:
+    """The entailment judge alone: its logit for (sentence, passage) at least ``threshold``."""
+    def verify(pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        return [entail(sentence, [passage])[0] >= threshold for passage, sentence in pairs]
+    return verify
+
+
+JUDGE_PROMPT = ("Passage: {passage}\n\nStatement: {sentence}\n\nDoes the passage state the statement exactly, "
+                "with the same names, numbers, dates and relations? Answer yes or no.\nAnswer:")
+
+
+def generator_judge(classify: Callable[[str, Sequence[str]], dict]) -> Verifier:
+    """The generator as the judge: asked whether the passage states the sentence, its answer
+    constrained to "yes" or "no" (the engine's classify walks only those tokens)."""
+    def verify(pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        return [classify(JUDGE_PROMPT.format(passage=passage, sentence=sentence), ["yes", "no"])["label"] == "yes"
+                for passage, sentence in pairs]
     return verify

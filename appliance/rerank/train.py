@@ -83,7 +83,7 @@ class _BM25:
 
     def top(self, query: str, n: int) -> list[int]:
         scores: dict[int, float] = {}
-        for w in set(_words(query)):
+        for w in sorted(set(_words(query))):  # sorted: the same sums, bit for bit, in every process
             idf = self.idf.get(w)
             if idf is None:
                 continue

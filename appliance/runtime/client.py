@@ -312,9 +312,18 @@ class EngineClient:
 
     def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
         """The reranker's relevance logit for each of ``texts`` against ``query`` (one host call)."""
+        return self._cross("reranker", query, texts)
+
+    def entail(self, sentence: str, passages: Sequence[str]) -> list[float]:
+        """The entailment judge's logit, for each of ``passages``, that it states ``sentence``
+        (above 0: more likely entailed than not, as trained)."""
+        return self._cross("verifier", sentence, passages)
+
+    def _cross(self, model: str, query: str, texts: Sequence[str]) -> list[float]:
         lim = self.limits
         if not isinstance(query, str) or len(query) > lim.max_embed_chars:
-            raise EngineRequestError(f"the rerank query must be a string of at most {lim.max_embed_chars} characters")
+            raise EngineRequestError(f"the {model}'s query must be a string of at most {lim.max_embed_chars} "
+                                     "characters")
         if len(texts) > lim.max_embed_texts:
             raise EngineRequestError(f"{len(texts)} texts, over the {lim.max_embed_texts} limit per call")
         for i, text in enumerate(texts):
@@ -322,7 +331,7 @@ class EngineClient:
                 raise EngineRequestError(f"text {i} is not a string")
             if len(text) > lim.max_embed_chars:
                 raise EngineRequestError(f"text {i} is {len(text)} characters, over the {lim.max_embed_chars} limit")
-        return list(self._call("rerank", {"query": query, "texts": list(texts)}))
+        return list(self._call("rerank", {"query": query, "texts": list(texts), "model": model}))
 
     def embed(self, texts: Sequence[str], *, normalize: bool = True, batch: int = 512,
               progress: Callable[[int], None] | None = None) -> list[list[float]]:

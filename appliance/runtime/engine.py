@@ -58,6 +58,7 @@ class LlamaEngine:
         self.generator: Any = None
         self.embedder: Any = None
         self.reranker: Any = None
+        self.verifier: Any = None
         self.adapters: dict[str, _Adapter] = {}
         self._active_adapter: str | None = None
         self._slots: list[_Slot] = []  # [0] is the generator's own context
@@ -78,14 +79,17 @@ class LlamaEngine:
             self.embedder = llama_cpp.Llama(spec.embedder_path, embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
                                             **common)
             self.stats.model_loads += 1
-        if spec.reranker_path:
-            validate_gguf(spec.reranker_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
-            n = max(spec.embed_n_ctx, spec.rerank_max_tokens)
-            self.reranker = llama_cpp.Llama(spec.reranker_path, embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
-                                            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK, **common)
-            if self.reranker.pooling_type() != llama_cpp.LLAMA_POOLING_TYPE_RANK:
-                raise GGUFError(f"{spec.reranker_path}: llama.cpp does not pool it by rank")
-            self.stats.model_loads += 1
+        for role, path in (("reranker", spec.reranker_path), ("verifier", spec.verifier_path)):
+            if path:
+                validate_gguf(path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
+                n = max(spec.embed_n_ctx, spec.rerank_max_tokens)
+                llm = llama_cpp.Llama(path, embedding=True, n_ctx=n, n_batch=n, n_ubatch=n,
+                                      pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK, **common)
+                if llm.pooling_type() != llama_cpp.LLAMA_POOLING_TYPE_RANK:
+                    llm.close()
+                    raise GGUFError(f"{path}: llama.cpp does not pool it by rank")
+                setattr(self, role, llm)
+                self.stats.model_loads += 1
         for name, path in spec.adapters.items():
             self.load_adapter(name, path, strict=False)
 
@@ -361,15 +365,18 @@ class LlamaEngine:
 
     # -- reranking ----------------------------------------------------------------------
 
-    def rerank(self, query: str, texts: list[str]) -> list[float]:
-        """One relevance logit per text for ``query`` (higher is more relevant).
+    def rerank(self, query: str, texts: list[str], model: str = "reranker") -> list[float]:
+        """One logit per text for ``query``: relevance (the reranker), or whether the text
+        entails ``query`` (``model="verifier"``, the entailment judge). Higher is more.
 
         Each pair is ``[CLS] query [SEP] text [SEP]``, cut to ``rerank_max_tokens`` (the query
         to half of it, the text to the rest); many pairs share one llama.cpp decode.
         """
-        llm = self.reranker
+        if model not in ("reranker", "verifier"):
+            raise EngineRequestError(f"no cross-encoder called {model!r}: reranker or verifier")
+        llm = getattr(self, model)
         if llm is None:
-            raise EngineRequestError("no reranker model loaded")
+            raise EngineRequestError(f"no {model} model loaded")
         if not texts:
             return []
         budget = self.spec.rerank_max_tokens
@@ -414,6 +421,7 @@ class LlamaEngine:
             "generator": self.spec.generator_path,
             "embedder": self.spec.embedder_path,
             "reranker": self.spec.reranker_path,
+            "verifier": self.spec.verifier_path,
             "adapters": {n: {"loaded": a.handle is not None, "error": a.error} for n, a in self.adapters.items()},
             "active_adapter": self._active_adapter,
             "contexts": [slot.adapter for slot in self._slots],
@@ -435,6 +443,6 @@ class LlamaEngine:
             if entry.handle is not None:
                 self._lc.llama_adapter_lora_free(entry.handle)
                 entry.handle = None
-        for model in (self.generator, self.embedder, self.reranker):
+        for model in (self.generator, self.embedder, self.reranker, self.verifier):
             if model is not None:
                 model.close()

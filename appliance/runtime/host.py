@@ -68,7 +68,8 @@ def serve(conn: Connection) -> int:
             elif op == "embed":
                 conn.send((rid, "ok", engine.embed(payload["texts"], normalize=payload.get("normalize", True))))
             elif op == "rerank":
-                conn.send((rid, "ok", engine.rerank(payload["query"], payload["texts"])))
+                conn.send((rid, "ok", engine.rerank(payload["query"], payload["texts"],
+                                                    model=payload.get("model", "reranker"))))
             elif op == "tokenize":
                 conn.send((rid, "ok", len(engine.generator.tokenize(payload.encode(), add_bos=False))))
             elif op == "info":

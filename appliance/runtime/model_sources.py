@@ -25,7 +25,8 @@ class ModelSource:
     members: dict[str, str] = field(default_factory=dict)
     convert: str | None = None  # "bert": convert the HF directory to a BERT GGUF
     license: str = ""
-    # a reranker: the committed delta (path inside this package, sha256) merged in while converting
+    # a cross-encoder (reranker, verifier): the committed delta (path inside this package, sha256)
+    # merged in while converting
     delta: str | None = None
     delta_sha256: str | None = None
 
@@ -79,7 +80,16 @@ RERANKER = replace(MINILM, name="scifact-minilm-reranker", kind="reranker",
                    delta="rerank/weights/reranker-delta.safetensors",
                    delta_sha256="f51ec390342b5afdc3e59a09470ca18e6b434de615872c3c097e016e12a0e874")
 
+# The entailment judge: MiniLM with the delta trained by `python -m appliance.rerank verifier`
+# (appliance/rerank/nli.py), converted the same way. Not provisioned by default: on the
+# wrong-claim set it does no better than chance (README, Benchmarks); `python -m bench
+# verification` converts it to measure it, and `models fetch --verifier` provisions it.
+VERIFIER = replace(MINILM, name="scifact-minilm-verifier", kind="verifier",
+                   delta="rerank/weights/verifier-delta.safetensors",
+                   delta_sha256="ef10d1b74dfac8b152bbb1ce98e1fb0f0ecef5c17ad50533cc61ec5397be21ca")
+
 DEFAULT_SOURCES: tuple[ModelSource, ...] = (SMOLLM2, MINILM, RERANKER)
+OPTIONAL_SOURCES: tuple[ModelSource, ...] = (VERIFIER,)
 
 
 def source_by_name(name: str) -> ModelSource:

@@ -26,11 +26,15 @@ import sqlite_utils
 
 from appliance.errors import DigestMismatchError, GGUFError, ModelStoreError, UnknownModelError
 from appliance.migrations import Migrations
+from appliance.runtime.chat_template import TEMPLATE_KEY, template_problem
 from appliance.runtime.gguf_check import GGUFInfo, GGUFLimits, validate_gguf
 
-__all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "sha256_file", "adapter_misfit", "encoder_misfit"]
+__all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "MODEL_KINDS", "CROSS_ENCODERS", "sha256_file",
+           "adapter_misfit", "encoder_misfit", "generator_misfit"]
 
-KINDS = ("generator", "embedder", "reranker", "adapter")
+CROSS_ENCODERS = ("reranker", "verifier")  # BERT GGUFs with rank pooling: query and text read together
+MODEL_KINDS = ("generator", "embedder", *CROSS_ENCODERS)  # what a bundle or `models import` may bring
+KINDS = (*MODEL_KINDS, "adapter")
 ENCODER_ARCHITECTURES = frozenset({"bert", "nomic-bert", "jina-bert-v2"})
 POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 CHUNK = 1 << 20
@@ -204,6 +208,7 @@ class ModelStore:
             src, limits=GGUFLimits(max_file_bytes=limit), expect="adapter" if kind == "adapter" else "model"
         )
         encoder_misfit(src, info, kind)
+        generator_misfit(src, info, kind)
         if kind == "adapter":
             base_sha256 = self._adapter_base(src, info, base_sha256)
 
@@ -320,8 +325,8 @@ class ModelStore:
 
 
 def encoder_misfit(src: Path, info: GGUFInfo, kind: str) -> None:
-    """Refuse an embedder or reranker GGUF of the wrong architecture or pooling type."""
-    if kind not in ("embedder", "reranker"):
+    """Refuse an embedder, reranker or verifier GGUF of the wrong architecture or pooling type."""
+    if kind not in ("embedder", *CROSS_ENCODERS):
         return
     if info.architecture not in ENCODER_ARCHITECTURES:
         raise ModelStoreError(f"{src}: architecture {info.architecture!r} is not an encoder "
@@ -330,8 +335,19 @@ def encoder_misfit(src: Path, info: GGUFInfo, kind: str) -> None:
     name = POOLING_NAMES.get(pooling if isinstance(pooling, int) else -1, repr(pooling))
     if kind == "embedder" and name not in ("mean", "cls"):
         raise ModelStoreError(f"{src}: pooling type {name}, an embedder needs mean or cls pooling")
-    if kind == "reranker" and name != "rank":
-        raise ModelStoreError(f"{src}: pooling type {name}, a reranker needs rank pooling (a cross-encoder)")
+    if kind in CROSS_ENCODERS and name != "rank":
+        raise ModelStoreError(f"{src}: pooling type {name}, a {kind} needs rank pooling (a cross-encoder)")
+
+
+def generator_misfit(src: Path, info: GGUFInfo, kind: str) -> None:
+    """Refuse a generator GGUF that is an encoder, or whose chat template is missing or does not render."""
+    if kind != "generator":
+        return
+    if info.architecture in ENCODER_ARCHITECTURES:
+        raise ModelStoreError(f"{src}: architecture {info.architecture!r} is an encoder; it cannot be the generator")
+    problem = template_problem(info.get(TEMPLATE_KEY))
+    if problem:
+        raise ModelStoreError(f"{src}: refused as a generator: {problem}")
 
 
 def adapter_misfit(adapter: GGUFInfo, base: GGUFInfo) -> str | None:

@@ -17,6 +17,7 @@ class EngineSpec:
     generator_path: str | None = None
     embedder_path: str | None = None
     reranker_path: str | None = None
+    verifier_path: str | None = None  # the entailment judge: a cross-encoder like the reranker
     adapters: dict[str, str] = field(default_factory=dict)
     threads: int = 0
     n_ctx: int = 2048

@@ -55,7 +55,7 @@ RERANK_MARGIN = 0.5
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    role: str  # generator, embedder, adapter
+    role: str  # generator, embedder, reranker, verifier, adapter
     name: str
     sha256: str
 
@@ -108,6 +108,8 @@ def identities(spec: EngineSpec, known: Mapping[str, tuple[str, str]] | None = N
         out.append(ident("embedder", spec.embedder_path))
     if spec.reranker_path:
         out.append(ident("reranker", spec.reranker_path))
+    if spec.verifier_path:
+        out.append(ident("verifier", spec.verifier_path))
     for name, path in sorted(spec.adapters.items()):
         out.append(ident("adapter", path, name))
     return out
@@ -234,6 +236,11 @@ class SelfTest:
                 scores = client.rerank(RERANK_QUERY, [EMBED_TEXTS[0], EMBED_TEXTS[2]])
                 _check_rerank(scores)
                 details["rerank_margin"] = round(scores[0] - scores[1], 3)
+            if spec.verifier_path:
+                stage = f"checking entailment with {names['verifier']}"
+                scores = client.entail(EMBED_TEXTS[1], [EMBED_TEXTS[0], EMBED_TEXTS[2]])
+                _check_rerank(scores, "verifier", "the passage that states it")
+                details["entail_margin"] = round(scores[0] - scores[1], 3)
             stage = None
         except (EngineCrashedError, EngineTimeoutError, EngineSelfTestError) as exc:
             error = str(exc)
@@ -249,11 +256,12 @@ class SelfTest:
         return result
 
 
-def _check_rerank(scores: list[float]) -> None:
+def _check_rerank(scores: list[float], role: str = "reranker", good: str = "the answering passage") -> None:
+    """A cross-encoder must score ``good`` (first) above an unrelated text (second) by RERANK_MARGIN."""
     if len(scores) != 2 or not all(math.isfinite(x) for x in scores):
-        raise EngineSelfTestError(f"the reranker's scores are not two finite numbers: {scores[:4]}")
+        raise EngineSelfTestError(f"the {role}'s scores are not two finite numbers: {scores[:4]}")
     if scores[0] - scores[1] < RERANK_MARGIN:
-        raise EngineSelfTestError(f"the reranker's scores make no sense: the answering passage scores {scores[0]:.3f}, "
+        raise EngineSelfTestError(f"the {role}'s scores make no sense: {good} scores {scores[0]:.3f}, "
                                   f"an unrelated one {scores[1]:.3f}")
 
 

@@ -42,6 +42,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from appliance.access.labels import LevelScale, parse_labels
 from appliance.errors import ApplianceError, BundleError
+from appliance.runtime.model_store import MODEL_KINDS
 from appliance.updates.keys import DELEGATED, load_keyring, load_signers
 
 __all__ = ["Payload", "BundleSpec", "load_spec", "build_bundle", "MAX_SPEC_BYTES", "MAX_PAYLOAD_BYTES"]
@@ -131,8 +132,8 @@ def load_spec(path: Path, scale: LevelScale | None = None) -> BundleSpec:
     for i, entry in enumerate(doc.get("models", [])):
         where = f"{path} [[models]] #{i + 1}"
         model, kind = _text(entry, "name", where), _text(entry, "kind", where)
-        if not _NAME.match(model) or kind not in ("generator", "embedder", "reranker"):
-            raise BundleError(f"{where}: name must be a-z 0-9 . _ - and kind generator, embedder or reranker")
+        if not _NAME.match(model) or kind not in MODEL_KINDS:
+            raise BundleError(f"{where}: name must be a-z 0-9 . _ - and kind {', '.join(MODEL_KINDS)}")
         src = _source(base, _text(entry, "path", where), where)
         payloads.append(Payload("models", f"models/{model}/{src.name}", src, {"name": model, "kind": kind}))
     for i, entry in enumerate(doc.get("evaluation", [])):  # evaluation sets travel with the policy

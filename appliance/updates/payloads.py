@@ -23,7 +23,7 @@ from appliance.errors import (ApplianceError, BundleError, EngineSelfTestError, 
 from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.parsers import parse_file
 from appliance.runtime.gguf_check import GGUFLimits, validate_gguf
-from appliance.runtime.model_store import ENCODER_ARCHITECTURES, encoder_misfit
+from appliance.runtime.model_store import ENCODER_ARCHITECTURES, MODEL_KINDS, encoder_misfit, generator_misfit
 from appliance.services import Services, active_models, spec_for
 from appliance.updates.check import Plan, PlannedTarget, named_copy
 from appliance.updates.generations import GenerationInfo
@@ -57,8 +57,8 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
     for t in plan.targets:
         if t.role == "models":
             kind = t.custom.get("kind")
-            if kind not in ("generator", "embedder", "reranker") or kind in out.models:
-                raise BundleError(f"{t.path}: kind must be generator, embedder or reranker, one of each per bundle")
+            if kind not in MODEL_KINDS or kind in out.models:
+                raise BundleError(f"{t.path}: kind must be one of {', '.join(MODEL_KINDS)}, one of each per bundle")
             try:
                 info = validate_gguf(t.verified_file, limits=GGUFLimits(max_file_bytes=limits.max_model_bytes),
                                      expect="model")
@@ -68,6 +68,7 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
                 raise BundleError(f"{t.path}: architecture {info.architecture!r} cannot serve as the {kind}")
             try:
                 encoder_misfit(Path(t.path), info, kind)
+                generator_misfit(Path(t.path), info, kind)
             except ModelStoreError as exc:
                 raise BundleError(f"refused: {exc}") from None
             out.models[kind] = t
@@ -142,8 +143,9 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
     known = services.model_identities()
     paths: dict[str, str | None] = {}
     reranker = s.runtime.reranker if s.knowledge.rerank else ""
+    verifier = s.runtime.verifier if s.agent.entailment else ""
     for kind, configured in (("generator", s.runtime.generator), ("embedder", s.runtime.embedder),
-                             ("reranker", reranker)):
+                             ("reranker", reranker), ("verifier", verifier)):
         if kind in checked.models:
             t = checked.models[kind]
             paths[kind] = str(t.verified_file)
@@ -165,7 +167,8 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
             known[str(t.verified_file)] = (name, t.sha256)
     try:
         services.selftest().ensure(spec_for(s, paths["generator"], paths["embedder"], adapters,
-                                            reranker_path=paths["reranker"]), known)
+                                            reranker_path=paths["reranker"], verifier_path=paths["verifier"]),
+                                   known)
     except EngineSelfTestError as exc:
         raise BundleError(f"the bundle's models fail the start-up self-test on this machine: {exc}") from None
 
