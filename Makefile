@@ -47,7 +47,7 @@ models: install
 	$(BIN)/appliance models fetch
 
 test-models: install
-	APPLIANCE_DATA_DIR=$(TEST_DATA) $(BIN)/appliance models fetch
+	APPLIANCE_DATA_DIR=$(TEST_DATA) $(BIN)/appliance models fetch --with gemma3-270m
 
 run: models
 	$(BIN)/appliance doctor

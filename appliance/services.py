@@ -63,12 +63,13 @@ def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True
         for name, sha in (info.adapters.items() if info else ()):  # a bundle's adapters, by digest
             adapters[name] = str(store.by_sha256(sha).path)
     return spec_for(settings, str(gen.path) if gen else None, str(emb.path) if emb else None, adapters,
-                    reranker_path=str(rer.path) if rer else None, verifier_path=str(ver.path) if ver else None)
+                    reranker_path=str(rer.path) if rer else None, verifier_path=str(ver.path) if ver else None,
+                    generator_template=gen.metadata.get("chat_template") if gen else None)
 
 
 def spec_for(settings: Settings, generator_path: str | None, embedder_path: str | None,
              adapters: dict[str, str], *, reranker_path: str | None = None,
-             verifier_path: str | None = None) -> EngineSpec:
+             verifier_path: str | None = None, generator_template: str | None = None) -> EngineSpec:
     """An engine spec for these model files, run as the settings say."""
     rt = settings.runtime
     return EngineSpec(
@@ -76,6 +77,7 @@ def spec_for(settings: Settings, generator_path: str | None, embedder_path: str 
         embedder_path=embedder_path,
         reranker_path=reranker_path,
         verifier_path=verifier_path,
+        generator_template=generator_template,
         adapters=adapters,
         threads=rt.threads,
         n_ctx=rt.n_ctx,

@@ -64,6 +64,8 @@ class LlamaEngine:
         self._slots: list[_Slot] = []  # [0] is the generator's own context
         self._uses = 0
         self._formatter: Any = None
+        self.stop_markers: tuple[str, ...] = ()
+        self.stop_token_ids: list[int] = []
         threads = spec.threads or None
         common = dict(n_threads=threads, n_threads_batch=threads, n_gpu_layers=spec.n_gpu_layers,
                       main_gpu=spec.main_gpu, flash_attn=spec.flash_attn, verbose=False)
@@ -73,6 +75,7 @@ class LlamaEngine:
                                              seed=spec.seed, **common)
             self.stats.model_loads += 1
             self._slots.append(_Slot(self.generator._ctx))
+            self._use_template(spec.generator_template or self.generator.metadata.get("tokenizer.chat_template"))
         if spec.embedder_path:
             validate_gguf(spec.embedder_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
             n = spec.embed_n_ctx
@@ -217,19 +220,30 @@ class LlamaEngine:
             raise EngineRequestError("empty request: give a prompt or messages")
         return messages
 
+    def _use_template(self, template: str | None) -> None:
+        """Format every chat request with ``template`` (the GGUF's own, or the family template its
+        profile names) and stop at the end of the assistant's turn: the model's end-of-sequence
+        token and every end-of-turn marker the template writes that is one token in its vocabulary."""
+        from appliance.runtime.profiles import stop_markers
+
+        if not template:
+            raise GGUFError(f"{self.spec.generator_path}: no chat template (import it with --template)")
+        llm, lc = self.generator, self._lc
+        model = llm._model
+        stop_ids = [llm.token_eos()]
+        for marker in stop_markers(template):
+            ids = llm.tokenize(marker.encode(), add_bos=False, special=True)
+            if len(ids) == 1 and ids[0] not in stop_ids:
+                stop_ids.append(ids[0])
+        self._formatter = lc.llama_chat_format.Jinja2ChatFormatter(
+            template=template, eos_token=model.token_get_text(llm.token_eos()),
+            bos_token=model.token_get_text(llm.token_bos()), stop_token_ids=stop_ids)
+        llm.chat_handler = self._formatter.to_chat_handler()
+        self.stop_markers = stop_markers(template)
+        self.stop_token_ids = stop_ids
+
     def _format_prompt(self, messages: list[dict]) -> str:
-        """The prompt text exactly as the model's own chat template renders it."""
-        if self._formatter is None:
-            template = self.generator.metadata.get("tokenizer.chat_template")
-            if template:
-                model = self.generator._model
-                self._formatter = self._lc.llama_chat_format.Jinja2ChatFormatter(
-                    template=template,
-                    eos_token=model.token_get_text(self.generator.token_eos()),
-                    bos_token=model.token_get_text(self.generator.token_bos()),
-                )
-            else:
-                self._formatter = lambda messages: self._lc.llama_chat_format.format_chatml(messages)
+        """The prompt text exactly as the model's chat template renders it."""
         return self._formatter(messages=messages).prompt
 
     def count_prompt_tokens(self, messages: list[dict]) -> int:
@@ -258,7 +272,7 @@ class LlamaEngine:
         n_out = 0
         stream = self.generator.create_chat_completion(
             messages=messages, stream=True, max_tokens=req.max_tokens, temperature=req.temperature,
-            stop=list(req.stop), seed=req.seed, grammar=grammar, top_k=40 if req.temperature > 0 else 1,
+            stop=list(dict.fromkeys([*req.stop, *self.stop_markers])), seed=req.seed, grammar=grammar, top_k=40 if req.temperature > 0 else 1,
         )
         for chunk in stream:
             choice = chunk["choices"][0]
@@ -422,6 +436,9 @@ class LlamaEngine:
             "embedder": self.spec.embedder_path,
             "reranker": self.spec.reranker_path,
             "verifier": self.spec.verifier_path,
+            "chat_template": ("given" if self.spec.generator_template else "gguf") if self.generator else None,
+            "stop_markers": list(self.stop_markers),
+            "stop_token_ids": list(self.stop_token_ids),
             "adapters": {n: {"loaded": a.handle is not None, "error": a.error} for n, a in self.adapters.items()},
             "active_adapter": self._active_adapter,
             "contexts": [slot.adapter for slot in self._slots],

