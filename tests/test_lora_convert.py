@@ -369,3 +369,48 @@ def test_refuses_a_truncated_weights_file_and_half_pairs(tmp_path: Path, generat
 ])
 def test_refuses_bad_specialist_metadata(tmp_path: Path, generator: ModelRecord, meta: dict, match: str) -> None:
     _refused(tmp_path, _peft_dir(tmp_path / "peft"), generator.path, match, **meta)
+
+
+# -- the second architecture: Gemma 3 -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gemma3_base_parity(tmp_path: Path, model_store: ModelStore) -> None:
+    """The same parity check on the Gemma 3 270M base (Q4_K_M, loaded and dequantized by
+    transformers from the GGUF). Gemma's q/k rows are stored unpermuted, so here the wrong
+    conversion is the one that permutes them as for llama. Judged on clear positions only
+    (transformers' top-1 leads by 0.25 logit), for the reason given in the SmolLM2 test."""
+    gemma = model_store.get("gemma3-270m")
+    model, tokenizer = load_base_from_gguf(gemma.path)
+    assert model.config.model_type in ("gemma3_text", "gemma3")
+    peft_model = _attach_random_lora(model, std=0.03, seed=2)
+    good = convert_peft_adapter(peft_model, tmp_path / "good.gguf", base_gguf=gemma.path,
+                                base_sha256=gemma.sha256, **META)
+    broken = convert_peft_adapter(peft_model, tmp_path / "broken.gguf", base_gguf=gemma.path, **META,
+                                  _permute_qk=True)
+    assert validate_gguf(good, expect="adapter").architecture == "gemma3"
+    sequences = [tokenizer(text).input_ids for text in TEXTS]
+    hf_lora, margin = _hf_top1(peft_model, sequences, adapter=True)
+    hf_base, _ = _hf_top1(peft_model, sequences, adapter=False)
+    got = llama_cpp_top1(gemma.path, sequences, {"base": None, "good": good, "broken": broken})
+    clear = margin >= 0.25
+    figures = {"positions": len(hf_lora), "clear": int(clear.sum()),
+               "adapter_changes_top1": 1 - _agree(hf_lora, hf_base),
+               "base_on_clear": _agree(hf_base[clear], _flat(got["base"])[clear]),
+               "adapter_on_clear": _agree(hf_lora[clear], _flat(got["good"])[clear]),
+               "broken_on_clear": _agree(hf_lora[clear], _flat(got["broken"])[clear])}
+    print("gemma3 parity:", json.dumps(figures))
+    assert figures["clear"] >= 100 and figures["adapter_changes_top1"] >= 0.2
+    assert figures["adapter_on_clear"] >= 0.97
+    assert figures["broken_on_clear"] <= figures["adapter_on_clear"] - 0.05
+
+
+def test_refuses_an_adapter_of_one_family_for_a_base_of_another(tmp_path: Path, model_store: ModelStore) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1))
+    peft_model = get_peft_model(tiny, LoraConfig(r=2, target_modules=["q_proj"]))
+    _refused(tmp_path, peft_model, model_store.get("gemma3-270m").path,
+             r"trained on a 'llama' model; the base gemma-3|trained on a 'llama' model; the base .* is 'gemma3'")

@@ -1,4 +1,4 @@
-"""Convert a peft LoRA adapter of a llama model to a llama.cpp GGUF adapter.
+"""Convert a peft LoRA adapter of a llama or Gemma 3 model to a llama.cpp GGUF adapter.
 
 The appliance's own converter on the ``gguf`` package. Input: a saved peft adapter
 directory (``adapter_config.json`` + ``adapter_model.safetensors``) or an in-memory
@@ -72,8 +72,21 @@ _REFUSED_FEATURES = {
     "kasa_config": "KaSA (kasa_config)", "velora_config": "VeLoRA (velora_config)",
     "monteclora_config": "MonteCLoRA (monteclora_config)",
 }
-# base models whose GGUF architecture is llama (transformers loads a llama GGUF named "mistral" as mistral)
-_LLAMA_MODEL_TYPES = frozenset({"llama", "mistral"})
+@dataclass(frozen=True)
+class _Arch:
+    gguf_arch: gguf.MODEL_ARCH
+    model_types: frozenset[str]  # transformers' model_type of a base of this architecture
+    permute_qk: bool  # does convert_hf_to_gguf.py permute attn_q / attn_k rows for it?
+
+
+# GGUF architecture -> how its adapters convert. Llama (transformers loads a llama GGUF named
+# "mistral" as mistral) has its q/k rows permuted for GGML's rotary pairs; Gemma 3 uses NeoX-style
+# rotary in llama.cpp, so its rows are stored as in Hugging Face.
+ARCHITECTURES: dict[str, _Arch] = {
+    "llama": _Arch(gguf.MODEL_ARCH.LLAMA, frozenset({"llama", "mistral"}), True),
+    "gemma3": _Arch(gguf.MODEL_ARCH.GEMMA3, frozenset({"gemma3_text", "gemma3"}), False),
+}
+_NAMES = " or ".join(ARCHITECTURES)
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
 
 
@@ -232,9 +245,9 @@ def _read_base(base_gguf: Path) -> GGUFInfo:
         info = validate_gguf(base_gguf, expect="model")
     except GGUFError as exc:
         raise ConvertError(f"base model: {exc}") from None
-    if info.architecture != "llama":
+    if info.architecture not in ARCHITECTURES:
         raise ConvertError(f"{base_gguf}: architecture {info.architecture!r} is not supported; "
-                           "only llama adapters convert")
+                           f"only {_NAMES} adapters convert")
     return info
 
 
@@ -254,17 +267,20 @@ def _modules(lora: PeftLora) -> set[str]:
     return {m["module"] for k in lora.tensors if (m := _KEY.match(k))}
 
 
-def _map_tensors(lora: PeftLora, base: GGUFInfo, r: int, *, permute_qk: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    n_block = int(base.get("llama.block_count") or 0)
-    n_head = int(base.get("llama.attention.head_count") or 0)
-    n_head_kv = int(base.get("llama.attention.head_count_kv") or n_head)
+def _map_tensors(lora: PeftLora, base: GGUFInfo, r: int,
+                 *, permute_qk: bool | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    arch = base.architecture
+    n_block = int(base.get(f"{arch}.block_count") or 0)
+    n_head = int(base.get(f"{arch}.attention.head_count") or 0)
+    n_head_kv = int(base.get(f"{arch}.attention.head_count_kv") or n_head)
+    permute_qk = ARCHITECTURES[arch].permute_qk if permute_qk is None else permute_qk
     if n_block <= 0 or n_head <= 0 or n_head_kv <= 0:
         raise ConvertError(f"{base.path}: block_count or attention.head_count missing from the base")
     layers = [int(x) for m in _modules(lora) for x in re.findall(r"(?:^|\.)layers\.(\d+)\.", m)]
     if layers and max(layers) >= n_block:
         raise ConvertError(f"{lora.source}: the adapter has layer {max(layers)}; the base model has {n_block} "
                            "layers: trained on another base?")
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_block)
+    name_map = gguf.get_tensor_name_map(ARCHITECTURES[arch].gguf_arch, n_block)
     shapes = {t.name: t.shape for t in base.tensors}
     pairs: dict[str, dict[str, np.ndarray]] = {}
     kinds: dict[str, gguf.MODEL_TENSOR] = {}
@@ -347,7 +363,7 @@ def convert_peft_adapter(
     base_sha256: str | None = None,
     created_at: str | None = None,
     adapter_name: str = "default",
-    _permute_qk: bool = True,
+    _permute_qk: bool | None = None,
 ) -> Path:
     """Convert ``source`` (a peft adapter directory or a ``PeftModel``) to the adapter GGUF ``out``.
 
@@ -356,17 +372,22 @@ def convert_peft_adapter(
     ``extract``; ``labels`` the label set or entity types; ``metrics`` a JSON object of the
     held-out figures. Raises :class:`ConvertError` naming the problem; ``out`` is then left
     as it was (the file is written to a temporary name and renamed into place).
-    ``_permute_qk=False`` deliberately skips the rotary row permutation (tests only).
+    ``_permute_qk`` forces the rotary row permutation on (True) or off (False) whatever the base's
+    architecture needs: a deliberately wrong conversion, for tests only.
     """
     out, base_gguf = Path(out), Path(base_gguf)
     meta: dict[str, str | int] = dict(_metadata(task=task, labels=labels, metrics=metrics, created_at=created_at))
     if not out.parent.is_dir():
         raise ConvertError(f"{out.parent}: no such directory for the output")
     lora = read_peft_adapter(source, adapter_name=adapter_name)
-    if lora.model_type is not None and lora.model_type not in _LLAMA_MODEL_TYPES:
-        raise ConvertError(f"{lora.source}: the model is a {lora.model_type!r}; only llama adapters convert")
+    known = {t for a in ARCHITECTURES.values() for t in a.model_types}
+    if lora.model_type is not None and lora.model_type not in known:
+        raise ConvertError(f"{lora.source}: the model is a {lora.model_type!r}; only {_NAMES} adapters convert")
     r, alpha = _check_config(lora)
     base = _read_base(base_gguf)
+    if lora.model_type is not None and lora.model_type not in ARCHITECTURES[base.architecture].model_types:
+        raise ConvertError(f"{lora.source}: the adapter was trained on a {lora.model_type!r} model; the base "
+                           f"{base_gguf.name} is {base.architecture!r}")
     tensors = _map_tensors(lora, base, r, permute_qk=_permute_qk)
     digest = sha256_file(base_gguf)
     if base_sha256 is not None and base_sha256.lower() != digest:
@@ -374,7 +395,7 @@ def convert_peft_adapter(
     meta.update({"adapter.base_sha256": digest, "appliance.lora_rank": r,
                  "appliance.target_modules": json.dumps(sorted({m.rsplit(".", 1)[-1] for m in _modules(lora)}))})
     try:
-        write_lora_adapter(out, architecture="llama", alpha=alpha, tensors=tensors, metadata=meta, name=out.stem)
+        write_lora_adapter(out, architecture=base.architecture, alpha=alpha, tensors=tensors, metadata=meta, name=out.stem)
     except OSError as exc:
         raise ConvertError(f"{out}: cannot write: {exc.strerror or exc}") from None
     return out
