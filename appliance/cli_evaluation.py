@@ -131,12 +131,14 @@ def evalset_delete(ctx: click.Context, name: str) -> None:
 @click.option("--arch", "archs", multiple=True, type=click.Choice(ARCHITECTURES),
               help="Only these architectures (repeat; default: every applicable one).")
 @click.option("--limit", type=int, help="Only the first N items of each kind.")
+@click.option("--generator", "generators", multiple=True, metavar="MODEL",
+              help="Run the set with each of these generators in turn (repeat), side by side.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Write report.md, report.json and a PNG chart per kind here.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def eval_run(ctx: click.Context, set_name: str, archs: tuple[str, ...], limit: int | None, out: Path | None,
-             as_json: bool) -> None:
+def eval_run(ctx: click.Context, set_name: str, archs: tuple[str, ...], limit: int | None,
+             generators: tuple[str, ...], out: Path | None, as_json: bool) -> None:
     """Every applicable architecture on a set, side by side, with a recommendation per task type."""
     from appliance.cli_access import current_account
     from appliance.cli_updates import _progress
@@ -147,7 +149,7 @@ def eval_run(ctx: click.Context, set_name: str, archs: tuple[str, ...], limit: i
     account = current_account(ctx)
     with _progress() as step:
         report = run_set(services, account, set_name, architectures=archs or ARCHITECTURES, limit=limit,
-                         progress=lambda done, total: step("evaluating", done, total))
+                         progress=lambda done, total: step("evaluating", done, total), generators=generators)
     written = write_report(report, out) if out else []
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from appliance.updates.generations import GenerationInfo, current_path, ensure_l
 __all__ = ["Services", "build_services", "engine_spec", "spec_for", "active_models"]
 
 
-def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | None) -> dict[str, ModelRecord]:
+def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | None,
+                  generator: str | None = None) -> dict[str, ModelRecord]:
     """The generator, embedder, reranker and verifier that serve: a bundle's (by digest) if it brought one,
     else the configured. The reranker and the verifier are optional: none when switched off, or not (yet)
     provisioned."""
@@ -37,6 +39,8 @@ def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | 
     for kind, configured in (("generator", rt.generator), ("embedder", rt.embedder)):
         chosen = (info.models.get(kind) if info else None) or None
         out[kind] = store.by_sha256(chosen["sha256"]) if chosen else store.get(configured)
+    if generator is not None:  # an evaluation comparing generators: this one for now, whatever serves
+        out["generator"] = store.get(generator)
     for kind, on, configured in (("reranker", settings.knowledge.rerank, rt.reranker),
                                  ("verifier", settings.agent.entailment, rt.verifier)):
         chosen = (info.models.get(kind) if info else None) or None
@@ -50,9 +54,9 @@ def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | 
 
 
 def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True, embedder: bool = True,
-                info: GenerationInfo | None = None) -> EngineSpec:
+                info: GenerationInfo | None = None, generator_name: str | None = None) -> EngineSpec:
     """The host's start-up description: the serving models and every adapter for that base."""
-    models = active_models(settings, store, info) if (generator or embedder) else {}
+    models = active_models(settings, store, info, generator_name) if (generator or embedder) else {}
     gen = models["generator"] if generator else None
     emb = models["embedder"] if embedder else None
     rer = models.get("reranker") if embedder else None  # the encoder side: embedder and cross-encoders
@@ -109,6 +113,7 @@ class Services:
     _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one store per database
     _generation: Path | None = field(default=None, repr=False)
     _selftest: SelfTest | None = field(default=None, repr=False)
+    _generator: str | None = field(default=None, repr=False)  # with_generator's choice, for an evaluation
     embed_fn: Callable[[Sequence[str]], list] | None = None  # a test seam: embeddings without the engine
     host_command: tuple[str, ...] | None = None  # a test seam: a host double (one that crashes on purpose)
 
@@ -193,7 +198,7 @@ class Services:
 
         info = self.generation()
         try:
-            gen = active_models(self.settings, self.store, info)["generator"]
+            gen = active_models(self.settings, self.store, info, self._generator)["generator"]
         except UnknownModelError:
             return {}  # no base model installed: no specialist can run
         records = {r.name: r for r in self.store.list("adapter") if r.base_sha256 in (None, gen.sha256)}
@@ -284,7 +289,7 @@ class Services:
             self._engine = None
         if self._engine is None:
             spec = engine_spec(self.settings, self.store, generator=generator, embedder=embedder,
-                               info=read_info(self._generation))
+                               info=read_info(self._generation), generator_name=self._generator)
             self.selftest().ensure(spec, self.model_identities())
             self._engine_parts = (generator, embedder)
             lim = self.settings.limits
@@ -303,6 +308,30 @@ class Services:
             )
             self._engine.start()
         return self._engine
+
+    @contextmanager
+    def with_generator(self, name: str) -> Iterator[ModelRecord]:
+        """Serve ``name`` (a generator in the store) instead of the serving one until the block ends:
+        for an evaluation that compares generators. The engine restarts (self-test included) on the
+        way in and out; the agent and specialists are rebuilt for it."""
+        from appliance.errors import ModelStoreError
+
+        record = self.store.get(name)
+        if record.kind != "generator":
+            raise ModelStoreError(f"{name} is not a generator (kind {record.kind})")
+        previous = self._generator
+        self._switch(name)
+        try:
+            yield record
+        finally:
+            self._switch(previous)
+
+    def _switch(self, generator: str | None) -> None:
+        self._generator = generator
+        self._agent = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def close(self) -> None:
         if self._engine is not None:

@@ -127,3 +127,31 @@ def test_set_from_analysts_feedback_and_export(appliance: tuple[Path, ModelStore
     assert _run(["evalset", "export", "flags", str(exported)], base, store, token=tokens["olga"]).returncode == 0
     back = _run(["evalset", "import", "flags-copy", str(exported)], base, store, token=tokens["olga"])
     assert back.returncode == 0 and shown["digest"][:16] in back.stdout
+
+
+def test_eval_run_compares_generators_side_by_side(appliance: tuple[Path, ModelStore, dict]) -> None:
+    """`--generator` runs the set with each generator in turn (the engine restarted, self-tested, for
+    each) and reports every architecture once per generator, with one recommendation across them."""
+    base, store, tokens = appliance
+    qa = [i for i in _items() if i["kind"] == "qa"][:2]
+    (base / "gens.jsonl").write_text("".join(json.dumps(i) + "\n" for i in qa))
+    made = _run(["evalset", "import", "gens", str(base / "gens.jsonl")], base, store, token=tokens["olga"])
+    assert made.returncode == 0, made.stderr
+    bad = _run(["eval", "run", "--set", "gens", "--generator", "all-minilm-l6-v2"], base, store, token=tokens["olga"])
+    assert bad.returncode != 0 and "all-minilm-l6-v2 is not a generator (kind embedder)" in bad.stderr
+    out = base / "gens-report"
+    proc = _run(["eval", "run", "--set", "gens", "--arch", "agentic", "--generator", "smollm2-135m-instruct",
+                 "--generator", "gemma3-270m", "--out", str(out), "--json"], base, store, token=tokens["olga"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["generators"] == ["smollm2-135m-instruct", "gemma3-270m"]
+    archs = report["by_kind"]["qa"]["architectures"]
+    assert set(archs) == {f"{a}@{g}" for a in ("single_shot", "agentic", "hybrid")
+                          for g in report["generators"]}
+    for g in report["generators"]:
+        ran = archs[f"agentic@{g}"]
+        assert ran["items"] == 2 and ran["p50_ms"] > 0 and "expected_fact_rate" in ran
+    assert report["by_kind"]["qa"]["recommendation"]["architecture"] in {"agentic@smollm2-135m-instruct",
+                                                                         "agentic@gemma3-270m"}
+    md = (out / "report.md").read_text()
+    assert "agentic RAG, gemma3-270m" in md and "agentic RAG, smollm2-135m-instruct" in md

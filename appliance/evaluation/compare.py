@@ -36,7 +36,8 @@ from appliance.evaluation.specialists import (_anchored, _fewshot_classify_promp
 from appliance.runtime.protocol import GenerateRequest
 from appliance.specialists.data import Example, Sentence, Span
 
-__all__ = ["ARCHITECTURES", "APPLICABLE", "PRIMARY", "Systems", "compare", "applicable", "headline"]
+__all__ = ["ARCHITECTURES", "APPLICABLE", "PRIMARY", "Systems", "compare", "applicable", "headline",
+           "merge_generators"]
 
 ARCHITECTURES = ("single_shot", "agentic", "specialist", "hybrid")
 APPLICABLE = {"qa": ("single_shot", "agentic", "hybrid"), "claim": ("single_shot", "agentic", "hybrid"),
@@ -278,7 +279,7 @@ def recommend(kind: str, archs: dict[str, dict]) -> dict:
     close = [a for a in ran if ran[a][metric] >= ran[best][metric] - TIE]
     fastest = min(close, key=lambda a: ran[a]["p50_ms"] or 0.0)
     quick = [a for a in close if (ran[a]["p50_ms"] or 0.0) <= (ran[fastest]["p50_ms"] or 0.0) * SAME_SPEED]
-    choice = min(quick, key=SIMPLEST_FIRST.index)
+    choice = min(quick, key=lambda a: SIMPLEST_FIRST.index(a.split("@", 1)[0]))
     top = ran[choice]
     others = ", ".join(f"{a} {m[metric]:.3f} at p50 {m['p50_ms']:.0f} ms" for a, m in ran.items() if a != choice)
     reasons = [f"{metric} {top[metric]:.3f} at p50 {top['p50_ms']:.0f} ms" + (f" (beside: {others})" if others else "")]
@@ -381,6 +382,20 @@ def compare(evalset: EvalSet, systems: Systems, principal: Principal, *,
                                    "architectures": archs, "recommendation": recommend(kind, archs)}
     report["seconds"] = time.perf_counter() - t_start
     return report
+
+
+def merge_generators(reports: Sequence[tuple[str, dict]]) -> dict[str, Any]:
+    """One report of the same set run with several generators: each architecture appears once per
+    generator (``agentic@gemma3-270m``), and the recommendation is made across all of them."""
+    first = reports[0][1]
+    out: dict[str, Any] = {"set": first["set"], "digest": first["digest"], "items": first["items"], "by_kind": {},
+                           "generators": [g for g, _ in reports], "seconds": sum(r["seconds"] for _, r in reports)}
+    for kind in first["by_kind"]:
+        archs = {f"{arch}@{g}": m for g, r in reports for arch, m in r["by_kind"][kind]["architectures"].items()}
+        section = dict(first["by_kind"][kind])
+        section.update(architectures=archs, recommendation=recommend(kind, archs))
+        out["by_kind"][kind] = section
+    return out
 
 
 def headline(report: dict) -> dict[str, float]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from appliance.access.accounts import Account
 from appliance.errors import EvaluationError
-from appliance.evaluation.compare import ARCHITECTURES, compare, headline
+from appliance.evaluation.compare import ARCHITECTURES, compare, headline, merge_generators
 from appliance.evaluation.sets import EvalSet, items_from_feedback, load_items
 from appliance.operations import _fresh
 from appliance.services import Services
@@ -60,7 +60,8 @@ def delete_set(services: Services, account: Account, name: str) -> None:
 
 def run_set(services: Services, account: Account, name: str, *, architectures: Sequence[str] = ARCHITECTURES,
             limit: int | None = None, trigger: str = "manual", served: bool = False,
-            progress: Callable[[int, int], None] | None = None, items: EvalSet | None = None) -> dict:
+            progress: Callable[[int, int], None] | None = None, items: EvalSet | None = None,
+            generators: Sequence[str] = ()) -> dict:
     """Every applicable architecture on the set, as the account (retrieval sees what it may read).
     ``items``: these items of the set instead of the stored ones (the drift gate's copy from before an
     apply that may bring a new version of the set)."""
@@ -73,9 +74,25 @@ def run_set(services: Services, account: Account, name: str, *, architectures: S
     evalset = items if items is not None else services.eval_store().get(name)
     generation = services.generation()
     services.audit().record("evaluation.run", by.name, set=name, digest=evalset.digest, trigger=trigger,
-                            architectures=list(architectures), generation=generation.generation)
-    report = compare(evalset, services.evaluation_systems(), by.principal(), architectures=architectures,
-                     limit=limit, served=served, progress=progress)
+                            architectures=list(architectures), generation=generation.generation,
+                            generators=list(generators))
+    if generators:  # the same set with each generator in turn, side by side
+        if len(set(generators)) != len(generators):
+            raise EvaluationError("a generator is named twice")
+        for name in generators:
+            record = services.store.get(name)
+            if record.kind != "generator":
+                raise EvaluationError(f"{name} is not a generator (kind {record.kind})")
+        parts = []
+        for name in generators:
+            with services.with_generator(name):
+                parts.append((name, compare(evalset, services.evaluation_systems(), by.principal(),
+                                            architectures=architectures, limit=limit, served=served,
+                                            progress=progress)))
+        report = merge_generators(parts)
+    else:
+        report = compare(evalset, services.evaluation_systems(), by.principal(), architectures=architectures,
+                         limit=limit, served=served, progress=progress)
     run_id = secrets.token_hex(8)
     report.update(run_id=run_id, generation=generation.generation, release=generation.release, trigger=trigger,
                   served=served, limit=limit,

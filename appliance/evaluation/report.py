@@ -22,6 +22,13 @@ _COLUMNS = {"qa": ("expected_fact_rate", "token_f1", "exact_match", "source_reca
             "extract": ("f1", "precision", "recall")}
 
 
+def arch_name(arch: str) -> str:
+    """``agentic`` -> ``agentic RAG``; ``agentic@gemma3-270m`` -> ``agentic RAG, gemma3-270m``."""
+    base, _, generator = arch.partition("@")
+    name = ARCH_NAMES.get(base, base)
+    return f"{name}, {generator}" if generator else name
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -35,7 +42,7 @@ def table_rows(kind: str, section: dict) -> tuple[list[str], list[list[str]]]:
     cols = ["architecture", *_COLUMNS.get(kind, ()), "p50 ms", "p95 ms", "tokens"]
     rows = []
     for arch, m in section["architectures"].items():
-        name = ARCH_NAMES.get(arch, arch)
+        name = arch_name(arch)
         if "skipped" in m:
             rows.append([name, *(["-"] * (len(cols) - 2)), f"not run: {m['skipped']}"])
             continue
@@ -65,7 +72,7 @@ def rich_report(report: dict) -> Any:
         rec = section["recommendation"]
         arch = rec.get("architecture")
         line = Text("  recommended: ")
-        line.append(ARCH_NAMES.get(arch, arch) if arch else "none", style="bold")
+        line.append(arch_name(arch) if arch else "none", style="bold")
         parts += [table, line, *(Text(f"    {r}") for r in rec.get("reasons", []))]
     return Group(*parts)
 
@@ -88,7 +95,7 @@ def markdown(report: dict) -> str:
         rec = section["recommendation"]
         lines.append("")
         if rec.get("architecture"):
-            lines.append(f"**Recommended: {ARCH_NAMES.get(rec['architecture'], rec['architecture'])}.**")
+            lines.append(f"**Recommended: {arch_name(rec['architecture'])}.**")
         else:
             lines.append("**No recommendation.**")
         lines += [f"- {r}" for r in rec.get("reasons", [])]
@@ -116,7 +123,7 @@ def _charts(report: dict, out: Path) -> list[Path]:
         if not ran:
             continue
         metric = section["primary"]
-        names = [ARCH_NAMES.get(a, a) for a in ran]
+        names = [arch_name(a) for a in ran]
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
         left.bar(names, [ran[a].get(metric) or 0.0 for a in ran], color="#4c72b0")
         left.set_ylim(0, 1)
