@@ -1,4 +1,4 @@
-"""Answers on the demo appliance: today's pipeline against the reranker and entailment judge.
+"""Answers on the demo appliance: today's pipeline against the one with the reranker.
 
 The demo bundle is applied as `make run` applies it, and the demo question set
 (``bundles/demo/evaluation/demo-questions.jsonl``, 65 questions) is run through ``eval run``
@@ -7,7 +7,7 @@ The demo bundle is applied as `make run` applies it, and the demo question set
 - today's: no reranking, quotes chosen by word overlap and cosine, sentences verified by
   lexical and semantic support only (``knowledge.rerank = false``, ``agent.entailment = false``);
 - the new default: the fused candidates reranked by the cross-encoder, evidence and quotes
-  chosen with its logit, and every sentence also checked by the entailment judge.
+  chosen with its logit (no entailment judge is configured by default; see the README).
 
 Reported per pipeline: how often the answer states the expected fact, citation precision,
 and how often it answered, quoted or abstained on answerable questions. The targets
@@ -61,7 +61,7 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
     reports: dict[str, dict] = {}
     from appliance.evaluation.operations import run_set
 
-    for label, settings in (("today", today), ("reranker + entailment", base)):
+    for label, settings in (("today", today), ("with the reranker", base)):
         services = build_services(settings)
         try:
             officer = services.accounts().get("demo-officer")
@@ -74,7 +74,7 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
             services.close()
     figures = {label: {k: r["by_kind"]["qa"]["architectures"]["agentic"].get(k) for k in FIGURES}
                for label, r in reports.items()}
-    old, new = figures["today"], figures["reranker + entailment"]
+    old, new = figures["today"], figures["with the reranker"]
     rows = []
     for k in FIGURES:
         a, b = new.get(k), old.get(k)

@@ -6,7 +6,7 @@ Side by side, in one run over the same 258 sentences:
 - the entailment judge alone (the MiniLM cross-encoder trained by ``python -m
   appliance.rerank verifier``, at the threshold calibrated on its own held-out generated
   pairs, never on this set);
-- the shipped verifier: today's rule as the fast first filter, then the judge;
+- today's rule as the fast first filter, then the judge;
 - the generator as the judge (SmolLM2 asked yes or no, constrained to those two answers).
 
 The targets (issue 17) are >= 0.9 of wrong sentences rejected and >= 0.9 of right ones kept.
@@ -105,12 +105,12 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
     rows = []
     for label, r in results.items():
         rows += _rows(label, r, None if label == "today's rule" else base, seconds[label])
-    shipped = results["rule then judge"]
-    for kind, k in shipped["per_kind"].items():
+    judged = results["rule then judge"]
+    for kind, k in judged["per_kind"].items():
         before = base["per_kind"][kind]
-        rows.append({"name": f"  {kind}: accepted / n, shipped (today's)", "appliance": f"{k['accepted']}/{k['n']}",
+        rows.append({"name": f"  {kind}: accepted / n, rule then judge (today's)", "appliance": f"{k['accepted']}/{k['n']}",
                      "baseline": f"{before['accepted']}/{before['n']}", "ratio": None, "target": "(reported)",
                      "met": True})
     demo = [i for i in items if i.source.startswith("demo")]
-    results["shipped_on_demo_passages"] = score_verifier(demo, verifiers["rule then judge"]) if demo else {}
+    results["rule_then_judge_on_demo_passages"] = score_verifier(demo, verifiers["rule then judge"]) if demo else {}
     return {"results": results, "seconds": seconds, "threshold": threshold, "rows": rows}

@@ -400,9 +400,12 @@ def test_gemma3_base_parity(tmp_path: Path, model_store: ModelStore) -> None:
                "adapter_on_clear": _agree(hf_lora[clear], _flat(got["good"])[clear]),
                "broken_on_clear": _agree(hf_lora[clear], _flat(got["broken"])[clear])}
     print("gemma3 parity:", json.dumps(figures))
+    # measured (AVX-512 host, portable build): 181 clear of 248 positions, the adapter changes 0.65 of the
+    # top-1s, base 0.972 and adapter 0.978 on clear positions (Q4_K_M rounding flips a few), the wrongly
+    # permuted conversion 0.746. The bar leaves room for five more flips and stays far above the broken one.
     assert figures["clear"] >= 100 and figures["adapter_changes_top1"] >= 0.2
-    assert figures["adapter_on_clear"] >= 0.97
-    assert figures["broken_on_clear"] <= figures["adapter_on_clear"] - 0.05
+    assert figures["adapter_on_clear"] >= 0.95
+    assert figures["broken_on_clear"] <= figures["adapter_on_clear"] - 0.1
 
 
 def test_refuses_an_adapter_of_one_family_for_a_base_of_another(tmp_path: Path, model_store: ModelStore) -> None:

@@ -211,3 +211,17 @@ def test_store_refuses_a_verifier_without_rank_pooling(model_store: ModelStore, 
     with pytest.raises(ModelStoreError, match="pooling type mean, a verifier needs rank pooling"):
         store.add_file(model_store.get("all-minilm-l6-v2").path, name="v", kind="verifier", source="file:x")
     assert store.list() == []
+
+
+def test_reranker_logit_is_evidence_only_when_switched_on() -> None:
+    from dataclasses import replace
+
+    from appliance.agent.loop import evidence_reason
+    from appliance.config import AgentSettings
+
+    off = AgentSettings()
+    on = replace(off, evidence_by_rerank=True, evidence_rerank=10.0)
+    assert evidence_reason(3, 5, 0.2, off, rerank=15.0) is None  # the default: today's rule decides
+    assert evidence_reason(3, 5, 0.2, on, rerank=15.0) == "the reranker scores it 15.0"
+    assert evidence_reason(3, 5, 0.2, on, rerank=9.9) is None
+    assert evidence_reason(1, 1, 0.6, on, rerank=-3.0) == "first in keyword and semantic search"  # either one
