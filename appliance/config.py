@@ -194,7 +194,8 @@ class AgentSettings:
     # the rule above); off by default: set on SciFact claims 0-299 it did not hold on held-out claims (README)
     evidence_by_rerank: bool = False
     evidence_rerank: float = 13.7
-    quote_rerank: float = 0.0  # the reranker's logit for a sentence to be quoted as the answer
+    quote_by_rerank: bool = False  # choose quoted sentences with the reranker (off: see the README)
+    quote_rerank: float = 0.0  # ... its logit for a sentence to be quoted as the answer
     entailment: bool = True  # answer sentences must be entailed by their passage (needs the verifier)
     entail_threshold: float = 0.0  # the entailment judge's logit for a sentence to pass
     support_threshold: float = 0.55

@@ -147,7 +147,7 @@ def test_eval_retrieval_on_a_scifact_slice(tmp_path: Path, model_store: ModelSto
                 model_store)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert set(result["modes"]) == {"dense", "bm25", "hybrid"}
+    assert set(result["modes"]) == {"dense", "bm25", "hybrid", "hybrid+rerank"}  # the reranker is provisioned
     for m in result["modes"].values():
         assert 0.0 <= m["ndcg@10"] <= 1.0 and m["recall@10"] <= m["recall@100"] <= 1.0
     assert result["modes"]["hybrid"]["ndcg@10"] > 0.5  # a small corpus: the cited abstract is usually on top

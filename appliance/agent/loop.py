@@ -359,7 +359,7 @@ class Agent:
                                    + ("" if c.supported else " (unverified)") for c in kept)
             return
 
-        rank = self._rank(run)
+        rank = self._rank(run) if self.settings.quote_by_rerank else None
 
         def pick() -> list[Quote]:
             found: dict[str, Quote] = {}

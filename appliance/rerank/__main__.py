@@ -3,7 +3,8 @@
     python -m appliance.rerank reranker --out DIR
     python -m appliance.rerank verifier --out DIR
 
-Each writes a delta (``*-delta.safetensors``) and ``provenance.json`` to DIR. Copy both to
+Each writes a delta (``*-delta.safetensors``) and ``provenance.json`` to DIR. Copy both (the
+provenance as ``reranker-provenance.json`` or ``verifier-provenance.json``) to
 ``appliance/rerank/weights/`` and pin the delta's sha256 in
 ``appliance/runtime/model_sources.py``; ``appliance models fetch`` then merges it into the
 pinned MiniLM and converts it. Progress goes out as plain lines (one per 25 steps).

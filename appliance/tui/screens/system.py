@@ -78,7 +78,10 @@ class SystemScreen(Screen[None]):
             s = app.services.settings
             rows: list[tuple[str, str]] = []
             for m in app.services.store.list():
-                loaded = m.name in (s.runtime.generator, s.runtime.embedder) or m.kind == "adapter"
+                in_use = {s.runtime.generator, s.runtime.embedder,
+                          s.runtime.reranker if s.knowledge.rerank else "",
+                          s.runtime.verifier if s.agent.entailment else ""} - {""}
+                loaded = m.name in in_use or m.kind == "adapter"
                 rows.append((f"{m.kind} {m.name}", f"{_mb(m.size)}{' (in use)' if loaded else ''}"))
             rows.append(("GPU offload layers", str(s.runtime.n_gpu_layers) + (" (CPU only)" if not
                                                                                s.runtime.n_gpu_layers else "")))
