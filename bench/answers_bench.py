@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from typing import Any
 
 from rich.console import Console
 
-from appliance.config import load_settings
 from appliance.demo import demo_bundle, install_demo
 from appliance.evaluation.sets import load_items
 from appliance.services import build_services
 
-from bench.evaluation_bench import _store_copy
-from bench.runtime_bench import REPO, _store
+from bench.evaluation_bench import fresh_settings
+from bench.runtime_bench import REPO
 
 WORK = REPO / "bench" / "work" / "answers"
 QUESTIONS = REPO / "bundles" / "demo" / "evaluation" / "demo-questions.jsonl"
@@ -40,11 +38,7 @@ FIGURES = ("expected_fact_rate", "citation_precision", "token_f1", "source_recal
 
 def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    env = {"APPLIANCE_DATA_DIR": str(WORK / "data"),
-           "APPLIANCE_MODELS_DIR": str(_store_copy(_store(), WORK / "models"))}
-    base = load_settings(env)
+    base = fresh_settings(WORK)
     services = build_services(base)
     try:
         with console.status("installing the demo and applying the demo bundle…"):

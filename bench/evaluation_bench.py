@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from appliance.config import EvaluationSettings, load_settings
+from appliance.config import EvaluationSettings, Settings, load_settings
 from appliance.demo import demo_bundle, install_demo
 from appliance.evaluation.sets import EvalItem
 from appliance.runtime.model_store import ModelStore
@@ -90,13 +90,17 @@ def _spec(release: int, extra_doc: Path, out: Path) -> Path:
     return out
 
 
+def fresh_settings(work: Path) -> Settings:
+    """Settings for a new appliance under ``work`` (emptied first), its models a linked copy of the test store."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return load_settings({"APPLIANCE_DATA_DIR": str(work / "data"),
+                          "APPLIANCE_MODELS_DIR": str(_store_copy(_store(), work / "models"))})
+
+
 def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    env = {"APPLIANCE_DATA_DIR": str(WORK / "data"),
-           "APPLIANCE_MODELS_DIR": str(_store_copy(_store(), WORK / "models"))}
-    settings = load_settings(env)
+    settings = fresh_settings(WORK)
     services = build_services(settings)
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()}}
     try:

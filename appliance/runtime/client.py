@@ -319,31 +319,29 @@ class EngineClient:
         (above 0: more likely entailed than not, as trained)."""
         return self._cross("verifier", sentence, passages)
 
+    def _check_texts(self, texts: Sequence[str]) -> None:
+        """Refuse a batch of texts over the limits, before it reaches the host."""
+        lim = self.limits
+        if len(texts) > lim.max_embed_texts:
+            raise EngineRequestError(f"{len(texts)} texts, over the {lim.max_embed_texts} limit per call")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise EngineRequestError(f"text {i} is not a string")
+            if len(text) > lim.max_embed_chars:
+                raise EngineRequestError(f"text {i} is {len(text)} characters, over the {lim.max_embed_chars} limit")
+
     def _cross(self, model: str, query: str, texts: Sequence[str]) -> list[float]:
         lim = self.limits
         if not isinstance(query, str) or len(query) > lim.max_embed_chars:
             raise EngineRequestError(f"the {model}'s query must be a string of at most {lim.max_embed_chars} "
                                      "characters")
-        if len(texts) > lim.max_embed_texts:
-            raise EngineRequestError(f"{len(texts)} texts, over the {lim.max_embed_texts} limit per call")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise EngineRequestError(f"text {i} is not a string")
-            if len(text) > lim.max_embed_chars:
-                raise EngineRequestError(f"text {i} is {len(text)} characters, over the {lim.max_embed_chars} limit")
+        self._check_texts(texts)
         return list(self._call("rerank", {"query": query, "texts": list(texts), "model": model}))
 
     def embed(self, texts: Sequence[str], *, normalize: bool = True, batch: int = 512,
               progress: Callable[[int], None] | None = None) -> list[list[float]]:
         """Embed ``texts`` in batches (each batch one host call, many texts per llama.cpp decode)."""
-        lim = self.limits
-        if len(texts) > lim.max_embed_texts:
-            raise EngineRequestError(f"{len(texts)} texts, over the {lim.max_embed_texts} limit per call")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise EngineRequestError(f"text {i} is not a string")
-            if len(text) > lim.max_embed_chars:
-                raise EngineRequestError(f"text {i} is {len(text)} characters, over the {lim.max_embed_chars} limit")
+        self._check_texts(texts)
         out: list[list[float]] = []
         for start in range(0, len(texts), batch):
             part = list(texts[start : start + batch])
