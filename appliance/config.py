@@ -198,6 +198,11 @@ class AgentSettings:
     quote_rerank: float = 0.0  # ... its logit for a sentence to be quoted as the answer
     entailment: bool = True  # answer sentences must be entailed by their passage (needs the verifier)
     entail_threshold: float = 0.0  # the entailment judge's logit for a sentence to pass
+    # the contrast check (appliance/agent/contrast.py): a sentence is refused when the generator finds the
+    # same sentence with one value, "not" or opposite changed likelier after its passage by more than
+    # contrast_margin (natural log); the margin is calibrated on generated pairs (README, "Verification")
+    contrast: bool = True
+    contrast_margin: float = 1.0
     support_threshold: float = 0.55
     policy: str = "block"  # block: drop unsupported sentences; flag: keep them marked
     hyde: bool = True
@@ -213,6 +218,7 @@ class AgentSettings:
                 ("evidence_rerank", -50 <= self.evidence_rerank <= 50, "a logit from -50 to 50"),
                 ("quote_rerank", -50 <= self.quote_rerank <= 50, "a logit from -50 to 50"),
                 ("entail_threshold", -50 <= self.entail_threshold <= 50, "a logit from -50 to 50"),
+                ("contrast_margin", -20 <= self.contrast_margin <= 20, "from -20 to 20"),
                 ("support_threshold", 0 <= self.support_threshold <= 1, "from 0 to 1"),
                 ("policy", self.policy in ("block", "flag"), '"block" or "flag"')]
 

@@ -2,12 +2,14 @@
 
 The demo bundle is applied as `make run` applies it, and the demo question set
 (``bundles/demo/evaluation/demo-questions.jsonl``, 65 questions) is run through ``eval run``
-(the agent, as an officer) twice in one run, on the same index and models:
+(the agent, as an officer) three times in one run, on the same index and models:
 
 - today's: no reranking, quotes chosen by word overlap and cosine, sentences verified by
-  lexical and semantic support only (``knowledge.rerank = false``, ``agent.entailment = false``);
-- the new default: the fused candidates reranked by the cross-encoder, evidence and quotes
-  chosen with its logit (no entailment judge is configured by default; see the README).
+  lexical and semantic support only (``knowledge.rerank = false``, ``agent.entailment = false``,
+  ``agent.contrast = false``);
+- with the reranker only: the fused candidates reranked by the cross-encoder (no contrast check);
+- the new default: the reranker and the contrast check (no entailment judge is configured by
+  default; see the README).
 
 Reported per pipeline: how often the answer states the expected fact, citation precision,
 and how often it answered, quoted or abstained on answerable questions. The targets
@@ -51,11 +53,13 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
     finally:
         services.close()
     today = dataclasses.replace(base, knowledge=dataclasses.replace(base.knowledge, rerank=False),
-                                agent=dataclasses.replace(base.agent, entailment=False))
+                                agent=dataclasses.replace(base.agent, entailment=False, contrast=False))
+    reranker_only = dataclasses.replace(base, agent=dataclasses.replace(base.agent, contrast=False))
     reports: dict[str, dict] = {}
     from appliance.evaluation.operations import run_set
 
-    for label, settings in (("today", today), ("with the reranker", base)):
+    for label, settings in (("today", today), ("with the reranker", reranker_only),
+                            ("new default (reranker + contrast check)", base)):
         services = build_services(settings)
         try:
             officer = services.accounts().get("demo-officer")
@@ -68,16 +72,16 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
             services.close()
     figures = {label: {k: r["by_kind"]["qa"]["architectures"]["agentic"].get(k) for k in FIGURES}
                for label, r in reports.items()}
-    old, new = figures["today"], figures["with the reranker"]
+    old = figures["today"]
     rows = []
-    for k in FIGURES:
-        a, b = new.get(k), old.get(k)
+    for label, k in [(label, k) for label in list(figures)[1:] for k in FIGURES]:
+        a, b = figures[label].get(k), old.get(k)
         target, met = "(reported)", True
         if k == "expected_fact_rate" and a is not None and b is not None:
             target, met = f">= today + 0.15 ({b + 0.15:.3f})", a >= b + 0.15
         if k == "citation_precision" and a is not None and b is not None:
             target, met = ">= today's", a >= b
-        rows.append({"name": f"demo questions ({len(items)}): {k}, new vs today",
+        rows.append({"name": f"demo questions ({len(items)}): {k}, {label} vs today",
                      "appliance": "-" if a is None else f"{a:.3f}", "baseline": "-" if b is None else f"{b:.3f}",
                      "ratio": a / b if a is not None and b else None, "target": target, "met": met})
     return {"questions": len(items), "figures": figures, "machine": {"cpus": os.cpu_count()}, "rows": rows,

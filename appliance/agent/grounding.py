@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from appliance.agent.contrast import Likelihoods, contrast
 from appliance.knowledge.catalog import STOPWORDS
 from appliance.knowledge.chunking import split_sentences
 
@@ -130,6 +131,7 @@ class SentenceCheck:
     supported: bool
     reason: str
     entailment: float | None = None  # the entailment judge's best logit over the cited passages
+    contrast: float | None = None  # the contrast check's margin: best alternate minus the sentence (log-prob)
 
 
 
@@ -154,17 +156,25 @@ class Grounder:
     passes it must also be entailed by one of its cited passages: its logit at least
     ``entail_threshold``. That catches the sentence whose words are all in the passage but
     whose claim is not (a room number moved to the wrong subject, a "not" added).
+
+    With ``likelihoods`` (the generator's log-probability of continuations), a sentence that
+    passes must also survive the contrast check against the cited passage it is best
+    supported by (:mod:`appliance.agent.contrast`): no alternate of it (a value, "not" or
+    opposite changed) likelier by more than ``contrast_margin``.
     """
 
     def __init__(self, embed: Embed, threshold: float = 0.55, lexical_weight: float = 0.5,
                  relevance_threshold: float = 0.4, entail: Rank | None = None,
-                 entail_threshold: float = 0.0) -> None:
+                 entail_threshold: float = 0.0, likelihoods: Likelihoods | None = None,
+                 contrast_margin: float = 1.0) -> None:
         self.embed = embed
         self.threshold = threshold
         self.relevance_threshold = relevance_threshold
         self.lexical_weight = lexical_weight
         self.entail = entail
         self.entail_threshold = entail_threshold
+        self.likelihoods = likelihoods
+        self.contrast_margin = contrast_margin
 
     def check(self, sentences: list[tuple[str, list[int]]], passages: Sequence[str],
               question: str | None = None) -> list[SentenceCheck]:
@@ -202,6 +212,7 @@ class Grounder:
                 out.append(SentenceCheck(text, cites, 0.0, 0.0, 0.0, False, reason))
                 continue
             best = (0.0, 0.0, 0.0)
+            grounded_on = valid[0]
             invented: list[str] = []
             for c in valid:
                 lex = lexical_support(text, passages[c - 1])
@@ -212,7 +223,8 @@ class Grounder:
                 if novel:
                     score = min(score, self.threshold * 0.9)
                     invented = novel
-                best = max(best, (score, lex, sem))
+                if (score, lex, sem) > best:
+                    best, grounded_on = (score, lex, sem), c
             ok = best[0] >= self.threshold
             reason = ("supported" if ok else f"names or numbers not in the cited passage: {', '.join(invented)}"
                       if invented else f"support {best[0]:.2f} below {self.threshold}")
@@ -227,7 +239,14 @@ class Grounder:
                 entailment = max(logits) if logits else float("-inf")
                 if entailment < self.entail_threshold:
                     ok, reason = False, f"the cited passage does not state it (entailment {entailment:.1f})"
-            out.append(SentenceCheck(text, valid, best[0], best[1], best[2], ok, reason, entailment))
+            gap = None
+            if ok and self.likelihoods is not None:
+                verdict = contrast(text, passages[grounded_on - 1], self.likelihoods, self.contrast_margin)
+                gap = verdict.margin if verdict.alternate is not None else None
+                if not verdict.ok and verdict.alternate is not None:
+                    ok, reason = False, (f"the passage backs a different claim ({verdict.alternate.changed}, "
+                                         f"likelier by {verdict.margin:.1f})")
+            out.append(SentenceCheck(text, valid, best[0], best[1], best[2], ok, reason, entailment, gap))
         return out
 
     def quotes(self, question: str, passages: Sequence[str], limit: int = 2,

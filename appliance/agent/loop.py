@@ -192,7 +192,9 @@ class Agent:
         self.specialists = {s.task: s for s in specialists}
         self.grounder = Grounder(lambda texts: engine.embed(list(texts)), threshold=self.settings.support_threshold,
                                  entail=engine.entail if self._entailing() else None,
-                                 entail_threshold=self.settings.entail_threshold)
+                                 entail_threshold=self.settings.entail_threshold,
+                                 likelihoods=engine.likelihoods if self._contrasting() else None,
+                                 contrast_margin=self.settings.contrast_margin)
 
     # -- metered calls ------------------------------------------------------------------
 
@@ -246,8 +248,22 @@ class Agent:
                     return self.engine.entail(sentence, passages)
                 finally:
                     run.charge("model", t0)
+        likelihoods = None
+        if self._contrasting():
+            def likelihoods(prefix: str, continuations: Sequence[str]) -> list[float]:
+                t0 = time.perf_counter()
+                try:
+                    return self.engine.likelihoods(prefix, continuations)
+                finally:
+                    run.charge("model", t0)
         return Grounder(lambda texts: self._embed(run, texts), threshold=self.settings.support_threshold,
-                        entail=entail, entail_threshold=self.settings.entail_threshold)
+                        entail=entail, entail_threshold=self.settings.entail_threshold,
+                        likelihoods=likelihoods, contrast_margin=self.settings.contrast_margin)
+
+    def _contrasting(self) -> bool:
+        """Whether answer sentences go through the contrast check: switched on, with a generator."""
+        spec = getattr(self.engine, "spec", None)
+        return self.settings.contrast and bool(getattr(spec, "generator_path", None))
 
     def _entailing(self) -> bool:
         """Whether answer sentences go to the entailment judge: switched on and loaded."""
@@ -348,7 +364,8 @@ class Agent:
                              input=draft)
         run.steps[-1].decision = [{"sentence": c.text, "support": round(c.support, 3), "ok": c.supported,
                                    "reason": c.reason,
-                                   "entailment": None if c.entailment is None else round(c.entailment, 3)}
+                                   "entailment": None if c.entailment is None else round(c.entailment, 3),
+                                   "contrast": None if c.contrast is None else round(c.contrast, 3)}
                                   for c in checks]
         kept = [c for c in checks if c.supported or self.settings.policy == "flag"]
         if any(c.supported for c in checks):

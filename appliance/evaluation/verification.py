@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.agent.contrast import contrast
 from appliance.agent.grounding import Grounder
 from appliance.errors import EvaluationError
 
 __all__ = ["VERIFICATION_SET", "VerificationItem", "grounder_verifier", "entailment_verifier", "generator_judge",
-           "load_verification_set", "score_verifier", "JUDGE_PROMPT"]
+           "contrast_margins", "calibrate_contrast", "load_verification_set", "score_verifier", "JUDGE_PROMPT"]
 
 VERIFICATION_SET = Path(__file__).resolve().parents[2] / "bundles" / "demo" / "evaluation" / "verification.jsonl"
 MAX_SET_BYTES = 4 << 20
@@ -135,3 +136,39 @@ def generator_judge(classify: Callable[[str, Sequence[str]], dict]) -> Verifier:
         return [classify(JUDGE_PROMPT.format(passage=passage, sentence=sentence), ["yes", "no"])["label"] == "yes"
                 for passage, sentence in pairs]
     return verify
+
+
+def contrast_margins(pairs: Sequence[tuple[str, str]],
+                     likelihoods: Callable[[str, Sequence[str]], list[float]],
+                     progress: Callable[[], None] | None = None) -> list[float]:
+    """The contrast check's margin (best alternate minus the sentence, log-probability; -inf
+    when the sentence has no alternate) for each (sentence, passage)."""
+    out = []
+    for sentence, passage in pairs:
+        out.append(contrast(sentence, passage, likelihoods, margin=0.0).margin)
+        if progress:
+            progress()
+    return out
+
+
+def calibrate_contrast(margins: Sequence[float], labels: Sequence[int], kinds: Sequence[str] | None = None,
+                       keep: float = 0.95, easy: tuple[str, ...] = ("verbatim",)) -> dict:
+    """The smallest margin (on a 0.25 grid from -2 to 8) at which at least ``keep`` of the
+    entailed pairs (label 1) pass, and the share of the others refused there.
+
+    Keeping right sentences comes first: a margin that drops true sentences turns answers
+    into quotes. Entailed pairs of the ``easy`` kinds (a passage sentence copied verbatim)
+    are left out of the keep rate: a generator's answer restates, and a copied sentence
+    beats its alternates by far more than a restatement does, so counting copies set the
+    margin too low for written sentences (first calibration, README).
+    """
+    kinds = list(kinds) if kinds is not None else [""] * len(margins)
+    right = [m for m, y, k in zip(margins, labels, kinds, strict=True) if y == 1 and k not in easy]
+    wrong = [m for m, y in zip(margins, labels, strict=True) if y == 0]
+    if not right or not wrong:
+        raise ValueError("calibration needs entailed (not copied) and not entailed pairs")
+    grid = [x / 4 for x in range(-8, 33)]
+    chosen = next((m for m in grid if sum(x <= m for x in right) / len(right) >= keep), grid[-1])
+    return {"margin": chosen, "right_kept": sum(x <= chosen for x in right) / len(right),
+            "wrong_rejected": sum(x > chosen for x in wrong) / len(wrong), "pairs": len(margins),
+            "right_pairs": len(right), "keep_target": keep, "left_out": list(easy)}

@@ -28,6 +28,8 @@ from appliance.runtime.protocol import EngineSpec, GenerateRequest, GenerateResu
 
 __all__ = ["EngineClient", "RequestLimits", "HOST_COMMAND"]
 
+MAX_CONTINUATIONS = 64  # continuations scored in one likelihoods call
+MAX_CONTINUATION_CHARS = 2_000
 HOST_COMMAND = (sys.executable, "-m", "appliance.runtime.host")  # the host; FD is appended
 
 _ERRORS = {name: getattr(errors, name) for name in errors.__all__}
@@ -254,6 +256,20 @@ class EngineClient:
         if not labels or len(labels) > 4096 or any(not isinstance(x, str) or not x or len(x) > 200 for x in labels):
             raise EngineRequestError("classify needs 1 to 4096 non-empty labels of at most 200 characters")
         return self._call("classify", {"prompt": prompt, "labels": list(labels), "adapter": adapter})
+
+    def likelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
+        """The generator's log-probability of each of ``continuations`` after ``prefix`` (summed
+        over its tokens; each continuation carries its own leading space); see the engine."""
+        lim = self.limits
+        if not isinstance(prefix, str) or len(prefix) > lim.max_prompt_chars:
+            raise EngineRequestError(f"the prefix must be a string of at most {lim.max_prompt_chars} characters")
+        if len(continuations) > MAX_CONTINUATIONS:
+            raise EngineRequestError(f"{len(continuations)} continuations, over the {MAX_CONTINUATIONS} limit per call")
+        for i, text in enumerate(continuations):
+            if not isinstance(text, str) or not text.strip() or len(text) > MAX_CONTINUATION_CHARS:
+                raise EngineRequestError(f"continuation {i} must be non-empty text of at most "
+                                         f"{MAX_CONTINUATION_CHARS} characters")
+        return list(self._call("likelihoods", {"prefix": prefix, "continuations": list(continuations)}))
 
     def load_adapter(self, name: str, path: Path) -> dict[str, Any]:
         return self._call("load_adapter", {"name": name, "path": str(path)})

@@ -362,6 +362,62 @@ class LlamaEngine:
                 "seconds": time.perf_counter() - start, "adapter": adapter,
                 "first_choices": [(q, llm.detokenize([t]).decode("utf-8", "replace")) for q, t in first]}
 
+    def likelihoods(self, prefix: str, continuations: list[str]) -> list[float]:
+        """The generator's log-probability (natural log, summed over tokens) of each of
+        ``continuations`` right after ``prefix``, read from one decode of the prefix and one
+        of each continuation (the prefix's cache kept between them). The base model scores,
+        with no adapter. A continuation is tokenized as given, so it carries its own
+        leading space.
+        """
+        import numpy as np
+
+        if self.generator is None:
+            raise EngineRequestError("no generator model loaded")
+        if not continuations:
+            return []
+        llm = self.generator
+        ids = llm.tokenize(prefix.encode(), add_bos=True, special=False)
+        conts = [llm.tokenize(c.encode(), add_bos=False, special=False) for c in continuations]
+        if any(not c for c in conts):
+            raise EngineRequestError("an empty continuation has no likelihood")
+        longest = max(len(c) for c in conts)
+        if longest > llm.n_batch:
+            raise EngineRequestError(f"a continuation of {longest} tokens is over the batch of {llm.n_batch}")
+        if len(ids) + longest + 1 >= llm.n_ctx():
+            raise ContextOverflowError(f"prefix and continuation are {len(ids) + longest} tokens; "
+                                       f"the context holds {llm.n_ctx()}")
+        self._use_adapter(None)
+        lc = self._lc
+        n_vocab = llm.n_vocab()
+
+        def log_softmax_at(row: int, token: int) -> float:
+            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm._ctx.ctx, row), shape=(n_vocab,))
+            top = float(logits.max())
+            return float(logits[token]) - top - float(np.log(np.exp(logits - top, dtype=np.float64).sum()))
+
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        try:
+            llm.eval(ids)
+            last = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).copy()
+            top = float(last.max())
+            norm = top + float(np.log(np.exp(last - top, dtype=np.float64).sum()))
+            n = len(ids)
+            out: list[float] = []
+            for cont in conts:
+                total = float(last[cont[0]]) - norm
+                if len(cont) > 1:
+                    llm._ctx.kv_cache_seq_rm(-1, n, -1)
+                    llm._batch.set_batch(batch=cont, n_past=n, logits_all=True)
+                    llm._ctx.decode(llm._batch)
+                    total += sum(log_softmax_at(i, tok) for i, tok in enumerate(cont[1:]))
+                out.append(total)
+        finally:
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+        self.stats.requests += 1
+        return out
+
     # -- embeddings ---------------------------------------------------------------------
 
     def embed(self, texts: list[str], normalize: bool = True) -> list[list[float]]:

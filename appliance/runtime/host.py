@@ -77,6 +77,8 @@ def serve(conn: Connection) -> int:
             elif op == "classify":
                 conn.send((rid, "ok", engine.classify(payload["prompt"], list(payload["labels"]),
                                                       payload.get("adapter"))))
+            elif op == "likelihoods":
+                conn.send((rid, "ok", engine.likelihoods(payload["prefix"], list(payload["continuations"]))))
             elif op == "load_adapter":
                 conn.send((rid, "ok", engine.load_adapter(payload["name"], payload["path"])))
             elif op == "cancel":
