@@ -160,3 +160,15 @@ def test_the_kiosk_example_is_caught_with_the_real_generator(engine: EngineClien
     # without the check today's rule passes the wrong room: the reason the check exists
     assert Grounder(lambda texts: engine.embed(list(texts)),
                     threshold=settings.support_threshold).check([(wrong, [1])], [KIOSK])[0].supported
+
+
+def test_a_passage_scored_again_reuses_its_cache_and_gives_the_same_figures(engine: EngineClient) -> None:
+    prefix = CONTRAST_PROMPT.format(passage=KIOSK)
+    conts = [" The kiosk opens at 07:30.", " The kiosk is in room A-014."]
+    fresh = engine.likelihoods(prefix, conts)
+    again = engine.likelihoods(prefix, conts)  # the prefix's cache kept from the call before
+    engine.generate(GenerateRequest(prompt="Hello", max_tokens=4))  # clears the cache
+    after = engine.likelihoods(prefix, conts)
+    other = engine.likelihoods(CONTRAST_PROMPT.format(passage=CANTEEN), conts)
+    assert again == pytest.approx(fresh, abs=1e-4) and after == pytest.approx(fresh, abs=0.05)
+    assert other[1] != pytest.approx(fresh[1], abs=0.5)  # another passage is not served from the cache

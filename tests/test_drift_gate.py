@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from appliance.audit.log import AuditLog
 from appliance.evaluation.gate import GateResult, drops, figures, gate_text
 from appliance.runtime.model_store import ModelStore
@@ -90,6 +92,7 @@ def _serving(tmp: Path, store: ModelStore, token: str) -> int:
     return json.loads(proc.stdout)["serving"]
 
 
+@pytest.mark.slow  # 35 s; the gate's rules are tested in the default run
 def test_a_bundle_that_makes_answers_worse_is_rolled_back_or_held(tmp_path: Path, model_store: ModelStore) -> None:
     tok = _accounts(tmp_path, model_store, {"olga": ("officer", "SECRET")})["olga"]
     first = _build(tmp_path, _spec(tmp_path, 1, ["kiosk.txt"]), "b1", model_store)

@@ -55,6 +55,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore)
     return base, store, tokens
 
 
+@pytest.mark.slow  # 84 s; eval run on the real appliance stays in the default run (generators side by side)
 def test_eval_run_compares_the_four_architectures_on_the_real_appliance(
         appliance: tuple[Path, ModelStore, dict]) -> None:
     base, store, tokens = appliance

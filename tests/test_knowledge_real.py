@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from appliance.access.labels import Labels, LevelScale, Principal
 from appliance.config import KnowledgeSettings
 from appliance.knowledge.base import KnowledgeBase
@@ -136,13 +138,13 @@ def test_cli_ingest_search_docs_check(tmp_path: Path, model_store: ModelStore) -
 
 def test_eval_retrieval_on_a_scifact_slice(tmp_path: Path, model_store: ModelStore) -> None:
     queries = [json.loads(line) for line in (SCIFACT / "claims_train.jsonl").read_text().splitlines()]
-    wanted = {str(d) for q in queries[:40] for d in q.get("cited_doc_ids", [])}
+    wanted = {str(d) for q in queries[:20] for d in q.get("cited_doc_ids", [])}
     lines = (SCIFACT / "corpus.jsonl").read_text().splitlines()
-    keep = [ln for ln in lines if str(json.loads(ln)["doc_id"]) in wanted] + lines[:150]
+    keep = [ln for ln in lines if str(json.loads(ln)["doc_id"]) in wanted] + lines[:60]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(dict.fromkeys(keep)) + "\n")
     qfile = tmp_path / "claims.jsonl"
-    qfile.write_text("\n".join(json.dumps(q) for q in queries[:40]) + "\n")
+    qfile.write_text("\n".join(json.dumps(q) for q in queries[:20]) + "\n")
     proc = _run(["eval", "retrieval", "--corpus", str(corpus), "--queries", str(qfile), "--json"], tmp_path,
                 model_store)
     assert proc.returncode == 0, proc.stderr
@@ -154,6 +156,7 @@ def test_eval_retrieval_on_a_scifact_slice(tmp_path: Path, model_store: ModelSto
     assert result["ingest"]["documents"] == len(dict.fromkeys(keep))
 
 
+@pytest.mark.slow  # 63 s (the contrast check on SciFact abstracts); the real agent stays in the default run
 def test_eval_claims_compares_agent_and_single_shot(tmp_path: Path, model_store: ModelStore) -> None:
     claims = [json.loads(line) for line in (SCIFACT / "claims_train.jsonl").read_text().splitlines()][:4]
     wanted = {str(d) for c in claims for d in c.get("cited_doc_ids", [])}

@@ -56,6 +56,7 @@ class LlamaEngine:
         self.spec = spec
         self.stats = _Stats()
         self.generator: Any = None
+        self._scored_prefix: tuple[list[int], Any] | None = None  # likelihoods' cached prefix and its last logits
         self.embedder: Any = None
         self.reranker: Any = None
         self.verifier: Any = None
@@ -260,6 +261,7 @@ class LlamaEngine:
         if n_prompt >= n_ctx:
             raise ContextOverflowError(f"prompt is {n_prompt} tokens; the context holds {n_ctx} (runtime.n_ctx)")
         grammar = self._grammar(req)
+        self._scored_prefix = None
         self._use_adapter(req.adapter)
         # evaluate every prompt from a clean cache: reusing a cached prefix splits the batch
         # differently and can change a greedy answer; the same request must give the same answer
@@ -332,6 +334,7 @@ class LlamaEngine:
         ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
         if len(ids) + 64 >= llm.n_ctx():
             raise ContextOverflowError(f"prompt is {len(ids)} tokens; the context holds {llm.n_ctx()}")
+        self._scored_prefix = None
         self._use_adapter(adapter)
         llm.reset()
         llm._ctx.kv_cache_clear()
@@ -395,14 +398,18 @@ class LlamaEngine:
             top = float(logits.max())
             return float(logits[token]) - top - float(np.log(np.exp(logits - top, dtype=np.float64).sum()))
 
-        llm.reset()
-        llm._ctx.kv_cache_clear()
+        n = len(ids)
+        scored, self._scored_prefix = self._scored_prefix, None
         try:
-            llm.eval(ids)
-            last = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).copy()
+            if scored is not None and scored[0] == ids:  # the same passage again: its cache is still there
+                last = scored[1]
+            else:
+                llm.reset()
+                llm._ctx.kv_cache_clear()
+                llm.eval(ids)
+                last = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).copy()
             top = float(last.max())
             norm = top + float(np.log(np.exp(last - top, dtype=np.float64).sum()))
-            n = len(ids)
             out: list[float] = []
             for cont in conts:
                 total = float(last[cont[0]]) - norm
@@ -412,9 +419,13 @@ class LlamaEngine:
                     llm._ctx.decode(llm._batch)
                     total += sum(log_softmax_at(i, tok) for i, tok in enumerate(cont[1:]))
                 out.append(total)
-        finally:
+            llm._ctx.kv_cache_seq_rm(-1, n, -1)
+            llm.n_tokens = n
+            self._scored_prefix = (ids, last)  # generate and classify clear it (they reset the cache)
+        except BaseException:
             llm.reset()
             llm._ctx.kv_cache_clear()
+            raise
         self.stats.requests += 1
         return out
 
