@@ -172,3 +172,14 @@ def test_a_passage_scored_again_reuses_its_cache_and_gives_the_same_figures(engi
     other = engine.likelihoods(CONTRAST_PROMPT.format(passage=CANTEEN), conts)
     assert again == pytest.approx(fresh, abs=1e-4) and after == pytest.approx(fresh, abs=0.05)
     assert other[1] != pytest.approx(fresh[1], abs=0.5)  # another passage is not served from the cache
+
+
+def test_a_sentence_the_generator_cannot_check_is_not_verified() -> None:
+    from appliance.errors import ContextOverflowError
+
+    def likelihoods(prefix: str, continuations: Sequence[str]) -> list[float]:
+        raise ContextOverflowError("prompt is 5000 tokens; the context holds 1024")
+
+    check = Grounder(_embed, likelihoods=likelihoods).check(
+        [("The Removable Media Kiosk is in room A-017.", [1])], [KIOSK])[0]
+    assert not check.supported and check.reason == "its passage is too long for the generator to check it against"

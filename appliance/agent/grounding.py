@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance.agent.contrast import Likelihoods, contrast
+from appliance.errors import ContextOverflowError
 from appliance.knowledge.catalog import STOPWORDS
 from appliance.knowledge.chunking import split_sentences
 
@@ -241,11 +242,15 @@ class Grounder:
                     ok, reason = False, f"the cited passage does not state it (entailment {entailment:.1f})"
             gap = None
             if ok and self.likelihoods is not None:
-                verdict = contrast(text, passages[grounded_on - 1], self.likelihoods, self.contrast_margin)
-                gap = verdict.margin if verdict.alternate is not None else None
-                if not verdict.ok and verdict.alternate is not None:
-                    ok, reason = False, (f"the passage backs a different claim ({verdict.alternate.changed}, "
-                                         f"likelier by {verdict.margin:.1f})")
+                try:
+                    verdict = contrast(text, passages[grounded_on - 1], self.likelihoods, self.contrast_margin)
+                except ContextOverflowError:  # fail closed: a sentence that cannot be checked is not verified
+                    ok, reason = False, "its passage is too long for the generator to check it against"
+                else:
+                    gap = verdict.margin if verdict.alternate is not None else None
+                    if not verdict.ok and verdict.alternate is not None:
+                        ok, reason = False, (f"the passage backs a different claim ({verdict.alternate.changed}, "
+                                             f"likelier by {verdict.margin:.1f})")
             out.append(SentenceCheck(text, valid, best[0], best[1], best[2], ok, reason, entailment, gap))
         return out
 
