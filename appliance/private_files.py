@@ -9,10 +9,13 @@ from pathlib import Path
 __all__ = ["write_private"]
 
 
-def write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     """Write ``data`` to ``path`` with mode 0600: a 0600 temp file, fsynced, renamed into place.
 
     A crash never leaves a partial or briefly readable file; the rename itself is made durable.
+    With ``exclusive``, a file already at ``path`` is never replaced, even one another process
+    put there a moment ago: the temp file is hard-linked into place (which fails if the name
+    exists) and ``FileExistsError`` is raised.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # created 0600
     try:
@@ -21,7 +24,11 @@ def write_private(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -638,3 +638,30 @@ def test_bad_key_files_are_refused(tmp_path: Path) -> None:
     link.symlink_to(key_file)
     with pytest.raises(AuditError, match="cannot open key file"):
         load_signer(link)
+
+
+def test_a_key_created_by_another_process_meanwhile_is_never_replaced(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two first starts at once: the one that checks first but writes second must not
+    replace the other's key (it used to rename over it), and the log ends up on the winner's key."""
+    import appliance.audit.log as log_module
+    from appliance.audit.log import AuditLog
+
+    root = tmp_path / "audit"
+    root.mkdir(mode=0o700)
+    key_file = root / "log.key"
+    winner: list = []
+    real = log_module.generate_key
+
+    def racing(path: Path, name: str):  # noqa: ANN202
+        winner.append(real(path, "other-process.local/audit"))  # lands between our check and our write
+        return real(path, name)
+
+    monkeypatch.setattr(log_module, "generate_key", racing)
+    log = AuditLog(root, durable=False)
+    try:
+        assert log.signer.vkey == winner[0].vkey and log.origin == "other-process.local/audit"
+        assert load_signer(key_file).vkey == winner[0].vkey
+        assert sorted(p.name for p in root.iterdir() if p.name.startswith(".log.key")) == []  # no temp left
+    finally:
+        log.close()

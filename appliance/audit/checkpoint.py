@@ -249,7 +249,10 @@ def generate_key(path: Path, name: str) -> Signer:
     private_key = ed25519.Ed25519PrivateKey.generate()
     signer, seed = Signer(name, private_key), private_key.private_bytes_raw()
     text = f"{_SKEY_PREFIX}{name}+{signer.key_id.hex()}+{base64.b64encode(bytes([ED25519]) + seed).decode()}\n"
-    write_private(path, text.encode("ascii"))
+    try:
+        write_private(path, text.encode("ascii"), exclusive=True)
+    except FileExistsError:  # another process created it first
+        raise AuditError(f"key file {path} already exists; load it instead of replacing the log key") from None
     return signer
 
 

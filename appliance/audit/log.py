@@ -69,8 +69,7 @@ class AuditLog:
         self.root = root
         self.checkpoint_every = checkpoint_every
         key = root / "log.key"
-        self.signer: Signer = load_signer(key) if key.exists() else generate_key(
-            key, f"appliance-{secrets.token_hex(4)}.local/audit")
+        self.signer: Signer = self._key(key)
         self.origin = self.signer.name
         self._lock = threading.RLock()
         self.conn = sqlite3.connect(root / "audit.db", check_same_thread=False, isolation_level=None,
@@ -85,6 +84,18 @@ class AuditLog:
             self._check_tail()
         except (AuditError, sqlite3.Error) as exc:
             self.problem = str(exc)
+
+    @staticmethod
+    def _key(path: Path) -> Signer:
+        """The log key: loaded, or created once; two first starts at once both end up with the
+        key the first of them wrote (creation never replaces a key file)."""
+        if not path.exists():
+            try:
+                return generate_key(path, f"appliance-{secrets.token_hex(4)}.local/audit")
+            except AuditError:
+                if not path.exists():
+                    raise
+        return load_signer(path)
 
     @property
     def vkey(self) -> str:
