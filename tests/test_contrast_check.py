@@ -13,22 +13,11 @@ from appliance.config import AgentSettings
 from appliance.errors import EngineRequestError
 from appliance.runtime.client import MAX_CONTINUATIONS, EngineClient
 from appliance.runtime.protocol import GenerateRequest
+from tests.test_entailment_check import _embed
 
 KIOSK = ("The Removable Media Kiosk is in room A-017 in Building A, next to the Badge Office (A-014). "
          "The kiosk is open 07:30-18:00, Monday to Friday.")
 CANTEEN = "Meal | Hours\nLunch | 11:30-14:00\nDinner | 17:30-19:30"
-
-
-def _embed(texts: Sequence[str]) -> list[list[float]]:
-    """Bag of letters: sentences made of the passage's words come out close to it."""
-    out = []
-    for t in texts:
-        v = [0.0] * 26
-        for ch in t.lower():
-            if "a" <= ch <= "z":
-                v[ord(ch) - 97] += 1.0
-        out.append(v)
-    return out
 
 
 def test_alternates_put_the_passages_other_values_in_place() -> None:

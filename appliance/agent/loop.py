@@ -178,6 +178,8 @@ class _Gathered:
     seen: bool  # any readable passage matched at all
 
 
+_Scorer = Callable[[str, Sequence[str]], list[float]]  # (question or sentence or prefix, texts) -> scores
+
 class Agent:
     def __init__(self, retriever: Retriever, engine: EngineClient, store: AgentStore, scale: LevelScale,
                  settings: AgentSettings | None = None, specialists: Sequence[Specialist] = (),
@@ -224,41 +226,28 @@ class Agent:
         finally:
             step.ms = (time.perf_counter() - t0) * 1000
 
-    def _rank(self, run: _Run) -> Callable[[str, Sequence[str]], list[float]] | None:
-        """The retriever's cross-encoder, metered as model time; None without one."""
-        reranker = self.retriever.reranker
-        if not isinstance(reranker, CrossEncoderReranker):
-            return None
-        score = reranker.score
-
-        def rank(question: str, texts: Sequence[str]) -> list[float]:
+    @staticmethod
+    def _metered(run: _Run, fn: _Scorer) -> _Scorer:
+        """``fn`` with its time charged to the run as model time."""
+        def call(first: str, texts: Sequence[str]) -> list[float]:
             t0 = time.perf_counter()
             try:
-                return score(question, texts)
+                return fn(first, texts)
             finally:
                 run.charge("model", t0)
-        return rank
+        return call
+
+    def _rank(self, run: _Run) -> _Scorer | None:
+        """The retriever's cross-encoder, metered as model time; None without one."""
+        reranker = self.retriever.reranker
+        return self._metered(run, reranker.score) if isinstance(reranker, CrossEncoderReranker) else None
 
     def _grounder(self, run: _Run) -> Grounder:
-        entail = None
-        if self._entailing():
-            def entail(sentence: str, passages: Sequence[str]) -> list[float]:
-                t0 = time.perf_counter()
-                try:
-                    return self.engine.entail(sentence, passages)
-                finally:
-                    run.charge("model", t0)
-        likelihoods = None
-        if self._contrasting():
-            def likelihoods(prefix: str, continuations: Sequence[str]) -> list[float]:
-                t0 = time.perf_counter()
-                try:
-                    return self.engine.likelihoods(prefix, continuations)
-                finally:
-                    run.charge("model", t0)
         return Grounder(lambda texts: self._embed(run, texts), threshold=self.settings.support_threshold,
-                        entail=entail, entail_threshold=self.settings.entail_threshold,
-                        likelihoods=likelihoods, contrast_margin=self.settings.contrast_margin)
+                        entail=self._metered(run, self.engine.entail) if self._entailing() else None,
+                        entail_threshold=self.settings.entail_threshold,
+                        likelihoods=self._metered(run, self.engine.likelihoods) if self._contrasting() else None,
+                        contrast_margin=self.settings.contrast_margin)
 
     def _contrasting(self) -> bool:
         """Whether answer sentences go through the contrast check: switched on, with a generator."""
