@@ -24,7 +24,7 @@ from appliance.config import load_settings
 from appliance.errors import ApplianceError, EngineRequestError, ModelStoreError
 from appliance.runtime.model_store import KINDS
 from appliance.runtime.profiles import FAMILY_TEMPLATES
-from appliance.services import Services, airgap_log, build_services
+from appliance.services import Services, build_services
 
 console = Console()
 err_console = Console(stderr=True)
@@ -41,13 +41,9 @@ class _Group(click.Group):
 
 def _services(ctx: click.Context) -> Services:
     if ctx.obj is None:
-        settings = load_settings()
-        install_egress_guard(airgap_log(settings))
-        ctx.obj = build_services(settings)
+        ctx.obj = build_services(load_settings())  # the egress guard, then what a crashed writer left
         ctx.call_on_close(ctx.obj.close)
-        from appliance.updates.apply import recover_at_start
-
-        for line in recover_at_start(ctx.obj):  # an update a crash interrupted is finished or undone first
+        for line in ctx.obj.recovered:
             click.echo(f"recovered: {line}", err=True)
     return ctx.obj
 
@@ -233,13 +229,13 @@ def _read_limited(path: Path, limit: int, what: str) -> str:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise EngineRequestError(f"{what} {path}: {exc.strerror}") from None
+        raise EngineRequestError(f"{what} {path}: {exc.strerror}") from exc
     if size > limit:
         raise EngineRequestError(f"{what} {path}: {size} bytes, over the {limit} byte limit")
     try:
         return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise EngineRequestError(f"{what} {path}: not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise EngineRequestError(f"{what} {path}: not UTF-8 text") from exc
 
 
 @main.command()
@@ -267,7 +263,7 @@ def generate(ctx: click.Context, prompt: str, schema_file: Path | None, grammar_
         try:
             schema = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise EngineRequestError(f"schema {schema_file}: not valid JSON: {exc}") from None
+            raise EngineRequestError(f"schema {schema_file}: not valid JSON: {exc}") from exc
     grammar = _read_limited(grammar_file, lim.max_grammar_bytes, "grammar") if grammar_file else None
     req = GenerateRequest(prompt=prompt, system=system, max_tokens=max_tokens or rt.max_tokens,
                           temperature=rt.temperature if temperature is None else temperature, stop=stop,

@@ -1,6 +1,8 @@
 """Access commands: login, logout, whoami, users, policy (registered on ``appliance``).
 
-A login writes a session token to ``<data dir>/run/session`` (mode 0600), or prints it
+A login writes a session token to a file of the OS user's own (``$XDG_STATE_HOME``, by
+default ``~/.local/state``, ``appliance/session-<data dir digest>``, mode 0600), so two
+people using one data directory never overwrite each other's login; or it prints it
 with ``--print-token`` for ``APPLIANCE_SESSION``; later commands act as that account and
 every check is made by the account store. The first account on a fresh appliance must
 be an admin, and may be added without a login; every later change needs an admin.
@@ -18,16 +20,17 @@ import click
 from rich.table import Table
 
 from appliance.access.accounts import ROLES, Account
+from appliance.access.session_file import session_file
 from appliance.cli import _services, console, main
-from appliance.errors import AccessError
+from appliance.errors import AccessError, SessionExpiredError
 
-__all__ = ["current_account", "require"]
+__all__ = ["current_account"]
 
 MAX_POLICY_BYTES = 1 << 20
 
 
 def _session_file(ctx: click.Context) -> Path:
-    return _services(ctx).settings.data_dir / "run" / "session"
+    return session_file(_services(ctx).settings.data_dir)
 
 
 def current_account(ctx: click.Context) -> Account:
@@ -37,15 +40,8 @@ def current_account(ctx: click.Context) -> Account:
         path = _session_file(ctx)
         token = path.read_text(encoding="ascii", errors="replace").strip()[:200] if path.is_file() else ""
     if not token:
-        raise AccessError("not logged in: run `appliance login USER`")
+        raise SessionExpiredError("not logged in: run `appliance login USER`")
     return _services(ctx).login_session(token)
-
-
-def require(ctx: click.Context, action: str) -> Account:
-    """The logged-in account, if the service-layer table lets it do ``action``."""
-    from appliance.access.authz import authorize
-
-    return authorize(current_account(ctx), action)
 
 
 def _passphrase(from_stdin: bool, confirm: bool = False) -> str:
@@ -219,7 +215,7 @@ def policy_apply(ctx: click.Context, path: Path) -> None:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise AccessError(f"{path}: not valid TOML: {exc}") from None
+        raise AccessError(f"{path}: not valid TOML: {exc}") from exc
     services = _services(ctx)
     changes = apply_policy(services.accounts(), load_policy(doc, services.scale, str(path)), by=by)
     for line in changes or ["no changes"]:

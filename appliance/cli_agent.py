@@ -12,8 +12,8 @@ from rich.table import Table
 
 from appliance.agent.loop import Answer
 from appliance.cli import _services, console, err_console, main
-from appliance.errors import ApplianceError
 from appliance.cli_knowledge import eval_group, eval_progress, principal_for, scratch_agent, scratch_knowledge
+from appliance.errors import ApplianceError
 
 
 @main.command()

@@ -15,12 +15,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from appliance.access.labels import Principal, parse_labels
+from appliance.agent.loop import Agent
 from appliance.cli import _services, console, main
 from appliance.errors import KnowledgeError
-from appliance.agent.loop import Agent
 from appliance.knowledge.base import KnowledgeBase
-from appliance.knowledge.retrieval import Retriever
 from appliance.knowledge.parsers import SUPPORTED
+from appliance.knowledge.retrieval import Retriever
 from appliance.services import Services
 
 MAX_FILES = 100_000

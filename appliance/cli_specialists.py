@@ -27,8 +27,8 @@ def _texts(text: str | None, file: Path | None) -> list[str]:
         raise click.UsageError(f"{file}: over {MAX_FILE_BYTES} bytes")
     try:
         lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise click.UsageError(f"{file}: not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise click.UsageError(f"{file}: not UTF-8 text") from exc
     if not lines:
         raise click.UsageError(f"{file}: no texts (one per line)")
     return lines

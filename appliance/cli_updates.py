@@ -233,9 +233,8 @@ def bundle_history(ctx: click.Context, as_json: bool) -> None:
 
     from appliance.cli import _services
     from appliance.cli_access import current_account
-    from appliance.updates.apply import history
-
     from appliance.evaluation.gate import held
+    from appliance.updates.apply import history
 
     serving, kept, state = history(_services(ctx), current_account(ctx))
     holding = held(_services(ctx))

@@ -28,7 +28,10 @@ from appliance.access.accounts import _NAME, ROLES, Account, AccountStore
 from appliance.access.authz import ACTIONS
 from appliance.access.labels import Labels, LevelScale, Principal, parse_labels
 from appliance.config import KnowledgeSettings
-from appliance.errors import ApplianceError
+from appliance.errors import (
+    ApplianceError,
+    DemoError,  # defined with every other error class
+)
 from appliance.knowledge.parsers import SUPPORTED, ParseLimits, parse_file
 from appliance.services import Services
 
@@ -42,9 +45,6 @@ _COLLECTION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _ENTRY_KEYS = {"path", "labels", "collection", "description"}
 _ACCOUNT_KEYS = {"name", "role", "level", "compartments", "passphrase", "description"}
 
-
-class DemoError(ApplianceError):
-    """The demo bundle is invalid, or installing it would touch a real installation."""
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,13 @@ def _read_toml(path: Path) -> dict:
         with path.open("rb") as f:
             data = f.read(MAX_TOML_BYTES + 1)
     except OSError as exc:
-        raise DemoError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise DemoError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if len(data) > MAX_TOML_BYTES:
         raise DemoError(f"{path}: over the {MAX_TOML_BYTES} byte limit")
     try:
         return tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise DemoError(f"{path}: not valid TOML: {exc}") from None
+        raise DemoError(f"{path}: not valid TOML: {exc}") from exc
 
 
 def _text(table: dict, key: str, where: str, *, required: bool = True, limit: int = 500) -> str:
@@ -133,7 +133,7 @@ def _entry(raw: object, manifest: Path, which: str, scale: LevelScale, limits: P
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise DemoError(f"{where}: cannot read: {exc.strerror or exc}") from None
+        raise DemoError(f"{where}: cannot read: {exc.strerror or exc}") from exc
     if not path.is_file():
         raise DemoError(f"{where}: not a regular file")
     if size > limits.max_file_bytes:
@@ -143,7 +143,7 @@ def _entry(raw: object, manifest: Path, which: str, scale: LevelScale, limits: P
         labels = parse_labels(_text(raw, "labels", where), scale)
         docs = parse_file(path, limits)  # also checks max_text_chars; nothing is stored
     except ApplianceError as exc:
-        raise DemoError(f"{where}: {exc}") from None
+        raise DemoError(f"{where}: {exc}") from exc
     collection = _text(raw, "collection", where, limit=63)
     if not _COLLECTION.match(collection):
         raise DemoError(f"{where}: bad collection {collection!r} (a-z, 0-9 and '-')")
@@ -168,7 +168,7 @@ def _account(raw: object, where: str, scale: LevelScale, min_chars: int) -> Demo
     try:
         labels = parse_labels(_text(raw, "level", where) + ":" + ",".join(comps), scale)
     except ApplianceError as exc:
-        raise DemoError(f"{where}: {exc}") from None
+        raise DemoError(f"{where}: {exc}") from exc
     passphrase = _text(raw, "passphrase", where, limit=1024)
     if len(passphrase) < min_chars:
         raise DemoError(f"{where}: the passphrase needs at least {min_chars} characters")
@@ -236,9 +236,9 @@ def load_bundle(root: Path = DEMO_ROOT, *, scale: LevelScale | None = None,
 def _login(store: AccountStore, demo: DemoAccount, why: str) -> tuple[Account, str]:
     try:
         session = store.login(demo.name, demo.passphrase)
-    except ApplianceError:
+    except ApplianceError as exc:
         raise DemoError(f"cannot log in as the demo account {demo.name!r} with its demo passphrase ({why}); "
-                        "it was changed, locked or disabled: refusing to touch this installation") from None
+                        "it was changed, locked or disabled: refusing to touch this installation") from exc
     return session.account, session.token
 
 
@@ -336,8 +336,8 @@ def demo_bundle(services: Services, progress: Callable[[str, int, int], None] | 
     """
     from appliance.updates.apply import apply_bundle
     from appliance.updates.build import build_bundle, load_spec
-    from appliance.updates.check import trusted_metadata, updates_dir
     from appliance.updates.check import trust_root as _trust
+    from appliance.updates.check import trusted_metadata, updates_dir
     from appliance.updates.keys import init_keys
 
     demo = load_bundle(root, scale=services.scale, knowledge=services.settings.knowledge,

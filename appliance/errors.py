@@ -7,34 +7,6 @@ The CLI prints that line and exits non-zero; the TUI shows it as a notice.
 
 from __future__ import annotations
 
-__all__ = [
-    "ApplianceError",
-    "ConfigError",
-    "EgressBlockedError",
-    "GGUFError",
-    "GGUFTooLargeError",
-    "ModelStoreError",
-    "UnknownModelError",
-    "DigestMismatchError",
-    "FetchError",
-    "EngineError",
-    "EngineCrashedError",
-    "EngineTimeoutError",
-    "EngineSelfTestError",
-    "EngineRequestError",
-    "ContextOverflowError",
-    "KnowledgeError",
-    "ParseError",
-    "AuditError",
-    "AuditWriteError",
-    "AuditVerifyError",
-    "CheckpointError",
-    "BundleError",
-    "BundleKeyError",
-    "ConvertError",
-    "EvaluationError",
-]
-
 
 class ApplianceError(Exception):
     """Base of every deliberate error of the appliance."""
@@ -45,6 +17,14 @@ class ApplianceError(Exception):
 
 class ConfigError(ApplianceError):
     """The TOML file or an APPLIANCE_* variable is unknown or has a bad value."""
+
+
+# -- the data directory -------------------------------------------------------------------
+
+
+class BusyError(ApplianceError):
+    """Another process or thread holds the data directory's writer lock (or a database's write lock)
+    longer than the wait allowed; the message names what it is doing."""
 
 
 # -- air gap ---------------------------------------------------------------------------
@@ -182,3 +162,64 @@ class BundleError(ApplianceError):
 
 class BundleKeyError(BundleError):
     """A signing key is missing, unreadable, or its passphrase is wrong."""
+
+
+class BundleSignatureError(BundleError):
+    """Bundle metadata is not signed by enough of the keys the trusted root names for its role."""
+
+
+class BundleExpiredError(BundleError):
+    """Bundle metadata (or the root offered to trust) has expired."""
+
+
+class BundleRollbackError(BundleError):
+    """The bundle is older than what this appliance already trusts: a lower metadata version or release
+    (a replay of an old bundle)."""
+
+
+class BundleTooLargeError(BundleError):
+    """The bundle, one of its files, or one of its payloads is over a configured size or count limit."""
+
+
+class BundleMismatchError(BundleError):
+    """A file does not match the length and hash signed for it, or the bundle is for another appliance class."""
+
+
+# -- specialists, demo and model conversion (raised by their own modules) -----------------------
+
+
+class ProfileError(ApplianceError, ValueError):
+    """A generator whose profile cannot be made: no usable template, or markers that do not fit."""
+
+
+class BertConversionError(ModelStoreError):
+    """The directory is not a BERT model this converter understands."""
+
+
+class DemoError(ApplianceError):
+    """The demo bundle is invalid, or installing it would touch a real installation."""
+
+
+class DataError(ApplianceError):
+    """Training or evaluation data that cannot be used; the message names the file and line."""
+
+
+class SpecialistError(ApplianceError):
+    """A specialist is unknown, not usable on this base, or was given unusable input."""
+
+
+class TrainError(ApplianceError):
+    """Fine-tuning could not run (bad settings, no usable examples, a diverging loss)."""
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+class SessionExpiredError(AccessError):
+    """There is no live login session (never logged in, ended, idle too long, or the account was disabled):
+    log in again."""
+
+
+# every class above, in the order defined: the engine client rebuilds a host's error by this name
+__all__ = [name for name, value in list(globals().items())
+           if isinstance(value, type) and issubclass(value, ApplianceError)]

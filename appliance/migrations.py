@@ -28,23 +28,25 @@ class Migrations:
         return fn
 
     def apply(self, db: sqlite_utils.Database) -> list[str]:
-        """Run the migrations ``db`` has not had yet; return their names."""
-        table = db["_migrations"]
-        if not table.exists():
+        """Run the migrations ``db`` has not had yet; return their names. Each step re-reads the applied list
+        inside its own write transaction (``BEGIN IMMEDIATE`` on an :func:`appliance.db.open_db` database), so
+        two processes starting at once never run one step twice."""
+        with db.atomic():
             db.execute(
                 "CREATE TABLE IF NOT EXISTS _migrations "
                 "(migration_set TEXT, name TEXT, applied_at TEXT, PRIMARY KEY (migration_set, name))"
             )
-        done = {row["name"] for row in db.query("SELECT name FROM _migrations WHERE migration_set = ?", [self.name])}
         ran: list[str] = []
         for step in self._steps:
-            if step.__name__ in done:
-                continue
             with db.atomic():
+                done = db.execute("SELECT 1 FROM _migrations WHERE migration_set = ? AND name = ?",
+                                  [self.name, step.__name__]).fetchone()
+                if done:
+                    continue
                 step(db)
                 db.execute(
                     "INSERT INTO _migrations (migration_set, name, applied_at) VALUES (?, ?, ?)",
-                    [self.name, step.__name__, dt.datetime.now(dt.timezone.utc).isoformat()],
+                    [self.name, step.__name__, dt.datetime.now(dt.UTC).isoformat()],
                 )
             ran.append(step.__name__)
         return ran

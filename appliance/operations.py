@@ -14,7 +14,7 @@ from appliance.access.accounts import Account
 from appliance.access.authz import authorize
 from appliance.access.labels import Labels, Principal
 from appliance.audit.export import ExportFilter, export_log
-from appliance.errors import AccessError, KnowledgeError
+from appliance.errors import AccessError, KnowledgeError, SessionExpiredError
 from appliance.knowledge.base import IngestReport
 from appliance.services import Services
 
@@ -25,7 +25,7 @@ __all__ = ["principal_of", "ingest", "delete_document", "check_index", "export_a
 def _fresh(services: Services, account: Account, action: str | None = None) -> Account:
     current = services.accounts().get(account.name)  # as stored now: a revoke takes effect at once
     if current.disabled:
-        raise AccessError(f"{current.name} is disabled")
+        raise SessionExpiredError(f"{current.name} is disabled")
     return authorize(current, action) if action else current
 
 
@@ -50,9 +50,10 @@ def ingest(services: Services, account: Account, files: Sequence[Path], labels: 
     audit.record("document.ingest", by.name, files=[str(f) for f in files][:1000], labels=str(labels),
                  collection=collection)
     me = by.principal()
-    report = services.knowledge().ingest_files(  # never over a document the officer may not read
-        list(files), labels, by=by.name, progress=progress, collection=collection,
-        may_replace=lambda old: me.can_read(old.labels, services.scale))
+    with services.writing(f"ingest by {by.name}") as kb:
+        report = kb.ingest_files(  # never over a document the officer may not read
+            list(files), labels, by=by.name, progress=progress, collection=collection,
+            may_replace=lambda old: me.can_read(old.labels, services.scale))
     audit.record("document.ingested", by.name, labels=str(labels),
                  outcomes=[[o.source, o.status, o.doc_ids] for o in report.outcomes][:1000])
     return report
@@ -60,19 +61,21 @@ def ingest(services: Services, account: Account, files: Sequence[Path], labels: 
 
 def delete_document(services: Services, account: Account, doc_id: str) -> None:
     by = _fresh(services, account, "documents.manage")
-    kb = services.knowledge()
-    doc = kb.catalog.get(doc_id)
-    if doc is None or not by.principal().can_read(doc.labels, kb.scale):
-        raise KnowledgeError(f"no document {doc_id!r}")  # the same words whether absent or not readable
-    services.audit().record("document.delete", by.name, doc=doc_id, version=doc.version, labels=str(doc.labels))
-    kb.delete(doc_id)
+    with services.writing(f"delete by {by.name}") as kb:
+        doc = kb.catalog.get(doc_id)
+        if doc is None or not by.principal().can_read(doc.labels, kb.scale):
+            raise KnowledgeError(f"no document {doc_id!r}")  # the same words whether absent or not readable
+        services.audit().record("document.delete", by.name, doc=doc_id, version=doc.version,
+                                labels=str(doc.labels))
+        kb.delete(doc_id)
 
 
 def check_index(services: Services, account: Account, repair: bool = False) -> list[str]:
     by = _fresh(services, account, "index.admin")
     if repair:
         services.audit().record("index.repair", by.name)
-    return services.knowledge().check(repair=repair)
+    with services.writing(f"index {'repair' if repair else 'check'} by {by.name}") as kb:  # no write half-seen
+        return kb.check(repair=repair)
 
 
 def export_audit(services: Services, account: Account, out: Path, *, since_checkpoint: bytes | None = None,
@@ -100,7 +103,6 @@ def check_audit(services: Services, account: Account) -> dict:
 def search(services: Services, account: Account, query: str, *, k: int = 10, mode: str = "hybrid",
            narrowed: Labels | None = None) -> list:
     """Search what the account may read; the query and the chunk ids shown are audited first."""
-    from appliance.knowledge.retrieval import Retriever
 
     me = principal_of(services, account, narrowed)
     hits = services.retriever().retrieve(query, me, k=k, mode=mode)

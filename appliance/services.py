@@ -11,15 +11,17 @@ from pathlib import Path
 
 from appliance.access.accounts import Account, AccountStore
 from appliance.access.labels import LevelScale
-from appliance.audit.log import AuditLog
-from appliance.config import Settings, load_settings
 from appliance.agent.loop import Agent
 from appliance.agent.store import AgentStore
+from appliance.audit.log import AuditLog
+from appliance.config import Settings, load_settings
 from appliance.evaluation.compare import Systems
 from appliance.evaluation.sets import EvalStore
 from appliance.knowledge.base import KnowledgeBase
+from appliance.knowledge.catalog import unfinished_writes
 from appliance.knowledge.rerank import CrossEncoderReranker
 from appliance.knowledge.retrieval import Retriever
+from appliance.locks import DEFAULT_WAIT_S, WriterLock, writer_lock
 from appliance.runtime.client import EngineClient, RequestLimits
 from appliance.runtime.model_store import ModelRecord, ModelStore
 from appliance.runtime.protocol import EngineSpec
@@ -110,10 +112,16 @@ class Services:
     _agent_store: AgentStore | None = field(default=None, repr=False)
     _eval_store: EvalStore | None = field(default=None, repr=False)
     _eval_traces: AgentStore | None = field(default=None, repr=False)
-    _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one store per database
+    # locks around the lazy parts, so two TUI workers asking at once get one engine host and one store per
+    # database; taken in this order only (agent, engine, stores), so a login never waits for the models to load
+    _agent_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _engine_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _opening: threading.RLock = field(default_factory=threading.RLock, repr=False)  # stores and the generation
+    _stale: list = field(default_factory=list, repr=False)  # the previous generation's knowledge base, closed later
     _generation: Path | None = field(default=None, repr=False)
     _selftest: SelfTest | None = field(default=None, repr=False)
     _generator: str | None = field(default=None, repr=False)  # with_generator's choice, for an evaluation
+    recovered: list[str] = field(default_factory=list)  # what start-up recovery finished or undid
     embed_fn: Callable[[Sequence[str]], list] | None = None  # a test seam: embeddings without the engine
     host_command: tuple[str, ...] | None = None  # a test seam: a host double (one that crashes on purpose)
 
@@ -142,36 +150,66 @@ class Services:
 
     def generation(self) -> GenerationInfo:
         """The serving generation (a bundle apply or rollback in any process switches it)."""
-        self._follow_generation()
-        return read_info(self._generation)
+        with self._opening:
+            self._follow_generation()
+            return read_info(self._generation)
 
     def _follow_generation(self) -> None:
-        """Reopen what belongs to a generation once another one serves."""
-        path = current_path(self.settings.data_dir)
-        if path == self._generation:
-            return
-        old = read_info(self._generation) if self._generation is not None and self._generation.is_dir() else None
-        self._generation = path
-        self._knowledge = None
-        self._agent = None
-        new = read_info(path)
-        if self._engine is not None and (old is None or (old.models, old.adapters) != (new.models, new.adapters)):
-            self._engine.close()
-            self._engine = None
+        """Reopen what belongs to a generation once another one serves. The old knowledge base stays open
+        until the next switch (a worker may still be reading it), then is closed."""
+        with self._opening:
+            path = current_path(self.settings.data_dir)
+            if path == self._generation:
+                return
+            old = read_info(self._generation) if self._generation is not None and self._generation.is_dir() else None
+            self._generation = path
+            for kb in self._stale:
+                kb.close()
+            self._stale = [self._knowledge] if self._knowledge is not None else []
+            self._knowledge = None
+            self._agent = None
+            new = read_info(path)
+            if self._engine is not None and (old is None or (old.models, old.adapters) != (new.models, new.adapters)):
+                self._engine.close()
+                self._engine = None
+
+    def generation_path(self) -> Path:
+        """The serving generation's directory."""
+        with self._opening:
+            self._follow_generation()
+            assert self._generation is not None
+            return self._generation
+
+    @property
+    def writer(self) -> WriterLock:
+        """The data directory's writer lock (:mod:`appliance.locks`)."""
+        return writer_lock(self.settings.data_dir)
+
+    @contextmanager
+    def writing(self, what: str, wait_s: float = DEFAULT_WAIT_S) -> Iterator[KnowledgeBase]:
+        """The serving knowledge base open for writing: the writer lock held (BusyError after ``wait_s``),
+        then the generation followed, so no apply or rollback can switch it until the block ends, and what a
+        dead writer left recovered."""
+        with self.writer.hold(what, wait_s):
+            kb = self.knowledge()
+            with kb.writing(what, wait_s):
+                yield kb
 
     def audit(self) -> AuditLog:
         """The tamper-evident audit log (``<data dir>/audit``); its key is made on first use."""
-        if self._audit is None:
-            self._audit = AuditLog(self.settings.data_dir / "audit",
-                                   checkpoint_every=self.settings.audit.checkpoint_every)
-        return self._audit
+        with self._opening:
+            if self._audit is None:
+                self._audit = AuditLog(self.settings.data_dir / "audit",
+                                       checkpoint_every=self.settings.audit.checkpoint_every)
+            return self._audit
 
     def accounts(self) -> AccountStore:
         """Local accounts and login sessions; every change is audited."""
-        if self._accounts is None:
-            self._accounts = AccountStore(self.settings.data_dir / "access.db", self.scale, self.settings.access,
-                                          self.audit())
-        return self._accounts
+        with self._opening:
+            if self._accounts is None:
+                self._accounts = AccountStore(self.settings.data_dir / "access.db", self.scale,
+                                              self.settings.access, self.audit())
+            return self._accounts
 
     def login_session(self, token: str) -> Account:
         """The account behind a live login session (AccessError if there is none)."""
@@ -179,22 +217,22 @@ class Services:
 
     def agent(self) -> Agent:
         """The question-answering agent over the knowledge base and the engine."""
-        self._follow_generation()
-        if self._agent is None:
-            kb = self.knowledge()
-            by_task: dict = {}
-            for spec in self.specialists().values():  # the router's specialists: the first of each task
-                by_task.setdefault(spec.task, spec)
-            self._agent = Agent(self.retriever(kb), self.engine(), self.agent_store(),
-                                self.scale, settings=self.settings.agent, auditor=self.audit(),
-                                audit_answers=self.settings.audit.answers, specialists=list(by_task.values()))
-        return self._agent
+        with self._agent_lock:
+            self._follow_generation()
+            if self._agent is None:
+                kb = self.knowledge()
+                by_task: dict = {}
+                for spec in self.specialists().values():  # the router's specialists: the first of each task
+                    by_task.setdefault(spec.task, spec)
+                self._agent = Agent(self.retriever(kb), self.engine(), self.agent_store(),
+                                    self.scale, settings=self.settings.agent, auditor=self.audit(),
+                                    audit_answers=self.settings.audit.answers, specialists=list(by_task.values()))
+            return self._agent
 
     def specialists(self) -> dict:
         """The installed specialists (adapters with a task) for the serving generator, by name."""
-        from appliance.specialists.serve import AdapterSpecialist, read_specialist
-
         from appliance.errors import UnknownModelError
+        from appliance.specialists.serve import AdapterSpecialist, read_specialist
 
         info = self.generation()
         try:
@@ -249,13 +287,15 @@ class Services:
         return LevelScale(self.settings.access.levels)
 
     def knowledge(self) -> KnowledgeBase:
-        """The knowledge base (catalog, full-text, Chroma), embedding through the engine."""
-        self._follow_generation()
-        if self._knowledge is None:
-            self._knowledge = KnowledgeBase(
-                self._generation / "knowledge", self.embed,
-                scale=self.scale, settings=self.settings.knowledge)
-        return self._knowledge
+        """The serving knowledge base (catalog, full-text, Chroma), embedding through the engine; open for
+        reading (writes go through :meth:`writing`)."""
+        with self._opening:
+            self._follow_generation()
+            if self._knowledge is None:
+                self._knowledge = KnowledgeBase(
+                    self._generation / "knowledge", self.embed,
+                    scale=self.scale, settings=self.settings.knowledge, writer=self.writer)
+            return self._knowledge
 
     def selftest(self) -> SelfTest:
         """The start-up self-test; its passes are remembered beside the models (``<models dir>/selftest.json``):
@@ -281,6 +321,10 @@ class Services:
 
         Before a host serves, the self-test must have passed for this build, CPU and model set
         (:mod:`appliance.runtime.selftest`); if it fails, EngineSelfTestError says why, and no host starts."""
+        with self._engine_lock:
+            return self._engine_locked(generator, embedder)
+
+    def _engine_locked(self, generator: bool, embedder: bool) -> EngineClient:
         self._follow_generation()
         have = self._engine_parts
         if self._engine is not None and (generator and not have[0] or embedder and not have[1]):
@@ -327,20 +371,35 @@ class Services:
             self._switch(previous)
 
     def _switch(self, generator: str | None) -> None:
-        self._generator = generator
-        self._agent = None
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        with self._agent_lock, self._engine_lock:
+            self._generator = generator
+            self._agent = None
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        """Stop the engine host and close every store and index this process opened (idempotent)."""
+        with self._agent_lock, self._engine_lock, self._opening:
+            parts = [self._engine, self._knowledge, *self._stale, self._agent_store, self._eval_store,
+                     self._eval_traces, self._accounts, self._audit, self.store]
+            self._engine = self._knowledge = self._agent = None
+            self._agent_store = self._eval_store = self._eval_traces = self._accounts = self._audit = None
+            self._stale = []
+            self._generation = None
+            for part in parts:
+                if part is not None:
+                    part.close()
 
 
-def build_services(settings: Settings | None = None) -> Services:
+def build_services(settings: Settings | None = None, *, recover: bool = True) -> Services:
+    """The appliance's services, built once per process (the CLI, the TUI and the tests alike): the egress
+    guard installed, the data directory laid out, and what a crashed writer left finished or undone (when
+    no other process is writing; ``services.recovered`` says what was done)."""
     settings = settings or load_settings()
+    from appliance.airgap import install_egress_guard
+
+    install_egress_guard(airgap_log(settings))
     os.umask(0o077)  # every database, index and key the appliance writes is its own user's alone
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
@@ -350,7 +409,28 @@ def build_services(settings: Settings | None = None) -> Services:
         max_model_bytes=settings.limits.max_model_bytes,
         max_adapter_bytes=settings.limits.max_adapter_bytes,
     )
-    return Services(settings=settings, store=store)
+    services = Services(settings=settings, store=store)
+    if recover:
+        services.recovered = startup_recovery(services)
+    return services
+
+
+def startup_recovery(services: Services) -> list[str]:
+    """Under the writer lock, if it is free now: finish or undo an interrupted bundle apply, then the
+    knowledge base's unfinished writes. With the lock busy nothing is touched (its holder is alive and
+    finishes its own work). Returns what was done, one line each."""
+    from appliance.updates.apply import needs_recovery
+    from appliance.updates.apply import recover as recover_updates
+
+    with services.writer.attempt("start-up recovery") as free:
+        if not free:
+            return []
+        done = recover_updates(services) if needs_recovery(services) else []
+        if unfinished_writes(services.generation_path() / "knowledge" / "catalog.db"):  # Chroma opened only then
+            with services.writing("start-up recovery"):  # recovers on the way in
+                pass
+            done.append("finished the knowledge base's unfinished writes")
+        return done
 
 
 def airgap_log(settings: Settings) -> Path:

@@ -28,7 +28,6 @@ from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import EngineSpec
-
 from bench.runtime_bench import REPO, THREADS, _store
 
 DATA = REPO.parent / "shared" / "data" / "scifact"

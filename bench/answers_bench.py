@@ -28,7 +28,6 @@ from rich.console import Console
 from appliance.demo import demo_bundle, install_demo
 from appliance.evaluation.sets import load_items
 from appliance.services import build_services
-
 from bench.evaluation_bench import fresh_settings
 from bench.runtime_bench import REPO
 

@@ -33,7 +33,6 @@ from appliance.demo import demo_bundle, install_demo
 from appliance.evaluation.sets import EvalItem
 from appliance.runtime.model_store import ModelStore
 from appliance.services import build_services
-
 from bench.runtime_bench import REPO, _store
 
 WORK = REPO / "bench" / "work" / "evaluation"
@@ -159,8 +158,8 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
 
         with console.status(f"the next bundle with the drift gate ({gate_n} questions)…"):
             bundle = station / "gated-bundle"
-            from appliance.updates.build import build_bundle
             from appliance.demo import DEMO_KEY_PASSPHRASE
+            from appliance.updates.build import build_bundle
 
             build_bundle(load_spec(gated_spec), WORK / "data" / "demo-station" / "keys", DEMO_KEY_PASSPHRASE,
                          WORK / "data" / "demo-station" / "state", bundle)

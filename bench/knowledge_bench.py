@@ -31,7 +31,6 @@ from appliance.knowledge.parsers import ParseLimits, parse_file
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import EngineSpec
-
 from bench.runtime_bench import REPO, THREADS, _store
 
 DATA = REPO.parent / "shared" / "data" / "scifact"

@@ -29,7 +29,6 @@ from appliance.knowledge.rerank import CrossEncoderReranker
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import EngineSpec
-
 from bench.agent_bench import DEV_CLAIMS
 from bench.runtime_bench import REPO, THREADS, _store
 

@@ -28,7 +28,6 @@ from rich.console import Console
 from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import EngineSpec, GenerateRequest
 from appliance.specialists.train import classification_prompt
-
 from bench.adapters import random_adapter
 from bench.runtime_bench import REPO, _store
 

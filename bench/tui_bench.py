@@ -28,7 +28,6 @@ from appliance import operations
 from appliance.access.labels import Labels
 from appliance.config import load_settings
 from appliance.services import Services, build_services
-
 from bench.runtime_bench import REPO, _store
 
 WORK = REPO / "bench" / "work" / "tui"

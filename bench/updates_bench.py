@@ -32,7 +32,6 @@ from appliance.updates.apply import apply_bundle
 from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import trust_root
 from appliance.updates.keys import init_keys
-
 from bench.adapters import TARGETS, random_adapter
 from bench.runtime_bench import REPO, _store
 
@@ -189,10 +188,11 @@ def bench_knowledge(console: Console, limit: int | None) -> dict[str, Any]:
         direct.engine(generator=False)  # both sides start with a running embedder
         t0 = time.perf_counter()
         with console.status("knowledge: ingesting the corpus directly…"):
-            report = direct.knowledge().ingest_files([docs_dir / "scifact.jsonl"], Labels("UNCLASSIFIED"),
-                                                     by="olga", collection="research")
-            direct.knowledge().ingest_files(sorted(docs_dir.glob("notice-*.txt")), Labels("UNCLASSIFIED"),
-                                            by="olga", collection="notices")
+            with direct.writing("bench") as kb:
+                report = kb.ingest_files([docs_dir / "scifact.jsonl"], Labels("UNCLASSIFIED"), by="olga",
+                                         collection="research")
+                kb.ingest_files(sorted(docs_dir.glob("notice-*.txt")), Labels("UNCLASSIFIED"), by="olga",
+                                collection="notices")
         direct_s = time.perf_counter() - t0
         chunks = report.chunks
     finally:

@@ -28,9 +28,16 @@ from rich.console import Console
 
 from appliance.agent.grounding import Grounder
 from appliance.config import AgentSettings
-from appliance.evaluation.verification import (VERIFICATION_SET, calibrate_contrast, contrast_margins,
-                                               entailment_verifier, generator_judge, grounder_verifier,
-                                               load_verification_set, score_verifier)
+from appliance.evaluation.verification import (
+    VERIFICATION_SET,
+    calibrate_contrast,
+    contrast_margins,
+    entailment_verifier,
+    generator_judge,
+    grounder_verifier,
+    load_verification_set,
+    score_verifier,
+)
 from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import EngineSpec
 from bench.runtime_bench import REPO, THREADS, _store

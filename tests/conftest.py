@@ -29,6 +29,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var)
     monkeypatch.setenv("APPLIANCE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)  # CLI sessions go under HOME
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
 
 

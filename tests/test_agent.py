@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from appliance.access.labels import LevelScale, Principal

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 from tests.test_knowledge_real import PASS, _login, _run
 
+
 def run(args: list[str], home: Path, token: str | None = None, input: str | None = None):
     return _run(args, home, SimpleNamespace(root=home / "models"), token=token, input=input)  # type: ignore[arg-type]
 

@@ -149,9 +149,9 @@ def test_the_engine_killed_mid_answer_is_one_error_line(home: Path, model_store:
 
 
 def test_the_draft_verdict_and_the_rows_it_takes() -> None:
+    import appliance.cli  # noqa: F401  (registers the commands; cli_agent is imported through it)
     from appliance.agent.grounding import SentenceCheck
     from appliance.agent.loop import Answer
-    import appliance.cli  # noqa: F401  (registers the commands; cli_agent is imported through it)
     from appliance.cli_agent import draft_rows, draft_verdict
 
     assert draft_rows("abc", 80) == 1 and draft_rows("a" * 81, 80) == 2 and draft_rows("x\n\ny" + "z" * 80, 80) == 4

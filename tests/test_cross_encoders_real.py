@@ -8,7 +8,6 @@ leaves at least 1 logit of room below what was measured here (the figures are in
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 

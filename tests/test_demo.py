@@ -208,7 +208,8 @@ def test_officer_clearance_is_enforced_by_the_operation(tmp_path: Path) -> None:
     store = services.accounts()
     admin = store.login("demo-admin", "demo-admin-pass").account
     store.revoke("demo-officer", by=admin, compartments=["HUMINT"])
-    services.knowledge().delete("source-protection-guidance.md")
+    with services.writing("test") as kb:
+        kb.delete("source-protection-guidance.md")
     with pytest.raises(AccessError, match="not cleared for TOP SECRET:HUMINT"):
         install_demo(services)
     assert services.knowledge().catalog.get("source-protection-guidance.md") is None

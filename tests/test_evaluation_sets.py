@@ -155,9 +155,9 @@ def test_compare_counts_refused_items_and_skips_a_kind_the_examples_emptied() ->
 
     from appliance.access.labels import Principal
     from appliance.evaluation.compare import SHOT_SEED, SHOTS, Systems, compare
+    from appliance.evaluation.sets import EvalItem, EvalSet
     from appliance.evaluation.specialists import _shots
     from appliance.specialists.data import Example
-    from appliance.evaluation.sets import EvalItem, EvalSet
     from appliance.specialists.serve import SpecialistError
 
     class Classifier:  # a fake at the specialist seam: refuses a text over 20 characters

@@ -121,9 +121,10 @@ def test_bad_adapters_refused_while_host_keeps_serving(own_engine: EngineClient,
         own_engine.load_adapter("model-not-adapter", embedder_record.path)
     # an adapter whose shapes do not fit this base: llama.cpp itself must refuse, not crash
     wrong = make_random_adapter(generator.path, tmp_path / "wrong.gguf", seed=4, rank=4)
+    import numpy as np
+
     from appliance.runtime.gguf_check import validate_gguf
     from appliance.runtime.lora_gguf import write_lora_adapter
-    import numpy as np
     info = validate_gguf(wrong)
     name = info.tensors[0].name.removesuffix(".lora_a").removesuffix(".lora_b")
     write_lora_adapter(tmp_path / "misfit.gguf", architecture="llama", alpha=4.0,

@@ -55,7 +55,10 @@ def test_sigkill_mid_replace_leaves_old_or_new(tmp_path: Path, point: str) -> No
     proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO)), str(root), str(doc), point],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert proc.returncode == -9, proc.stdout + proc.stderr
-    kb = fake_kb(root)  # restart: recovery runs here
+    kb = fake_kb(root)  # a restart only reads: what the dead writer left is seen, not yet touched
+    assert kb.check()[0] == "1 unfinished write(s) in the journal"
+    with kb.writing("the next writer"):  # recovery runs under the writer lock
+        pass
     assert kb.check() == []
     version = kb.catalog.get("policy.txt").version
     expected = 1 if point in ("before_vectors", "after_vectors", "inside_swap") else 2

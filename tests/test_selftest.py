@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -178,10 +177,10 @@ def _renamed_model(src: Path, dest: Path) -> Path:
 def test_a_bundle_model_that_crashes_the_selftest_leaves_store_and_generation_unchanged(
         tmp_path: Path, model_store: ModelStore, generator: ModelRecord,
         new_hosts: Callable[[], list[int]]) -> None:
-    from tests.test_update_build import PASS
-    from tests.test_update_verify import ACCOUNT_PASS
     from appliance.updates.build import build_bundle, load_spec
     from appliance.updates.keys import init_keys
+    from tests.test_update_build import PASS
+    from tests.test_update_verify import ACCOUNT_PASS
 
     store = _store_copy(model_store, tmp_path / "models")
     services = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "data"),
@@ -193,7 +192,7 @@ def test_a_bundle_model_that_crashes_the_selftest_leaves_store_and_generation_un
     new = _renamed_model(generator.path, tmp_path / "new-generator.gguf")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "canteen.txt").write_text("The canteen serves lunch from noon until two.\n")
-    (tmp_path / "spec.toml").write_text(f"""
+    (tmp_path / "spec.toml").write_text("""
 [bundle]
 name = "northgate-models"
 appliance_class = "northgate"

@@ -25,8 +25,13 @@ from appliance.tui.screens.audit import AuditScreen
 from appliance.tui.screens.dialogs import CitationScreen, ConfirmScreen, FlagScreen
 from appliance.tui.screens.library import LibraryScreen
 from appliance.tui.screens.login import LoginScreen
-from appliance.tui.screens.specialists import (SpecialistsScreen, classification_text, extraction_text, labels_text,
-                                               metrics_text)
+from appliance.tui.screens.specialists import (
+    SpecialistsScreen,
+    classification_text,
+    extraction_text,
+    labels_text,
+    metrics_text,
+)
 from appliance.tui.screens.updates import UpdatesScreen
 from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import trust_root

@@ -37,7 +37,14 @@ from tuf.api.metadata import Metadata, MetaFile
 from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import Updater
 
-from appliance.errors import BundleError
+from appliance.errors import (
+    BundleError,
+    BundleExpiredError,
+    BundleMismatchError,
+    BundleRollbackError,
+    BundleSignatureError,
+    BundleTooLargeError,
+)
 from appliance.runtime.lora_gguf import write_lora_adapter
 from appliance.updates import keys as keyring
 from appliance.updates.apply import apply_bundle
@@ -195,8 +202,9 @@ def _refusals(services) -> list[dict]:
 
 
 def _assert_refused(services, media: Path, pattern: str, *, apply: bool = True,
-                    now: dt.datetime | None = None, verify: bool = True) -> str:
-    """``verify_bundle`` (and ``apply_bundle``) refuse ``media`` naming ``pattern``; nothing trusted changes."""
+                    now: dt.datetime | None = None, verify: bool = True, cls: type[BundleError] = BundleError) -> str:
+    """``verify_bundle`` (and ``apply_bundle``) refuse ``media`` with ``cls`` naming ``pattern``; nothing trusted
+    changes."""
     olga = services.accounts().get("olga")
     before = _trust(services)
     calls: list[Callable[[], object]] = []
@@ -209,7 +217,7 @@ def _assert_refused(services, media: Path, pattern: str, *, apply: bool = True,
     leftovers = {sub: sorted((up / sub).iterdir()) if (up / sub).is_dir() else [] for sub in ("work", "staging")}
     for call in calls:
         refused = len(_refusals(services))
-        with pytest.raises(BundleError, match=pattern) as exc:
+        with pytest.raises(cls, match=pattern) as exc:
             call()
         message = str(exc.value)
         after = _trust(services)
@@ -250,7 +258,7 @@ def test_signature_below_threshold_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     assert len(Metadata.from_file(str(_md_path(media, "targets"))).signatures) == 2
     _tamper(media, tmp_path, "targets", signers=_signers(tmp_path, "targets")[:1])
-    _assert_refused(appliance, media, r"targets was signed by 1/2 keys")
+    _assert_refused(appliance, media, r"targets was signed by 1/2 keys", cls=BundleSignatureError)
 
 
 def _repeated_signature(appliance, tmp_path: Path) -> Path:
@@ -280,7 +288,7 @@ def test_signature_by_an_unknown_key_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     stranger = CryptoSigner(ed25519.Ed25519PrivateKey.generate())
     _tamper(media, tmp_path, "targets", signers=[stranger])
-    _assert_refused(appliance, media, r"targets was signed by 0/1 keys")
+    _assert_refused(appliance, media, r"targets was signed by 0/1 keys", cls=BundleSignatureError)
 
 
 def test_signature_by_a_retired_key_refused(appliance, tmp_path: Path) -> None:
@@ -289,14 +297,14 @@ def test_signature_by_a_retired_key_refused(appliance, tmp_path: Path) -> None:
     media = _build(tmp_path, 2, "b2")
     assert (media / "metadata" / "2.root.json").is_file()  # the new root lists the new targets key only
     _tamper(media, tmp_path, "targets", signers=_signers(tmp_path, "targets", retired=True))
-    _assert_refused(appliance, media, r"targets was signed by 0/1 keys")
+    _assert_refused(appliance, media, r"targets was signed by 0/1 keys", cls=BundleSignatureError)
 
 
 def test_signature_stripped_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     _tamper(media, tmp_path, "knowledge", signers=[])
     assert Metadata.from_file(str(_md_path(media, "knowledge"))).signatures == {}
-    _assert_refused(appliance, media, r"knowledge was signed by 0/1 keys")
+    _assert_refused(appliance, media, r"knowledge was signed by 0/1 keys", cls=BundleSignatureError)
 
 
 def test_tampering_helpers_alone_keep_a_bundle_valid(appliance, tmp_path: Path) -> None:
@@ -349,14 +357,14 @@ def _rotated_root(appliance, tmp_path: Path) -> Path:
 def test_root_rotation_signed_only_by_the_new_keys_refused(appliance, tmp_path: Path) -> None:
     media = _rotated_root(appliance, tmp_path)
     _tamper(media, tmp_path, "root", path=media / "metadata" / "2.root.json", signers=_signers(tmp_path, "root"))
-    _assert_refused(appliance, media, r"root was signed by 0/2 keys")
+    _assert_refused(appliance, media, r"root was signed by 0/2 keys", cls=BundleSignatureError)
 
 
 def test_root_rotation_signed_only_by_the_old_keys_refused(appliance, tmp_path: Path) -> None:
     media = _rotated_root(appliance, tmp_path)
     _tamper(media, tmp_path, "root", path=media / "metadata" / "2.root.json",
             signers=_signers(tmp_path, "root", retired=True))
-    _assert_refused(appliance, media, r"root was signed by 0/2 keys")
+    _assert_refused(appliance, media, r"root was signed by 0/2 keys", cls=BundleSignatureError)
 
 
 # -- expiry and the clock ---------------------------------------------------------------------------
@@ -366,37 +374,37 @@ def test_expired_root_refused(appliance, tmp_path: Path) -> None:
     # root expires 365 days after the build, the other roles after expires_days (still valid)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=400)
     media = _build(tmp_path, 1, "b1", now=now, expires_days=3650)
-    with pytest.raises(BundleError, match=r"1\.root\.json expired on"):  # not trusted when already expired
+    with pytest.raises(BundleExpiredError, match=r"1\.root\.json expired on"):  # not trusted when already expired
         trust_root(appliance, appliance.accounts().get("olga"), media / "metadata" / "1.root.json")
     # a root trusted while it was current, expired since: every bundle signed under it is refused
     trusted = updates_dir(appliance) / "trusted" / "root.json"
     trusted.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(media / "metadata" / "1.root.json", trusted)
-    _assert_refused(appliance, media, r"root\.json is expired")
+    _assert_refused(appliance, media, r"root\.json is expired", cls=BundleExpiredError)
 
 
 def test_expired_timestamp_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     _tamper(media, tmp_path, "timestamp", edit=_expire)
-    _assert_refused(appliance, media, r"timestamp\.json is expired")
+    _assert_refused(appliance, media, r"timestamp\.json is expired", cls=BundleExpiredError)
 
 
 def test_expired_snapshot_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     _tamper(media, tmp_path, "snapshot", edit=_expire)
-    _assert_refused(appliance, media, r"snapshot\.json is expired")
+    _assert_refused(appliance, media, r"snapshot\.json is expired", cls=BundleExpiredError)
 
 
 def test_expired_targets_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     _tamper(media, tmp_path, "targets", edit=_expire)
-    _assert_refused(appliance, media, r"targets is expired")
+    _assert_refused(appliance, media, r"targets is expired", cls=BundleExpiredError)
 
 
 def test_expired_delegated_role_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     _tamper(media, tmp_path, "knowledge", edit=_expire)
-    _assert_refused(appliance, media, r"knowledge is expired")
+    _assert_refused(appliance, media, r"knowledge is expired", cls=BundleExpiredError)
 
 
 def test_clock_set_back_below_the_last_trusted_time_refused(appliance, tmp_path: Path) -> None:
@@ -421,7 +429,7 @@ def test_older_snapshot_version_than_the_trusted_one_refused(appliance, tmp_path
         md.signed.version = 3  # a newer timestamp, but over the old snapshot (version 1)
 
     _tamper(old, tmp_path, "timestamp", edit=newer_timestamp)
-    _assert_refused(appliance, old, r"snapshot version must be >= 2, got version 1")
+    _assert_refused(appliance, old, r"snapshot version must be >= 2, got version 1", cls=BundleRollbackError)
 
 
 def _other_build(tmp_path: Path) -> Path:
@@ -439,7 +447,8 @@ def _mixed_targets(appliance, tmp_path: Path) -> Path:
 
 def test_targets_from_another_build_refused(appliance, tmp_path: Path) -> None:
     _assert_refused(appliance, _mixed_targets(appliance, tmp_path),
-                    r"does not match the length and hash signed for it \(metadata mixed from another bundle\?\)")
+                    r"does not match the length and hash signed for it \(metadata mixed from another bundle\?\)",
+                    cls=BundleMismatchError)
 
 
 def test_targets_from_another_build_refusal_names_the_file(appliance, tmp_path: Path) -> None:
@@ -451,7 +460,8 @@ def test_snapshot_from_another_build_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     other = _other_build(tmp_path)
     shutil.copyfile(other / "metadata" / "1.snapshot.json", media / "metadata" / "1.snapshot.json")
-    _assert_refused(appliance, media, r"does not match the length and hash signed for it \(metadata mixed from another bundle\?\)")
+    _assert_refused(appliance, media, r"does not match the length and hash signed for it \(metadata mixed from another bundle\?\)",
+                    cls=BundleMismatchError)
 
 
 # -- payloads on the media ---------------------------------------------------------------------------
@@ -466,7 +476,7 @@ def _one_byte_short(appliance, tmp_path: Path) -> Path:
 
 def test_target_one_byte_short_refused(appliance, tmp_path: Path) -> None:
     _assert_refused(appliance, _one_byte_short(appliance, tmp_path),
-                    r"Observed length \d+ does not match expected length \d+")
+                    r"Observed length \d+ does not match expected length \d+", cls=BundleMismatchError)
 
 
 def test_target_one_byte_short_refusal_names_the_target(appliance, tmp_path: Path) -> None:
@@ -476,7 +486,7 @@ def test_target_one_byte_short_refusal_names_the_target(appliance, tmp_path: Pat
 def test_endless_target_refused_before_it_is_read(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     os.truncate(_blob(media), 40 * 2**30)  # sparse: no disk used
-    _assert_refused(appliance, media, r"is 42949672960 bytes, over the \d+ byte limit")
+    _assert_refused(appliance, media, r"is 42949672960 bytes, over the \d+ byte limit", cls=BundleTooLargeError)
 
 
 class _CountingFetcher(MediaFetcher):

@@ -101,7 +101,7 @@ def test_versions_grow_and_a_lower_release_is_refused(tmp_path: Path) -> None:
 
 def test_expired_bundle_refused(tmp_path: Path) -> None:
     init_keys(tmp_path / "keys", PASS)
-    long_ago = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    long_ago = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
     build_bundle(load_spec(_spec(tmp_path)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "b", now=long_ago)
     client = _client(tmp_path / "b", (tmp_path / "b" / "metadata" / "1.root.json").read_bytes(), tmp_path / "a")
     with pytest.raises(RepositoryError, match="expired"):

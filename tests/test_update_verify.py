@@ -60,11 +60,11 @@ def test_plan_names_what_would_be_replaced_and_revoked(appliance, tmp_path: Path
     media = _bundle(tmp_path)
     olga = appliance.accounts().get("olga")
     trust_root(appliance, olga, media / "metadata" / "1.root.json")
-    kb = appliance.knowledge()
     (tmp_path / "old-menu.txt").write_text("The old canteen menu.\n")
     (tmp_path / "canteen.txt").write_text("An older canteen text.\n")
-    kb.ingest_files([tmp_path / "old-menu.txt", tmp_path / "canteen.txt"], Labels("UNCLASSIFIED"),
-                    collection="facility-handbook")
+    with appliance.writing("test") as kb:
+        kb.ingest_files([tmp_path / "old-menu.txt", tmp_path / "canteen.txt"], Labels("UNCLASSIFIED"),
+                        collection="facility-handbook")
     plan = verify_bundle(appliance, olga, media, "northgate")
     assert plan.replace == ["canteen.txt"] and plan.revoke == ["old-menu.txt"] and plan.add == ["keys.txt"]
 

@@ -18,7 +18,6 @@ import hmac
 import json
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,7 +31,8 @@ from appliance.access.authz import authorize
 from appliance.access.labels import LevelScale, Principal, _compartments
 from appliance.audit.log import Auditor
 from appliance.config import AccessSettings
-from appliance.errors import AccessError
+from appliance.db import open_db
+from appliance.errors import AccessError, SessionExpiredError
 from appliance.migrations import Migrations
 
 __all__ = ["ROLES", "Account", "AccountStore", "LoginSession", "hash_passphrase", "check_passphrase"]
@@ -104,7 +104,7 @@ _DUMMY = hash_passphrase("not a passphrase anybody has", salt=b"\0" * 16)
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _digest(token: str) -> str:
@@ -120,9 +120,11 @@ class AccountStore:
         self.auditor = auditor
         self.clock = clock
         self._lock = threading.RLock()
-        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
-        self.db.execute("PRAGMA journal_mode=WAL")
-        MIGRATIONS.apply(self.db)
+        self.db = open_db(path, MIGRATIONS)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -193,7 +195,9 @@ class AccountStore:
         level, comps = self._labels(level, compartments, name)
         self._check_passphrase_rules(passphrase)
         hashed = hash_passphrase(passphrase)
-        with self._lock:
+        with self._lock, self.db.atomic():  # checked in the write transaction: two first starts make one admin
+            if by is None and self.db.execute("SELECT count(*) FROM accounts").fetchone()[0]:
+                raise AccessError("not logged in: only the first account may be added without an admin")
             if self._row(name) is not None:
                 raise AccessError(f"account {name!r} already exists")
             now = _now_iso()
@@ -330,20 +334,20 @@ class AccountStore:
     def session(self, token: str) -> Account:
         """The account a live session belongs to; its idle clock restarts."""
         if not isinstance(token, str) or len(token) > 128:
-            raise AccessError("not logged in")
+            raise SessionExpiredError("not logged in")
         with self._lock:
             rows = list(self.db.query("SELECT * FROM logins WHERE token_sha256 = ?", [_digest(token)]))
             now = self.clock()
             if not rows:
-                raise AccessError("not logged in")
+                raise SessionExpiredError("not logged in")
             if now - rows[0]["last_seen"] > self.settings.idle_timeout_s:
                 with self.db.atomic():  # committed, then refused: the session is gone for good
                     self.db.execute("DELETE FROM logins WHERE token_sha256 = ?", [_digest(token)])
                     self.auditor.record("logout", rows[0]["user"], reason="idle timeout")
-                raise AccessError("session ended after being idle; log in again")
+                raise SessionExpiredError("session ended after being idle; log in again")
             acct = self.get(rows[0]["user"])
             if acct.disabled:
-                raise AccessError("not logged in")
+                raise SessionExpiredError("not logged in")
             with self.db.atomic():
                 self.db.execute("UPDATE logins SET last_seen = ? WHERE token_sha256 = ?", [now, _digest(token)])
         return acct

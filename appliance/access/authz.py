@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from appliance.errors import AccessError
+from appliance.errors import AccessError, SessionExpiredError
 
 if TYPE_CHECKING:
     from appliance.access.accounts import Account
@@ -38,7 +38,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 def authorize(account: Account, action: str) -> Account:
     roles = ACTIONS[action]
     if account.disabled:
-        raise AccessError(f"{account.name} is disabled")
+        raise SessionExpiredError(f"{account.name} is disabled")
     if account.role not in roles:
         raise AccessError(f"{account.name} is {account.role}; {action} needs the role {' or '.join(roles)}")
     return account

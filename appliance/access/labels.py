@@ -108,7 +108,7 @@ def parse_labels(text: str, scale: LevelScale = LevelScale()) -> Labels:
     try:
         canonical = scale.canonical(level)
     except LabelError as exc:
-        raise LabelError(f"{where}: {exc}") from None
+        raise LabelError(f"{where}: {exc}") from exc
     return Labels(level=canonical, compartments=_compartments(comps.split(","), where))
 
 

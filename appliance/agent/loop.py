@@ -38,8 +38,8 @@ from appliance.agent.grounding import Grounder, Quote, SentenceCheck, content_wo
 from appliance.agent.planning import plan, rewrites, route, standalone
 from appliance.agent.specialists import MAX_SPECIALIST_INPUT_CHARS, Specialist, grounded_spans, task_text, topic_of
 from appliance.agent.store import AgentStore, Step, Turn
-from appliance.config import AgentSettings
 from appliance.audit.log import Auditor
+from appliance.config import AgentSettings
 from appliance.errors import AgentError
 from appliance.knowledge.rerank import CrossEncoderReranker
 from appliance.knowledge.retrieval import Hit, Retriever
@@ -279,7 +279,7 @@ class Agent:
             self.auditor.record("question", principal.name, question=question, session=session_id)
         run = _Run(self.settings, cancel)
         run.user, run.trace_id = principal.name, secrets.token_hex(8)
-        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         answer = Answer(question=question, text="", outcome="abstained", session_id=session_id)
         try:
             self._answer(question, principal, history, run, answer, on_token)

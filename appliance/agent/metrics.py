@@ -28,7 +28,7 @@ GENERATING = ("synthesize", "route", "hypothesize", "rewrite")  # steps whose to
 def since_iso(hours: float | None) -> str | None:
     if hours is None:
         return None
-    return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours)).isoformat(timespec="milliseconds")
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)).isoformat(timespec="milliseconds")
 
 
 def _histogram(values_ms: list[float]) -> dict[str, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance.db import open_db
 from appliance.errors import AgentError
 from appliance.migrations import Migrations
 
@@ -106,16 +106,18 @@ def time_split(seconds: float, steps: list[dict]) -> dict:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class AgentStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
-        self.db.execute("PRAGMA journal_mode=WAL")
-        MIGRATIONS.apply(self.db)
+        self.db = open_db(path, MIGRATIONS)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
 
     # -- traces -------------------------------------------------------------------------
 

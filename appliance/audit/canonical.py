@@ -37,12 +37,12 @@ def canonical_json(value: object, max_bytes: int = MAX_CANONICAL_BYTES) -> bytes
     parts: list[str] = []
     try:
         _encode(value, parts)
-    except RecursionError:
-        raise AuditError("value is nested too deeply to encode as canonical JSON") from None
+    except RecursionError as exc:
+        raise AuditError("value is nested too deeply to encode as canonical JSON") from exc
     try:
         data = "".join(parts).encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise AuditError(f"string contains a lone surrogate at position {exc.start}: not valid Unicode") from None
+        raise AuditError(f"string contains a lone surrogate at position {exc.start}: not valid Unicode") from exc
     if len(data) > max_bytes:
         raise AuditError(f"canonical JSON is {len(data)} bytes, above the limit of {max_bytes}")
     return data
@@ -120,19 +120,19 @@ def _parse_strict(data: bytes, max_bytes: int) -> object:
         text = bytes(data).decode("utf-8")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
-        raise AuditVerifyError(f"entry is not valid UTF-8 (byte {exc.start})") from None
+        raise AuditVerifyError(f"entry is not valid UTF-8 (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
-        raise AuditVerifyError(f"entry is not JSON: {exc.msg} at position {exc.pos}") from None
+        raise AuditVerifyError(f"entry is not JSON: {exc.msg} at position {exc.pos}") from exc
     except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
-        raise AuditVerifyError(f"entry is not canonical JSON: {exc}") from None
-    except RecursionError:
-        raise AuditVerifyError("entry is nested too deeply") from None
+        raise AuditVerifyError(f"entry is not canonical JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise AuditVerifyError("entry is nested too deeply") from exc
     except AuditError as exc:
-        raise AuditVerifyError(f"entry is not canonical JSON: {exc}") from None
+        raise AuditVerifyError(f"entry is not canonical JSON: {exc}") from exc
     try:
         again = canonical_json(value, max_bytes)
     except AuditError as exc:
-        raise AuditVerifyError(f"entry is not canonical JSON: {exc}") from None
+        raise AuditVerifyError(f"entry is not canonical JSON: {exc}") from exc
     if again != bytes(data):
         at = next((i for i, (a, b) in enumerate(zip(again, data)) if a != b), min(len(again), len(data)))
         raise AuditVerifyError(f"entry is not canonical JSON (first difference at byte {at})")

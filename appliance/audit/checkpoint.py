@@ -148,7 +148,7 @@ def open_checkpoint(
     try:
         text = bytes(note).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CheckpointError(f"checkpoint is not valid UTF-8 (byte {exc.start})") from None
+        raise CheckpointError(f"checkpoint is not valid UTF-8 (byte {exc.start})") from exc
     bad = _CONTROL.search(text)
     if bad:
         raise CheckpointError(f"checkpoint contains control character U+{ord(bad[0]):04X} at character {bad.start()}")
@@ -220,8 +220,8 @@ def _b64(text: str, what: str) -> bytes:
     """Strict standard base64: the only accepted spelling is the one we would write."""
     try:
         raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise CheckpointError(f"{what} is not valid base64") from None
+    except (binascii.Error, ValueError) as exc:
+        raise CheckpointError(f"{what} is not valid base64") from exc
     if base64.b64encode(raw).decode() != text:
         raise CheckpointError(f"{what} is not canonical base64")
     return raw
@@ -251,8 +251,8 @@ def generate_key(path: Path, name: str) -> Signer:
     text = f"{_SKEY_PREFIX}{name}+{signer.key_id.hex()}+{base64.b64encode(bytes([ED25519]) + seed).decode()}\n"
     try:
         write_private(path, text.encode("ascii"), exclusive=True)
-    except FileExistsError:  # another process created it first
-        raise AuditError(f"key file {path} already exists; load it instead of replacing the log key") from None
+    except FileExistsError as exc:  # another process created it first
+        raise AuditError(f"key file {path} already exists; load it instead of replacing the log key") from exc
     return signer
 
 
@@ -262,7 +262,7 @@ def load_signer(path: Path) -> Signer:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise AuditError(f"cannot open key file {path}: {exc.strerror}") from None
+        raise AuditError(f"cannot open key file {path}: {exc.strerror}") from exc
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(f.fileno()).st_mode & 0o777
         if mode & 0o077:
@@ -274,7 +274,7 @@ def load_signer(path: Path) -> Signer:
         name, hex_id, seed = _key_fields(text[len(_SKEY_PREFIX) :], f"key file {path}")
         signer = Signer(name, ed25519.Ed25519PrivateKey.from_private_bytes(seed))
     except CheckpointError as exc:
-        raise AuditError(str(exc)) from None
+        raise AuditError(str(exc)) from exc
     if signer.key_id.hex() != hex_id:
         raise AuditError(f"key file {path}: key ID {hex_id} does not match the key")
     return signer

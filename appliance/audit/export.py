@@ -59,11 +59,11 @@ def normalise_time(text: str | None, what: str) -> str | None:
         return None
     try:
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise AuditError(f"{what}: {text!r} is not an ISO 8601 date or time") from None
+    except ValueError as exc:
+        raise AuditError(f"{what}: {text!r} is not an ISO 8601 date or time") from exc
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return t.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        t = t.replace(tzinfo=dt.UTC)
+    return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _b64(proof: list[bytes]) -> list[str]:
@@ -112,7 +112,7 @@ def export_log(log: AuditLog, out: Path, *, by: str, since_checkpoint: bytes | N
                                                               "proof": _b64(proof)}))
         manifest = {"origin": log.origin, "size": cp.size, "entries": kept, "filtered": filt.active,
                     "filters": filt.as_dict(), "since": previous.size if previous else None,
-                    "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                    "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:

@@ -28,6 +28,7 @@ import sqlite_utils
 from appliance.audit.canonical import canonical_json, parse_canonical
 from appliance.audit.checkpoint import Checkpoint, Signer, generate_key, load_signer, open_checkpoint
 from appliance.audit.merkle import MerkleTree, leaf_hash
+from appliance.db import open_db
 from appliance.errors import AuditError, AuditVerifyError, AuditWriteError
 from appliance.migrations import Migrations
 
@@ -59,7 +60,7 @@ class Entry:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditLog:
@@ -72,11 +73,7 @@ class AuditLog:
         self.signer: Signer = self._key(key)
         self.origin = self.signer.name
         self._lock = threading.RLock()
-        self.conn = sqlite3.connect(root / "audit.db", check_same_thread=False, isolation_level=None,
-                                    timeout=busy_timeout_s)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        MIGRATIONS.apply(sqlite_utils.Database(self.conn))
+        self.conn = open_db(root / "audit.db", MIGRATIONS, durable=durable, busy_timeout_s=busy_timeout_s).conn
         self.tree = MerkleTree()
         self.problem: str | None = None
         try:
@@ -136,7 +133,7 @@ class AuditLog:
             try:
                 value = parse_canonical(data, MAX_ENTRY_BYTES)
             except AuditVerifyError as exc:
-                raise AuditVerifyError(f"audit entry {seq}: {exc}") from None
+                raise AuditVerifyError(f"audit entry {seq}: {exc}") from exc
             if not isinstance(value, dict) or value.get("seq") != seq:
                 raise AuditVerifyError(f"audit entry {seq} carries the wrong sequence number")
             n += 1
@@ -176,7 +173,7 @@ class AuditLog:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise AuditWriteError(f"audit log cannot be written ({exc}): the action is refused") from None
+                raise AuditWriteError(f"audit log cannot be written ({exc}): the action is refused") from exc
             try:
                 self._catch_up()
                 seq = self.tree.size
@@ -187,7 +184,7 @@ class AuditLog:
                 self.conn.execute("COMMIT")
             except (sqlite3.Error, AuditError, OSError) as exc:
                 self._rollback()
-                raise AuditWriteError(f"audit log cannot be written ({exc}): the action is refused") from None
+                raise AuditWriteError(f"audit log cannot be written ({exc}): the action is refused") from exc
             self.tree.append(leaf)
             if self.tree.size % self.checkpoint_every == 0:
                 try:
@@ -211,7 +208,7 @@ class AuditLog:
                 self.conn.execute("INSERT OR IGNORE INTO checkpoints (size, note, at) VALUES (?, ?, ?)",
                                   [self.tree.size, note, _now()])
             except sqlite3.Error as exc:
-                raise AuditWriteError(f"audit checkpoint cannot be written ({exc})") from None
+                raise AuditWriteError(f"audit checkpoint cannot be written ({exc})") from exc
             stored = self.conn.execute("SELECT note FROM checkpoints WHERE size = ?", [self.tree.size]).fetchone()
             return bytes(stored[0])
 

@@ -61,8 +61,8 @@ def _hashes(values: object, what: str) -> list[bytes]:
         raise AuditVerifyError(f"{what} is not a list of base64 hashes")
     try:
         return [base64.b64decode(v, validate=True) for v in values]
-    except (binascii.Error, ValueError):
-        raise AuditVerifyError(f"{what} holds a hash that is not base64") from None
+    except (binascii.Error, ValueError) as exc:
+        raise AuditVerifyError(f"{what} holds a hash that is not base64") from exc
 
 
 def _verifier(directory: Path, key_file: Path | None) -> Verifier:
@@ -135,7 +135,7 @@ def _entries(path: Path, cp: Checkpoint, filtered: bool, filters: dict, proofs: 
             try:
                 entry = parse_canonical(data, MAX_ENTRY_BYTES)
             except AuditVerifyError as exc:
-                raise AuditVerifyError(f"entries.jsonl line {n}: {exc}") from None
+                raise AuditVerifyError(f"entries.jsonl line {n}: {exc}") from exc
             seq = entry.get("seq") if isinstance(entry, dict) else None
             if not isinstance(seq, int) or seq <= last or seq >= cp.size:
                 raise AuditVerifyError(f"entries.jsonl line {n}: entry number {seq!r} is out of order, repeated "
@@ -151,7 +151,7 @@ def _entries(path: Path, cp: Checkpoint, filtered: bool, filters: dict, proofs: 
                 try:
                     verify_inclusion(leaf_hash(data), seq, cp.size, proofs.pop(seq), cp.root)
                 except AuditVerifyError as exc:
-                    raise AuditVerifyError(f"entry {seq} is not in the checkpointed log: {exc}") from None
+                    raise AuditVerifyError(f"entry {seq} is not in the checkpointed log: {exc}") from exc
     return count
 
 
@@ -183,7 +183,7 @@ def _previous(directory: Path, given: bytes | None, verifier: Verifier, cp: Chec
     try:
         same_tree(prev, cp, proof)
     except AuditVerifyError as exc:
-        raise AuditVerifyError(f"this log does not extend the earlier checkpoint: {exc}") from None
+        raise AuditVerifyError(f"this log does not extend the earlier checkpoint: {exc}") from exc
     return prev
 
 

@@ -31,8 +31,14 @@ from appliance.errors import ApplianceError
 from appliance.evaluation.claims import label_claim, single_shot
 from appliance.evaluation.qa import exact_match, states_fact, token_f1
 from appliance.evaluation.sets import EvalItem, EvalSet
-from appliance.evaluation.specialists import (_anchored, _fewshot_classify_prompt, _fewshot_extract_prompt, _shots,
-                                              macro_f1, span_prf)
+from appliance.evaluation.specialists import (
+    _anchored,
+    _fewshot_classify_prompt,
+    _fewshot_extract_prompt,
+    _shots,
+    macro_f1,
+    span_prf,
+)
 from appliance.runtime.protocol import GenerateRequest
 from appliance.specialists.data import Example, Sentence, Span
 

@@ -130,8 +130,6 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
                     now: dt.datetime | None = None) -> tuple[ApplyResult, GateResult]:
     """Apply the bundle on ``media``; with gate sets configured, measure before and after, and
     return to the previous generation if a figure drops by more than its threshold."""
-    import time
-
     step = progress or (lambda phase, done, total: None)
     settings = services.settings.evaluation
     names = list(settings.gate_sets)
@@ -139,12 +137,21 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
         return apply_bundle(services, account, media, progress, now=now), GateResult("not run")
     authorize(services.accounts().get(account.name), "bundles.manage")
     authorize(services.accounts().get(account.name), "evaluation.manage")
+    with services.writer.hold(f"bundle apply with the drift gate by {account.name}"):  # to the verdict: an
+        return _gated(services, account, media, progress, now, names, step)  # ingest meanwhile is never lost
+
+
+def _gated(services: Services, account: Account, media: Path, progress: Progress | None, now: dt.datetime | None,
+           names: list[str], step: Progress) -> tuple[ApplyResult, GateResult]:
+    import time
+
+    settings = services.settings.evaluation
     limit = settings.gate_limit or None
     started = time.perf_counter()
     try:  # the items as they are now: a bundle bringing a new version of a gate set is measured on these
         sets = {name: services.eval_store().get(name) for name in names}
     except EvaluationError as exc:  # a missing gate set stops the apply before anything changes
-        raise BundleError(f"drift gate: {exc} ([evaluation] gate_sets)") from None
+        raise BundleError(f"drift gate: {exc} ([evaluation] gate_sets)") from exc
     parent = services.generation().generation
     before: dict[str, float] = {}
     for name in names:
@@ -185,7 +192,7 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
         if gate.verdict == "held":
             _write_held(services, {"generation": result.generation, "parent": parent, "bundle": result.bundle,
                                    "release": result.release, "failed": failed, "runs": runs,
-                                   "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+                                   "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     services.audit().record("evaluation.gate", by.name, bundle=result.bundle, release=result.release,
                             generation=result.generation, verdict=gate.verdict, sets=names, compared=compared,
                             failed=failed, runs=runs)
@@ -195,6 +202,11 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
 def accept_held(services: Services, account: Account, generation: int) -> dict:
     """An officer's decision on a held generation: serve it after all (audited with what failed)."""
     by = authorize(services.accounts().get(account.name), "bundles.manage")
+    with services.writer.hold(f"accepting held generation {generation} by {by.name}"):
+        return _accept(services, account, by, generation)
+
+
+def _accept(services: Services, account: Account, by: Account, generation: int) -> dict:
     state = held(services)
     if state is None or state.get("generation") != generation:
         what = f"generation {state['generation']} is" if state else "no generation is"

@@ -96,7 +96,7 @@ def run_set(services: Services, account: Account, name: str, *, architectures: S
     run_id = secrets.token_hex(8)
     report.update(run_id=run_id, generation=generation.generation, release=generation.release, trigger=trigger,
                   served=served, limit=limit,
-                  by=by.name, at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+                  by=by.name, at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     services.eval_store().add_run(run_id, name, evalset.digest, by=by.name, generation=str(generation.generation),
                                   trigger=trigger, seconds=report["seconds"], report=report, at=report["at"])
     services.audit().record("evaluation.result", by.name, set=name, run=run_id,

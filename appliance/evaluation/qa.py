@@ -74,8 +74,8 @@ def load_squad(path: Path) -> tuple[list[ParsedDocument], list[QAItem]]:
         raise KnowledgeError(f"{path.name}: over the {MAX_SQUAD_BYTES} byte limit")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (ValueError, KeyError, TypeError):
-        raise KnowledgeError(f"{path.name}: not a SQuAD file (expected {{\"data\": [...]}})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KnowledgeError(f"{path.name}: not a SQuAD file (expected {{\"data\": [...]}})") from exc
     docs: list[ParsedDocument] = []
     items: list[QAItem] = []
     for a, article in enumerate(data):

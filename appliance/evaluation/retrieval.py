@@ -48,8 +48,8 @@ def read_jsonl(path: Path, max_bytes: int) -> Iterator[tuple[int, dict]]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                raise KnowledgeError(f"{path.name}: line {n} is not JSON") from None
+            except json.JSONDecodeError as exc:
+                raise KnowledgeError(f"{path.name}: line {n} is not JSON") from exc
             if not isinstance(row, dict):
                 raise KnowledgeError(f"{path.name}: line {n} is not a JSON object")
             yield n, row

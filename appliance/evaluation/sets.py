@@ -21,7 +21,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance.db import open_db
 from appliance.errors import ApplianceError, EvaluationError
 from appliance.migrations import Migrations
 
@@ -92,7 +92,7 @@ def m001_sets_runs(db: sqlite_utils.Database) -> None:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def set_digest(items: Iterable[EvalItem]) -> str:
@@ -181,7 +181,7 @@ def _jsonl(path: Path, limits: SetLimits) -> list[tuple[int, dict]]:
             if len(rows) > limits.max_items:
                 break
     except ApplianceError as exc:
-        raise EvaluationError(str(exc)) from None
+        raise EvaluationError(str(exc)) from exc
     if len(rows) > limits.max_items:
         raise EvaluationError(f"{path.name}: over the {limits.max_items} item limit")
     return rows
@@ -201,7 +201,7 @@ def _from_jsonl(path: Path, limits: SetLimits) -> list[EvalItem]:
         try:
             claims = load_claims(path)
         except ApplianceError as exc:
-            raise EvaluationError(str(exc)) from None
+            raise EvaluationError(str(exc)) from exc
         return [check_item("claim", c.text, {"label": c.label, "sources": sorted(c.gold_docs)},
                            f"{path.name}: claim {c.id}", limits, f"claim {c.id}") for c in claims]
     if "question" in first:
@@ -228,7 +228,7 @@ def _specialist_file(path: Path, kind: str, limits: SetLimits) -> list[EvalItem]
                                f"example {i}") for i, e in enumerate(data.examples, 1)]
         extraction = load_extraction(path, data_limits)
     except ApplianceError as exc:
-        raise EvaluationError(str(exc)) from None
+        raise EvaluationError(str(exc)) from exc
     return [check_item("extract", s.text, {"spans": [sp.as_dict() for sp in s.spans]}, f"{path.name}: sentence {i}",
                        limits, f"sentence {i}") for i, s in enumerate(extraction.sentences, 1)]
 
@@ -238,7 +238,7 @@ def load_items(path: Path, limits: SetLimits = SetLimits()) -> list[EvalItem]:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise EvaluationError(f"{path}: cannot read ({exc.strerror})") from None
+        raise EvaluationError(f"{path}: cannot read ({exc.strerror})") from exc
     if size > limits.max_file_bytes:
         raise EvaluationError(f"{path.name}: {size} bytes, over the {limits.max_file_bytes} byte limit")
     suffix = path.suffix.lower()
@@ -249,7 +249,7 @@ def load_items(path: Path, limits: SetLimits = SetLimits()) -> list[EvalItem]:
             try:
                 _, questions = load_squad(path)
             except ApplianceError as exc:
-                raise EvaluationError(str(exc)) from None
+                raise EvaluationError(str(exc)) from exc
             items = [check_item("qa", q.question, {"answers": list(dict.fromkeys(q.answers)), "sources": [q.doc_id],
                                                    "unanswerable": q.impossible},
                                 f"{path.name}: question {q.id}", limits, f"squad {q.id}") for q in questions]
@@ -261,8 +261,8 @@ def load_items(path: Path, limits: SetLimits = SetLimits()) -> list[EvalItem]:
             items = _specialist_file(path, "extract", limits)
         else:
             raise EvaluationError(f"{path.name}: an evaluation set is .json (SQuAD), .jsonl, .csv or .conll")
-    except UnicodeDecodeError:
-        raise EvaluationError(f"{path.name}: not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise EvaluationError(f"{path.name}: not UTF-8 text") from exc
     if not items:
         raise EvaluationError(f"{path.name}: no items")
     if len(items) > limits.max_items:
@@ -310,9 +310,11 @@ class EvalStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.limits = limits
         self._lock = threading.RLock()
-        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
-        self.db.execute("PRAGMA journal_mode=WAL")
-        MIGRATIONS.apply(self.db)
+        self.db = open_db(path, MIGRATIONS)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
 
     def save(self, name: str, items: list[EvalItem], *, by: str, origin: str, description: str = "",
              replace: bool = False) -> EvalSet:

@@ -48,7 +48,7 @@ def load_verification_set(path: Path = VERIFICATION_SET) -> list[VerificationIte
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise EvaluationError(f"{path.name}: cannot read: {exc.strerror}") from None
+        raise EvaluationError(f"{path.name}: cannot read: {exc.strerror}") from exc
     if size > MAX_SET_BYTES:
         raise EvaluationError(f"{path.name}: {size} bytes, over the limit of {MAX_SET_BYTES}")
     items: list[VerificationItem] = []
@@ -59,7 +59,7 @@ def load_verification_set(path: Path = VERIFICATION_SET) -> list[VerificationIte
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise EvaluationError(f"{path.name}:{n}: not JSON: {exc.msg}") from None
+            raise EvaluationError(f"{path.name}:{n}: not JSON: {exc.msg}") from exc
         if not isinstance(raw, dict):
             raise EvaluationError(f"{path.name}:{n}: not a JSON object")
         for key in ("id", "source", "passage", "sentence", "kind"):

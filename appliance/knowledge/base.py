@@ -12,7 +12,12 @@ Order of a write (any number of documents at once):
 
 Readers resolve every hit through the catalog, so they see the old version until step 5
 commits and the new one after, never both or neither. A crash anywhere leaves journal
-rows that :meth:`KnowledgeBase.recover` (run at every start) finishes.
+rows that :meth:`KnowledgeBase.recover` finishes.
+
+Writers of one data directory take its writer lock (:mod:`appliance.locks`) through
+:meth:`KnowledgeBase.writing`, which first recovers what a dead writer left: while the
+lock is held no other process can have a write in flight, so every ``pending`` journal
+row is a crashed one. Opening a knowledge base only reads; it never recovers.
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.access.labels import Labels, LevelScale
 from appliance.config import KnowledgeSettings
 from appliance.errors import ApplianceError, KnowledgeError
-from appliance.knowledge.catalog import DocumentRow, Catalog, ChunkRow, NewDocument, chunk_id
+from appliance.knowledge.catalog import Catalog, ChunkRow, DocumentRow, NewDocument, chunk_id
 from appliance.knowledge.chunking import chunk_document
 from appliance.knowledge.parsers import ParsedDocument, ParseLimits, parse_file
+from appliance.locks import DEFAULT_WAIT_S, WriterLock
 from appliance.runtime.vector_index import VectorIndex
 
 __all__ = ["KnowledgeBase", "IngestReport", "FileOutcome"]
@@ -81,15 +88,41 @@ def digest(doc: ParsedDocument, labels: Labels) -> str:
 
 
 class KnowledgeBase:
-    def __init__(self, root: Path, embed: Embedder, *, scale: LevelScale, settings: KnowledgeSettings) -> None:
+    def __init__(self, root: Path, embed: Embedder, *, scale: LevelScale, settings: KnowledgeSettings,
+                 writer: WriterLock | None = None) -> None:
+        """Open ``root`` for reading. ``writer`` is the data directory's writer lock, which every write must
+        hold (:meth:`writing`); None for a private knowledge base no other process opens (an evaluation's
+        scratch copy, a test)."""
         self.root = root
         self.catalog = Catalog(root / "catalog.db")
         self.vectors = VectorIndex(root / "chroma")
         self.embed = embed
         self.scale = scale
         self.settings = settings
+        self.writer = writer
         self._retiring: list[tuple[float, dict]] = []
-        self.recover()
+
+    @contextmanager
+    def writing(self, what: str, wait_s: float = DEFAULT_WAIT_S) -> Iterator[KnowledgeBase]:
+        """Hold the writer lock for ``what`` (BusyError after ``wait_s``), after finishing what a dead writer
+        left; every ingest, delete and repair runs inside."""
+        if self.writer is None:  # private: no other process has a write in flight
+            self.recover()
+            yield self
+            return
+        with self.writer.hold(what, wait_s):
+            self.recover()
+            yield self
+
+    def _must_write(self) -> None:
+        if self.writer is not None and not self.writer.held():
+            raise KnowledgeError("the knowledge base is open for reading only: writes go through writing(), "
+                                 "which holds the data directory's writer lock")
+
+    def close(self) -> None:
+        """Release the catalog's connection and Chroma's client (the object is not used after)."""
+        self.catalog.close()
+        self.vectors.close()
 
     @property
     def parse_limits(self) -> ParseLimits:
@@ -99,7 +132,9 @@ class KnowledgeBase:
     # -- recovery -----------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Finish or undo vector writes a crash left behind; returns how many were fixed."""
+        """Finish or undo vector writes a crash left behind; returns how many were fixed. Only under the
+        writer lock: another process's write in flight has ``pending`` rows too."""
+        self._must_write()
         self._retiring = []
         entries = self.catalog.journal()
         for e in entries:
@@ -115,6 +150,7 @@ class KnowledgeBase:
                      collection: str | None = None,
                      may_replace: Callable[[DocumentRow], bool] | None = None) -> IngestReport:
         """Parse and ingest files; a bad file is reported and the rest go on."""
+        self._must_write()
         report = IngestReport()
         for path in paths:
             try:
@@ -136,6 +172,7 @@ class KnowledgeBase:
         if collection is not None and not COLLECTION.match(collection):
             raise KnowledgeError(f"bad collection name {collection[:70]!r}: 1-63 of a-z 0-9 . _ -, starting with a "
                                  "letter or digit")
+        self._must_write()
         report = report if report is not None else IngestReport()
         seen: set[str] = set()
         for start in range(0, len(docs), batch_docs):
@@ -190,7 +227,7 @@ class KnowledgeBase:
             raise KnowledgeError(f"{doc.source_name}: document id {doc_id!r} cannot be used")
         if old is not None and old.sha256 == sha:
             return None
-        version = old.version + 1 if old else 1
+        version = self.catalog.next_version(doc_id)  # never one whose vectors may still be retiring
         s = self.settings
         pieces = chunk_document(doc, target_chars=s.chunk_chars, max_chars=s.chunk_max_chars,
                                 overlap_sentences=s.chunk_overlap_sentences)
@@ -244,6 +281,7 @@ class KnowledgeBase:
     # -- delete -------------------------------------------------------------------------
 
     def delete(self, doc_id: str) -> bool:
+        self._must_write()
         entry = self.catalog.delete(doc_id)
         if entry is None:
             return False
@@ -253,7 +291,10 @@ class KnowledgeBase:
     # -- consistency --------------------------------------------------------------------
 
     def check(self, repair: bool = False) -> list[str]:
-        """Disagreements between catalog, full-text tables and Chroma; fixed from the catalog if asked."""
+        """Disagreements between catalog, full-text tables and Chroma; fixed from the catalog if asked
+        (inside :meth:`writing`)."""
+        if repair:
+            self._must_write()
         problems: list[str] = []
         journal = self.catalog.journal()
         mine = {(e["doc_id"], e["version"]) for _, e in self._retiring}

@@ -16,20 +16,22 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import sqlite_utils
 
 from appliance.access.labels import Labels
+from appliance.db import open_db
+from appliance.errors import KnowledgeError
 from appliance.knowledge.chunking import row_passage
 from appliance.migrations import Migrations
 
-__all__ = ["Catalog", "DocumentRow", "ChunkRow", "fts_query"]
+__all__ = ["Catalog", "DocumentRow", "ChunkRow", "fts_query", "unfinished_writes"]
 
 MIGRATIONS = Migrations("knowledge")
 
@@ -168,12 +170,25 @@ class NewDocument:
     collection: str | None = None
 
 
+def unfinished_writes(path: Path) -> int:
+    """How many journal rows the catalog at ``path`` holds (a cheap read-only look, without migrations)."""
+    if not path.is_file():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0  # no journal table yet: nothing was ever written
+    finally:
+        conn.close()
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _locked(fn: F) -> F:
     @wraps(fn)
-    def wrapper(self: "Catalog", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Catalog, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             return fn(self, *args, **kwargs)
 
@@ -187,10 +202,11 @@ class Catalog:
         # one connection shared by the threads of this process (TUI workers): every public
         # method holds the lock, so no thread sees another's transaction half done
         self._lock = threading.RLock()
-        self.db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        MIGRATIONS.apply(self.db)
+        self.db = open_db(path, MIGRATIONS)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
 
     # -- reads --------------------------------------------------------------------------
 
@@ -286,6 +302,16 @@ class Catalog:
         return [dict(r, chunk_ids=json.loads(r["chunk_ids"])) for r in self.db.query("SELECT * FROM journal")]
 
     @_locked
+    def next_version(self, doc_id: str) -> int:
+        """A version number ``doc_id`` has never had while its vectors may still exist: past the stored one
+        and past any journalled (pending or retiring) one, so a deleted document ingested again never
+        shares vector ids with its own retiring ones."""
+        row = self.db.execute(
+            "SELECT max(v) FROM (SELECT version AS v FROM documents WHERE doc_id = ?"
+            " UNION ALL SELECT version FROM journal WHERE doc_id = ?)", [doc_id, doc_id]).fetchone()
+        return int(row[0] or 0) + 1
+
+    @_locked
     def counts(self) -> dict[str, int]:
         return {"documents": self.db["documents"].count, "chunks": self.db["chunks"].count,
                 "partitions": self.db["partitions"].count}
@@ -320,12 +346,15 @@ class Catalog:
     @_locked
     def swap_in(self, docs: Sequence[NewDocument]) -> list[dict]:
         """One transaction: new versions replace old ones; returns the retired vector sets."""
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         retired: list[dict] = []
         with self.db.atomic():
             for d in docs:
                 part = self._ensure_partition(d.labels)
-                old = self.get(d.doc_id)
+                old = self.get(d.doc_id)  # read inside the write transaction: no writer can change it now
+                if old is not None and old.version >= d.version:
+                    raise KnowledgeError(f"{d.doc_id!r} was stored as version {old.version} by another writer "
+                                         f"while version {d.version} was prepared; nothing was changed")
                 if old is not None:
                     retired.append(self._remove_rows(old))
                 self.db.execute(

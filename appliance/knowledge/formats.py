@@ -272,7 +272,7 @@ def extract_html(name: str, text: str, stem: str) -> Extracted:
         parser.feed(text)
         parser.close()
     except Exception as exc:  # noqa: BLE001 - html.parser is lenient, but never let it escape raw
-        raise ParseError(f"{name}: not valid HTML: {short_reason(exc)}") from None
+        raise ParseError(f"{name}: not valid HTML: {short_reason(exc)}") from exc
     body, sections = parser.finish()
     title = one_line("".join(parser.title_parts)) or parser.first_h1[:TITLE_MAX] or stem
     return Extracted(title, body, sections, [], parser.tables)
@@ -290,18 +290,18 @@ def extract_pdf(name: str, data: bytes, limits: ParseLimits, stem: str) -> Extra
         reader = pypdf.PdfReader(io.BytesIO(data))
         encrypted = reader.is_encrypted
     except Exception as exc:  # noqa: BLE001 - pypdf raises anything on hostile input
-        raise ParseError(f"{name}: not a valid PDF: {short_reason(exc)}") from None
+        raise ParseError(f"{name}: not a valid PDF: {short_reason(exc)}") from exc
     if encrypted:
         try:
             ok = reader.decrypt("")
         except Exception as exc:  # noqa: BLE001 - e.g. an unsupported cipher
-            raise ParseError(f"{name}: encrypted PDF ({short_reason(exc)})") from None
+            raise ParseError(f"{name}: encrypted PDF ({short_reason(exc)})") from exc
         if not ok:
             raise ParseError(f"{name}: encrypted PDF (no password available)")
     try:
         n_pages = len(reader.pages)
     except Exception as exc:  # noqa: BLE001 - pypdf raises anything on hostile input
-        raise ParseError(f"{name}: not a valid PDF: {short_reason(exc)}") from None
+        raise ParseError(f"{name}: not a valid PDF: {short_reason(exc)}") from exc
     if n_pages > limits.max_pages:
         raise ParseError(f"{name}: {n_pages} pages, over the limit of {limits.max_pages}")
 
@@ -350,8 +350,8 @@ def check_zip(name: str, data: bytes, limits: ParseLimits) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = zf.infolist()
-    except Exception:  # noqa: BLE001 - BadZipFile, but also ValueError/OSError/... on odd archives
-        raise ParseError(f"{name}: not a DOCX file (not a zip archive)") from None
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, but also ValueError/OSError/... on odd archives
+        raise ParseError(f"{name}: not a DOCX file (not a zip archive)") from exc
     if len(infos) > limits.max_zip_members:
         raise ParseError(f"{name}: zip bomb suspected: {len(infos)} members (limit {limits.max_zip_members})")
     total = 0
@@ -434,5 +434,5 @@ def extract_docx(name: str, data: bytes, limits: ParseLimits, stem: str) -> Extr
     except ParseError:
         raise
     except Exception as exc:  # noqa: BLE001 - python-docx raises anything on hostile input
-        raise ParseError(f"{name}: not a valid DOCX: {short_reason(exc)}") from None
+        raise ParseError(f"{name}: not a valid DOCX: {short_reason(exc)}") from exc
     return Extracted(core_title or first_heading or stem, text, sections, [])

@@ -106,7 +106,7 @@ def parse_file(path: Path, limits: ParseLimits = ParseLimits()) -> list[ParsedDo
     try:
         st = path.stat()
     except OSError as exc:
-        raise ParseError(f"{label}: cannot read: {exc.strerror or short_reason(exc)}") from None
+        raise ParseError(f"{label}: cannot read: {exc.strerror or short_reason(exc)}") from exc
     if not stat.S_ISREG(st.st_mode):
         raise ParseError(f"{label}: not a regular file")
     if st.st_size > limits.max_file_bytes:
@@ -115,7 +115,7 @@ def parse_file(path: Path, limits: ParseLimits = ParseLimits()) -> list[ParsedDo
         with path.open("rb") as f:
             data = f.read(limits.max_file_bytes + 1)  # bounded even if the file grew
     except OSError as exc:
-        raise ParseError(f"{label}: cannot read: {exc.strerror or short_reason(exc)}") from None
+        raise ParseError(f"{label}: cannot read: {exc.strerror or short_reason(exc)}") from exc
     return parse_bytes(path.name, data, limits)
 
 
@@ -223,8 +223,8 @@ def _decode(label: str, data: bytes) -> tuple[str, list[str]]:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 with a BOM (Windows "Unicode")
         try:
             return normalise_newlines(data.decode("utf-16")), []
-        except UnicodeDecodeError:
-            raise ParseError(f"{label}: invalid UTF-16 text") from None
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"{label}: invalid UTF-16 text") from exc
     head = data[:8192]
     if b"\0" in head or len(head.translate(None, _NOT_CONTROL)) > 0.3 * len(head):
         raise ParseError(f"{label}: binary data, not text")
@@ -380,7 +380,7 @@ def _parse_csv(
             except StopIteration:
                 break
             except csv.Error as exc:
-                raise ParseError(f"{label}: malformed CSV at line {line}: {short_reason(exc)}") from None
+                raise ParseError(f"{label}: malformed CSV at line {line}: {short_reason(exc)}") from exc
             if not any(cell.strip() for cell in row):
                 continue
             if header is None:
@@ -447,9 +447,9 @@ def _parse_jsonl(
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ParseError(f"{label}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise ParseError(f"{label}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
         except (ValueError, RecursionError) as exc:
-            raise ParseError(f"{label}: line {number}: not valid JSON ({short_reason(exc)})") from None
+            raise ParseError(f"{label}: line {number}: not valid JSON ({short_reason(exc)})") from exc
         if not isinstance(record, dict):
             raise ParseError(f"{label}: line {number}: not a JSON object")
         body = record.get("text")

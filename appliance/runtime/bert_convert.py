@@ -20,7 +20,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from appliance.errors import ModelStoreError
+from appliance.errors import BertConversionError  # defined with every other error class
 from appliance.runtime.gguf_write import atomic_gguf_writer
 
 __all__ = ["convert_bert", "BertConversionError", "DELTA_FORMAT"]
@@ -34,9 +34,6 @@ HEAD = {"pooler.dense.weight": "cls.weight", "pooler.dense.bias": "cls.bias",
 SKIPPED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
 
 
-class BertConversionError(ModelStoreError):
-    """The directory is not a BERT model this converter understands."""
-
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
@@ -46,7 +43,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BertConversionError(f"{path}: not valid JSON: {exc}") from None
+        raise BertConversionError(f"{path}: not valid JSON: {exc}") from exc
 
 
 def _pooling_type(model_dir: Path) -> gguf.PoolingType:
@@ -111,7 +108,7 @@ def _merge_delta(tensors: dict, delta_path: Path) -> dict:
             meta = fh.metadata() or {}
         delta = load_file(str(delta_path))
     except Exception as exc:  # safetensors raises several types for a damaged file
-        raise BertConversionError(f"{delta_path}: not a safetensors file: {exc}") from None
+        raise BertConversionError(f"{delta_path}: not a safetensors file: {exc}") from exc
     if meta.get("format") != DELTA_FORMAT:
         raise BertConversionError(f"{delta_path}: format {meta.get('format')!r}, expected {DELTA_FORMAT!r}")
     prefix = "bert." if any(k.startswith("bert.") for k in tensors) else ""

@@ -29,7 +29,7 @@ def template_problem(template: object) -> str | None:
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
     env.globals.update(raise_exception=raise_exception,
-                       strftime_now=lambda fmt: dt.datetime.now(dt.timezone.utc).strftime(fmt))
+                       strftime_now=lambda fmt: dt.datetime.now(dt.UTC).strftime(fmt))
     try:
         compiled = env.from_string(template)
         text = compiled.render(messages=[{"role": "user", "content": PROBE}], add_generation_prompt=True,

@@ -203,8 +203,8 @@ class EngineClient:
                             f"llama.cpp host did not answer {op} within {timeout:.0f} s; it was restarted")
                     continue
                 got, kind, data = self._conn.recv()
-            except (EOFError, ConnectionResetError, BrokenPipeError):
-                raise self._died(op, restart) from None
+            except (EOFError, ConnectionResetError, BrokenPipeError) as exc:
+                raise self._died(op, restart) from exc
             if got != rid:
                 continue  # a late answer to a request already given up on
             if kind == "chunk":
@@ -229,8 +229,8 @@ class EngineClient:
             try:
                 with self._send_lock:
                     self._conn.send((rid, op, payload))  # type: ignore[union-attr]
-            except (BrokenPipeError, ConnectionResetError, OSError):
-                raise self._died(op, restart=True) from None
+            except (BrokenPipeError, ConnectionResetError, OSError) as exc:
+                raise self._died(op, restart=True) from exc
             self._streaming = rid if op == "generate" else None
             try:
                 return self._receive(rid, op, self.request_timeout_s, on_chunk=on_chunk)

@@ -116,7 +116,7 @@ class LlamaEngine:
         except GGUFError as exc:
             entry.error = str(exc)
             if strict:
-                raise EngineRequestError(f"adapter {name!r}: {exc}") from None
+                raise EngineRequestError(f"adapter {name!r}: {exc}") from exc
         old = self.adapters.get(name)
         self.adapters[name] = entry
         if old is not None and old.handle is not None and old.handle != entry.handle:
@@ -201,7 +201,7 @@ class LlamaEngine:
             try:
                 text = json_schema_to_gbnf(json.dumps(req.json_schema))
             except Exception as exc:  # the converter raises plain exceptions on bad schemas
-                raise EngineRequestError(f"JSON schema not supported: {exc}") from None
+                raise EngineRequestError(f"JSON schema not supported: {exc}") from exc
         else:
             text = req.grammar or ""
         # llama.cpp returns NULL for a grammar it cannot parse; check before sampling with it

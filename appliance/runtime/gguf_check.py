@@ -171,15 +171,15 @@ class _Reader:
             return self.read(length, what).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise self.fail(f"{what} at byte {start} is not valid UTF-8 "
-                            f"(bad byte at string offset {exc.start})") from None
+                            f"(bad byte at string offset {exc.start})") from exc
 
     def value_type(self, what: str) -> int:
         """Read a GGUF value type and check that it is known."""
         start, vtype = self.pos, self.u32(f"value type of {what}")
         try:
             return _VT(vtype)
-        except ValueError:
-            raise self.fail(f"{what} has unknown value type {vtype} (at byte {start})") from None
+        except ValueError as exc:
+            raise self.fail(f"{what} has unknown value type {vtype} (at byte {start})") from exc
 
     def array(self, what: str, depth: int = 1) -> int:
         """Check (without keeping) an array value; return its length."""
@@ -235,10 +235,10 @@ def _open_regular(path: Path) -> tuple[BinaryIO, int]:
     """Open ``path`` for reading (never blocking on a FIFO); return it and its size."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise GGUFError(f"{path}: file does not exist") from None
+    except FileNotFoundError as exc:
+        raise GGUFError(f"{path}: file does not exist") from exc
     except OSError as exc:
-        raise GGUFError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        raise GGUFError(f"{path}: cannot open: {exc.strerror or exc}") from exc
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
@@ -268,7 +268,7 @@ def validate_gguf(path: str | Path, *, limits: GGUFLimits = GGUFLimits(),
         try:
             return _parse(r, expect)
         except OSError as exc:
-            raise GGUFError(f"{path}: cannot read at byte {r.pos}: {exc.strerror or exc}") from None
+            raise GGUFError(f"{path}: cannot read at byte {r.pos}: {exc.strerror or exc}") from exc
 
 
 def _parse(r: _Reader, expect: Expect) -> GGUFInfo:
@@ -352,8 +352,8 @@ def _tensor_info(r: _Reader, i: int, alignment: int, names: set[str]) -> TensorI
     try:
         qtype = gguf.GGMLQuantizationType(type_id)
         block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    except (ValueError, KeyError):
-        raise r.fail(f"tensor {_q(name)} has unknown ggml type {type_id}") from None
+    except (ValueError, KeyError) as exc:
+        raise r.fail(f"tensor {_q(name)} has unknown ggml type {type_id}") from exc
     if shape[0] % block_size:
         raise r.fail(f"tensor {_q(name)} first dimension {shape[0]} is not a multiple of "
                      f"the {qtype.name} block size {block_size}")

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import sqlite_utils
 
+from appliance.db import open_db
 from appliance.errors import DigestMismatchError, GGUFError, ModelStoreError, UnknownModelError
 from appliance.migrations import Migrations
-from appliance.runtime.profiles import ModelProfile, ProfileError, profile_of
 from appliance.runtime.gguf_check import GGUFInfo, GGUFLimits, validate_gguf
+from appliance.runtime.profiles import ModelProfile, ProfileError, profile_of
 
 __all__ = ["ModelStore", "ModelRecord", "VerifyResult", "KINDS", "MODEL_KINDS", "CROSS_ENCODERS", "sha256_file",
            "adapter_misfit", "encoder_misfit", "generator_misfit"]
@@ -113,7 +114,6 @@ class ModelStore:
         self.root = Path(root)
         self.max_model_bytes = max_model_bytes
         self.max_adapter_bytes = max_adapter_bytes
-        self._db: sqlite_utils.Database | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -128,11 +128,18 @@ class ModelStore:
         db = getattr(local, "db", None)
         if db is None:
             self.blobs.mkdir(parents=True, exist_ok=True)
-            db = local.db = sqlite_utils.Database(self.root / "registry.db")
-            db.execute("PRAGMA journal_mode=WAL")
-            MIGRATIONS.apply(db)
-            self._db = db
+            db = local.db = open_db(self.root / "registry.db", MIGRATIONS)
+            with self.__dict__.setdefault("_opened_lock", threading.Lock()):
+                self.__dict__.setdefault("_opened", []).append(db)
         return db
+
+    def close(self) -> None:
+        """Close the registry connections every thread opened (the store opens new ones if used again)."""
+        with self.__dict__.setdefault("_opened_lock", threading.Lock()):
+            opened, self.__dict__["_opened"] = self.__dict__.get("_opened", []), []
+            self.__dict__["_local"] = threading.local()
+        for db in opened:
+            db.close()
 
     def blob_path(self, sha256: str) -> Path:
         return self.blobs / f"sha256-{sha256}.gguf"
@@ -262,7 +269,7 @@ class ModelStore:
             "size": info.file_size,
             "source": source,
             "base_sha256": base_sha256,
-            "added_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "added_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "metadata": json.dumps(metadata or {}, sort_keys=True),
         }
         with self.db.atomic():
@@ -358,7 +365,7 @@ def generator_misfit(src: Path, info: GGUFInfo, kind: str, template: str | None 
     try:
         return profile_of(info, template)
     except ProfileError as exc:
-        raise ModelStoreError(f"{src}: refused as a generator: {exc}") from None
+        raise ModelStoreError(f"{src}: refused as a generator: {exc}") from exc
 
 
 def adapter_misfit(adapter: GGUFInfo, base: GGUFInfo) -> str | None:

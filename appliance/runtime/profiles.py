@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from appliance.errors import ProfileError  # defined with every other error class
 from appliance.runtime.chat_template import TEMPLATE_KEY, template_problem
 from appliance.runtime.gguf_check import GGUFInfo
 
@@ -37,9 +38,6 @@ FAMILY_TEMPLATES: dict[str, str] = {
 # End-of-turn markers of the common template families; a template's stop markers are those it uses.
 END_MARKERS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>")
 
-
-class ProfileError(ValueError):
-    """A generator whose profile cannot be made: no usable template, or markers that do not fit."""
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,11 @@ class VectorIndex:
         )
         self._collections: dict[str, object] = {}
 
+    def close(self) -> None:
+        """Release this client's hold on Chroma's shared system (stopped when the process's last client closes)."""
+        self._collections.clear()
+        self.client.close()
+
     def collection(self, name: str):  # noqa: ANN201 - chromadb's Collection type
         if name not in self._collections:
             self._collections[name] = self.client.get_or_create_collection(

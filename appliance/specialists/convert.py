@@ -143,7 +143,7 @@ def _read_dir(path: Path) -> PeftLora:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConvertError(f"{config_file}: not valid JSON: {exc}") from None
+        raise ConvertError(f"{config_file}: not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise ConvertError(f"{config_file}: not a JSON object")
     return PeftLora(source=str(path), config=config, tensors=_read_safetensors(weights_file))
@@ -166,8 +166,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise bad("bad header length")
         try:
             header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError):
-            raise bad("header is not JSON") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad("header is not JSON") from exc
         if not isinstance(header, dict):
             raise bad("header is not a JSON object")
         data_size = size - 8 - n
@@ -176,8 +176,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
                 continue
             try:
                 dtype, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise bad(f"tensor {name!r} has no dtype, shape or data_offsets") from None
+            except (KeyError, TypeError, ValueError) as exc:
+                raise bad(f"tensor {name!r} has no dtype, shape or data_offsets") from exc
             if dtype not in _ST_DTYPES:
                 raise bad(f"tensor {name!r} has dtype {dtype}; LoRA weights must be F32, F16, BF16 or F64")
             np_dtype = _ST_DTYPES[dtype]
@@ -244,7 +244,7 @@ def _read_base(base_gguf: Path) -> GGUFInfo:
     try:
         info = validate_gguf(base_gguf, expect="model")
     except GGUFError as exc:
-        raise ConvertError(f"base model: {exc}") from None
+        raise ConvertError(f"base model: {exc}") from exc
     if info.architecture not in ARCHITECTURES:
         raise ConvertError(f"{base_gguf}: architecture {info.architecture!r} is not supported; "
                            f"only {_NAMES} adapters convert")
@@ -335,13 +335,13 @@ def _metadata(*, task: str, labels: list[str], metrics: dict, created_at: str | 
     try:
         metrics_json = json.dumps(metrics, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ConvertError(f"metrics are not JSON: {exc}") from None
+        raise ConvertError(f"metrics are not JSON: {exc}") from exc
     if created_at is None:
         created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     try:
         dt.datetime.fromisoformat(created_at)
-    except (TypeError, ValueError):
-        raise ConvertError(f"created_at {created_at!r} is not an ISO 8601 time") from None
+    except (TypeError, ValueError) as exc:
+        raise ConvertError(f"created_at {created_at!r} is not an ISO 8601 time") from exc
     meta = {"appliance.task": task, "appliance.labels": json.dumps(list(labels)),
             "appliance.metrics": metrics_json, "appliance.created_at": created_at}
     if sum(len(v) for v in meta.values()) > MAX_METADATA_BYTES:
@@ -397,7 +397,7 @@ def convert_peft_adapter(
     try:
         write_lora_adapter(out, architecture=base.architecture, alpha=alpha, tensors=tensors, metadata=meta, name=out.stem)
     except OSError as exc:
-        raise ConvertError(f"{out}: cannot write: {exc.strerror or exc}") from None
+        raise ConvertError(f"{out}: cannot write: {exc.strerror or exc}") from exc
     return out
 
 
@@ -420,6 +420,6 @@ def load_base_from_gguf(gguf_path: Path, *, dtype: Any = None) -> tuple[Any, Any
         model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, local_files_only=True,
                                                      dtype=dtype or torch.float32)
     except (OSError, ValueError) as exc:
-        raise ConvertError(f"{gguf_path}: transformers cannot load it: {exc}") from None
+        raise ConvertError(f"{gguf_path}: transformers cannot load it: {exc}") from exc
     model.eval()
     return model, tokenizer

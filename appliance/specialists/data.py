@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.errors import ApplianceError
+from appliance.errors import DataError  # defined with every other error class
 
 __all__ = ["DataError", "DataLimits", "Example", "Sentence", "Span", "ClassificationData", "ExtractionData",
            "load_classification", "load_extraction", "split", "file_digest", "SAFE_LABEL"]
@@ -32,9 +32,6 @@ __all__ = ["DataError", "DataLimits", "Example", "Sentence", "Span", "Classifica
 # printable, no quote, backslash or control character (Banking77 has "reverted_card_payment?")
 SAFE_LABEL = re.compile(r'^[^\x00-\x20\x7f"\\`]([^\x00-\x1f\x7f"\\`]{0,62}[^\x00-\x20\x7f"\\`])?$')
 
-
-class DataError(ApplianceError):
-    """Training or evaluation data that cannot be used; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ def _read(path: Path, limits: DataLimits) -> str:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     if size > limits.max_file_bytes:
@@ -112,7 +109,7 @@ def _read(path: Path, limits: DataLimits) -> str:
     try:
         return path.read_bytes()[: limits.max_file_bytes].decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 def _label(raw: object, where: str, what: str = "label") -> str:
@@ -142,7 +139,7 @@ def _json_rows(path: Path, raw: str, expected: str) -> Iterator[tuple[str, dict]
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not JSON: {exc.msg}") from None
+            raise DataError(f"{where}: not JSON: {exc.msg}") from exc
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected an object with {expected}")
         yield where, row
@@ -161,10 +158,10 @@ def load_classification(path: Path, limits: DataLimits = DataLimits(), *, min_la
         reader = csv.reader(io.StringIO(raw))
         try:
             header = [h.strip().lower() for h in next(reader)]
-        except StopIteration:
-            raise DataError(f"{path}: empty file: no training data") from None
+        except StopIteration as exc:
+            raise DataError(f"{path}: empty file: no training data") from exc
         except csv.Error as exc:
-            raise DataError(f"{path}:1: bad CSV: {exc}") from None
+            raise DataError(f"{path}:1: bad CSV: {exc}") from exc
         if "text" not in header or not ({"label", "category"} & set(header)):
             raise DataError(f"{path}:1: the header must name the columns text and label (or category), got {header}")
         ti, li = header.index("text"), header.index("label" if "label" in header else "category")
@@ -179,7 +176,7 @@ def load_classification(path: Path, limits: DataLimits = DataLimits(), *, min_la
                 if len(examples) > limits.max_examples:
                     raise DataError(f"{path}: over {limits.max_examples} examples")
         except csv.Error as exc:
-            raise DataError(f"{path}:{reader.line_num}: bad CSV: {exc}") from None
+            raise DataError(f"{path}:{reader.line_num}: bad CSV: {exc}") from exc
     else:
         raise DataError(f"{path}: classification data must be .csv (text,label) or .jsonl")
     if not examples:

@@ -164,7 +164,7 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
                       "data": {"path": str(job.data), "sha256": data.digest, "train": len(train), "held_out": len(held)},
                       "base": {"path": str(job.base), "sha256": base_sha},
                       "adapter_sha256": sha256_file(adapter),
-                      "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                       "versions": _versions(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
         if earlier:
             provenance["resumed_from"] = earlier["provenance"]
@@ -185,7 +185,7 @@ def _resumed(job: FinetuneJob, data_digest: str, base_sha: str) -> dict[str, Any
         prov = json.loads((job.resume / "provenance.json").read_text())
         before = json.loads((job.resume / "metrics.json").read_text())
     except (OSError, ValueError) as exc:
-        raise TrainError(f"cannot resume from {job.resume}: {exc}") from None
+        raise TrainError(f"cannot resume from {job.resume}: {exc}") from exc
     if not (job.resume / "peft" / "adapter_config.json").is_file():
         raise TrainError(f"cannot resume from {job.resume}: it has no peft adapter (peft/)")
     was = prov.get("job", {})

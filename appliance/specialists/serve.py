@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 
 from appliance.agent.specialists import Span as AgentSpan
 from appliance.agent.specialists import SpecialistResult
-from appliance.errors import ApplianceError, GGUFError
+from appliance.errors import (
+    GGUFError,
+    SpecialistError,  # defined with every other error class
+)
 from appliance.runtime.client import EngineClient
 from appliance.runtime.gguf_check import validate_gguf
 from appliance.runtime.model_store import ModelRecord
@@ -34,9 +37,6 @@ __all__ = ["SpecialistError", "SpecialistInfo", "Classification", "Extraction", 
 
 MAX_INPUT_CHARS = 4000
 
-
-class SpecialistError(ApplianceError):
-    """A specialist is unknown, not usable on this base, or was given unusable input."""
 
 
 @dataclass(frozen=True)

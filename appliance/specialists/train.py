@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from appliance.errors import ApplianceError
+from appliance.errors import TrainError  # defined with every other error class
 from appliance.specialists.data import Example, Sentence
 
 __all__ = ["TrainConfig", "TrainResult", "TrainError", "classification_prompt", "extraction_prompt",
@@ -27,9 +27,6 @@ __all__ = ["TrainConfig", "TrainResult", "TrainError", "classification_prompt", 
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-
-class TrainError(ApplianceError):
-    """Fine-tuning could not run (bad settings, no usable examples, a diverging loss)."""
 
 
 @dataclass(frozen=True)

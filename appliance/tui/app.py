@@ -20,7 +20,7 @@ from textual.screen import Screen
 from appliance.access.accounts import Account, LoginSession
 from appliance.access.authz import ACTIONS
 from appliance.access.labels import Principal
-from appliance.errors import AccessError, ApplianceError, AuditWriteError
+from appliance.errors import ApplianceError, AuditWriteError, SessionExpiredError
 from appliance.services import Services
 from appliance.tui.messages import Failed
 
@@ -122,7 +122,7 @@ class ApplianceApp(App[None]):
     def current(self) -> Account:
         """The account behind the login session, checked by the service (idle clock restarts)."""
         if self.token is None:
-            raise AccessError("not logged in")
+            raise SessionExpiredError("not logged in")
         self.account = self.services.login_session(self.token)
         return self.account
 
@@ -208,8 +208,7 @@ class ApplianceApp(App[None]):
 
     def on_failed(self, message: Failed) -> None:
         exc = message.error
-        if isinstance(exc, AccessError) and ("not logged in" in str(exc) or "idle" in str(exc)
-                                             or "disabled" in str(exc)):
+        if isinstance(exc, SessionExpiredError):
             self.to_login(f"{exc}")
             return
         if isinstance(exc, AuditWriteError):

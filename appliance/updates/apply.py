@@ -25,15 +25,14 @@ from the new generation's own description. Nothing is trusted before every check
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 import datetime as dt
-import fcntl
 import json
 import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,22 +76,15 @@ def _fault(step: str) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(services: Services) -> Iterator[None]:
-    up = updates_dir(services)
-    up.mkdir(parents=True, exist_ok=True)
-    with open(up / "apply.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BundleError("another bundle apply or rollback is running on this appliance") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _exclusive(services: Services, what: str) -> Iterator[None]:
+    """The data directory's writer lock (:mod:`appliance.locks`): no ingest, delete, repair, other apply or
+    rollback runs from the copy of the serving knowledge to the switch, so nothing written is lost or revived."""
+    with services.writer.hold(what):
+        yield
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _write_state(services: Services, state: dict) -> None:
@@ -114,7 +106,7 @@ def apply_bundle(services: Services, account: Account, media: Path, progress: Pr
     by = authorize(services.accounts().get(account.name), "bundles.manage")
     step = progress or (lambda phase, done, total: None)
     started = time.perf_counter()
-    with _exclusive(services):
+    with _exclusive(services, f"bundle apply by {by.name}"):
         recover(services)
         plan = verify_bundle(services, account, media, services.settings.updates.appliance_class, step, now=now)
         try:
@@ -130,7 +122,7 @@ def apply_bundle(services: Services, account: Account, media: Path, progress: Pr
                                     release=plan.release, reason=str(exc)[:500])
             if isinstance(exc, BundleError) or not isinstance(exc, ApplianceError):
                 raise
-            raise BundleError(f"refused: {exc}") from None
+            raise BundleError(f"refused: {exc}") from exc
         finally:
             if plan.work is not None:
                 shutil.rmtree(plan.work, ignore_errors=True)
@@ -143,6 +135,7 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
     serving = services.generation()
     number, building = gens.new_building(data)
     new_engine: _NewEngine | None = None
+    kb: KnowledgeBase | None = None
     try:
         info = GenerationInfo(number, kind="apply", bundle=plan.bundle, release=plan.release, applied_at=_now(),
                               by=by.name, parent=serving.generation, models=dict(serving.models),
@@ -165,7 +158,9 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
         if info.models.get("embedder") != serving.models.get("embedder"):
             batch = services.settings.knowledge.embed_batch
             embed = lambda texts: new_engine.client().embed(list(texts), batch=batch)  # noqa: E731
-        kb = KnowledgeBase(building / "knowledge", embed, scale=services.scale, settings=services.settings.knowledge)
+        kb = KnowledgeBase(building / "knowledge", embed, scale=services.scale, settings=services.settings.knowledge,
+                           writer=services.writer)  # held by this apply
+        kb.recover()  # the copy's journal: the serving knowledge's retiring vectors, deleted from the copy now
         if checked.embedder_changes:  # a new embedder: every chunk is embedded again, into a new index
             step("re-embedding the index", 0, 1)
             kb.check(repair=True)
@@ -174,7 +169,8 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
         _fault("knowledge")
         step("health check", 0, 1)
         _health_check(kb, info, new_engine)
-        del kb
+        kb.close()
+        kb = None
         if new_engine is not None:
             new_engine.close()
             new_engine = None
@@ -192,6 +188,8 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
     except BaseException:
         if new_engine is not None:
             new_engine.close()
+        if kb is not None:
+            kb.close()
         shutil.rmtree(building, ignore_errors=True)
         shutil.rmtree(updates_dir(services) / f"meta-{number:06d}", ignore_errors=True)
         raise
@@ -312,7 +310,7 @@ class _NewEngine:
         try:
             return self._future.result()
         except ApplianceError as exc:
-            raise BundleError(f"health check: the new models do not load: {exc}") from None
+            raise BundleError(f"health check: the new models do not load: {exc}") from exc
 
     def close(self) -> None:
         try:
@@ -362,7 +360,7 @@ def _health_check(kb: KnowledgeBase, info: GenerationInfo, new_engine: _NewEngin
     except BundleError:
         raise
     except ApplianceError as exc:
-        raise BundleError(f"health check failed: {exc}") from None
+        raise BundleError(f"health check failed: {exc}") from exc
 
 
 # -- rollback, history, recovery --------------------------------------------------------
@@ -372,7 +370,7 @@ def rollback(services: Services, account: Account, to: int | None = None) -> Gen
     """Serve an earlier kept generation (default: the serving one's parent). Trusted metadata stays."""
     by = authorize(services.accounts().get(account.name), "bundles.manage")
     data = services.settings.data_dir
-    with _exclusive(services):
+    with _exclusive(services, f"rollback by {by.name}"):
         recover(services)
         serving = services.generation()
         kept = {g.generation: g for g in gens.list_generations(data)}
@@ -421,11 +419,8 @@ def recover_at_start(services: Services) -> list[str]:
     """Run on every start: finish or clean up an interrupted apply (unless one is running now)."""
     if not needs_recovery(services):
         return []
-    try:
-        with _exclusive(services):
-            return recover(services)
-    except BundleError:
-        return []  # an apply is running in another process; it finishes its own work
+    with services.writer.attempt("start-up recovery") as free:
+        return recover(services) if free else []  # else a writer is at work; it finishes its own
 
 
 def recover(services: Services) -> list[str]:

@@ -30,8 +30,8 @@ from typing import Any
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
-    MetaFile,
     Metadata,
+    MetaFile,
     Root,
     Snapshot,
     TargetFile,
@@ -96,7 +96,7 @@ def load_spec(path: Path, scale: LevelScale | None = None) -> BundleSpec:
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid TOML: {exc}") from None
+        raise BundleError(f"{path}: not valid TOML: {exc}") from exc
     head = doc.get("bundle")
     if not isinstance(head, dict):
         raise BundleError(f"{path}: needs a [bundle] table")
@@ -116,7 +116,7 @@ def load_spec(path: Path, scale: LevelScale | None = None) -> BundleSpec:
         try:
             labels = parse_labels(_text(entry, "labels", where), scale)
         except ApplianceError as exc:
-            raise BundleError(f"{where}: {exc}") from None
+            raise BundleError(f"{where}: {exc}") from exc
         for raw in entry.get("paths", []):
             src = _source(base, raw, where)
             payloads.append(Payload("knowledge", f"knowledge/{collection}/{src.name}", src,
@@ -185,7 +185,7 @@ def build_bundle(spec: BundleSpec, keys_dir: Path, passphrase: str, state: Path,
     """
     if out.exists():
         raise BundleError(f"{out} already exists: a bundle is written to a new directory")
-    now = now or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
     expires = now + dt.timedelta(days=spec.expires_days)
     ring = load_keyring(keys_dir)
     versions = _versions(state)

@@ -21,10 +21,10 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Root, TargetFile
@@ -32,7 +32,15 @@ from tuf.ngclient import Updater
 
 from appliance.access.accounts import Account
 from appliance.access.authz import authorize
-from appliance.errors import ApplianceError, BundleError, UnknownModelError
+from appliance.errors import (
+    ApplianceError,
+    BundleError,
+    BundleExpiredError,
+    BundleMismatchError,
+    BundleRollbackError,
+    BundleSignatureError,
+    UnknownModelError,
+)
 from appliance.services import Services
 from appliance.updates.keys import DELEGATED
 from appliance.updates.media import MEDIA_URL, MediaFetcher, copy_verified
@@ -102,6 +110,19 @@ def trusted_metadata(services: Services) -> Path | None:
     return updates_dir(services) / name if name else None
 
 
+def _refusal(exc: Exception) -> type[BundleError]:
+    """The bundle error class for a TUF client error."""
+    if isinstance(exc, tuf_errors.ExpiredMetadataError):
+        return BundleExpiredError
+    if isinstance(exc, tuf_errors.BadVersionNumberError):
+        return BundleRollbackError
+    if isinstance(exc, tuf_errors.UnsignedMetadataError):
+        return BundleSignatureError
+    if isinstance(exc, (tuf_errors.LengthOrHashMismatchError, tuf_errors.DownloadLengthMismatchError)):
+        return BundleMismatchError
+    return BundleError
+
+
 def _check_clock(services: Services, now: dt.datetime) -> None:
     last = applied_state(services).get("last_trusted_time")
     if last and now < dt.datetime.fromisoformat(last) - CLOCK_SKEW:
@@ -122,9 +143,9 @@ def trust_root(services: Services, account: Account, root_file: Path) -> str:
         md = Metadata[Root].from_bytes(data)
         md.signed.verify_delegate("root", md.signed_bytes, md.signatures)  # signed by its own threshold
     except Exception as exc:  # noqa: BLE001 - any parse or signature failure is a refusal
-        raise BundleError(f"{root_file.name} is not a valid, self-signed TUF root: {exc}") from None
+        raise BundleError(f"{root_file.name} is not a valid, self-signed TUF root: {exc}") from exc
     if md.signed.is_expired():
-        raise BundleError(f"{root_file.name} expired on {md.signed.expires.isoformat()}: ask the build station "
+        raise BundleExpiredError(f"{root_file.name} expired on {md.signed.expires.isoformat()}: ask the build station "
                           "for a current root")
     services.audit().record("bundle.trust_root", by.name, version=md.signed.version,
                             keyids=sorted(md.signed.roles["root"].keyids))
@@ -196,7 +217,7 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
     audit = services.audit()
     step = progress or (lambda phase, done, total: None)
     try:
-        _check_clock(services, now or dt.datetime.now(dt.timezone.utc))
+        _check_clock(services, now or dt.datetime.now(dt.UTC))
         root = _bootstrap(services)
         step("staging", 0, 1)
         stage(media, staged, progress=lambda done, total: step("staging", done, total), copy_targets=False)
@@ -213,8 +234,8 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
             try:
                 updater.refresh()
             except tuf_errors.LengthOrHashMismatchError as exc:
-                raise BundleError(f"refused: {_mismatched(staged / 'metadata')} does not match the length and hash "
-                                  f"signed for it (metadata mixed from another bundle?): {exc}") from None
+                raise BundleMismatchError(f"refused: {_mismatched(staged / 'metadata')} does not match the length and "
+                                          f"hash signed for it (metadata mixed from another bundle?): {exc}") from exc
             reached = Metadata[Root].from_file(str(work / "metadata" / "root.json")).signed.version
             offered = [int(m.group(1)) for f in (staged / "metadata").iterdir()
                        if (m := re.fullmatch(r"(\d{1,9})\.root\.json", f.name))]
@@ -226,13 +247,15 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
             info = head.unrecognized_fields.get("x-appliance", {})
             klass, release, name = info.get("class"), info.get("release"), info.get("bundle", "?")
             if klass != appliance_class:
-                raise BundleError(f"bundle {name!r} is for appliance class {klass!r}, this is {appliance_class!r}")
+                raise BundleMismatchError(f"bundle {name!r} is for appliance class {klass!r}, this is "
+                                          f"{appliance_class!r}")
             state = applied_state(services)
             last = state.get("release", 0)
             digest = hashlib.sha256(targets_bytes).hexdigest()
             again = release == last and digest == state.get("targets_sha256")
             if not isinstance(release, int) or (release <= last and not again):
-                raise BundleError(f"bundle {name!r} has release {release}, not above the applied release {last}")
+                raise BundleRollbackError(f"bundle {name!r} has release {release}, not above the applied release "
+                                          f"{last}")
             if again:
                 _serving_or_refuse(services, name, release, digest)
             targets: list[PlannedTarget] = []
@@ -256,23 +279,23 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                             copy_verified(fetcher, tinfo, dest, lambda n: step("checking payloads", total + n, 0))
                         except tuf_errors.DownloadHTTPError as exc:
                             if exc.status_code != 404:
-                                raise BundleError(f"refused: {tpath}: {exc}") from None
+                                raise BundleError(f"refused: {tpath}: {exc}") from exc
                             raise BundleError(f"{tpath} is neither on the media nor on this appliance (a delta "
-                                              "bundle for an appliance that missed an earlier release?)") from None
+                                              "bundle for an appliance that missed an earlier release?)") from exc
                         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
-                            raise BundleError(f"refused: {tpath}: {type(exc).__name__}: {exc}") from None
+                            raise _refusal(exc)(f"refused: {tpath}: {type(exc).__name__}: {exc}") from exc
                     total += tinfo.length
                     step("checking payloads", total, total)
                     targets.append(PlannedTarget(tpath, role, tinfo.length, tinfo.hashes["sha256"],
                                                  dict(tinfo.unrecognized_fields.get("custom", {})), dest))
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
             cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-            raise BundleError(f"refused: {type(exc).__name__}: {exc}{cause}") from None
+            raise _refusal(exc)(f"refused: {type(exc).__name__}: {exc}{cause}") from exc
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise BundleError(f"staging failed: the appliance's disk is full ({up / 'staging'}); nothing was "
-                                  "changed") from None
-            raise BundleError(f"staging failed: {exc}") from None
+                                  "changed") from exc
+            raise BundleError(f"staging failed: {exc}") from exc
         plan = Plan(name, klass, release, targets, work=work, targets_sha256=digest, already_applied=again)
         if not again:
             from appliance.updates.payloads import check_payloads
@@ -284,7 +307,7 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
         audit.record("bundle.refused", by.name, media=str(media), reason=str(exc)[:500])
         if isinstance(exc, BundleError) or not isinstance(exc, ApplianceError):
             raise
-        raise BundleError(f"refused: {exc}") from None
+        raise BundleError(f"refused: {exc}") from exc
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     audit.record("bundle.verify", by.name, **plan.summary())

@@ -67,10 +67,10 @@ def current_path(data_dir: Path) -> Path:
     link = data_dir / "current"
     try:
         target = os.readlink(link)
-    except FileNotFoundError:
-        raise BundleError(f"{link} is missing: the appliance has no serving generation") from None
+    except FileNotFoundError as exc:
+        raise BundleError(f"{link} is missing: the appliance has no serving generation") from exc
     except OSError as exc:
-        raise BundleError(f"{link} is not a symlink to a generation: {exc.strerror}") from None
+        raise BundleError(f"{link} is not a symlink to a generation: {exc.strerror}") from exc
     path = (data_dir / target).resolve()
     if not _GEN.match(path.name) or not path.is_dir():
         raise BundleError(f"{link} points at {target!r}, which is not a generation")
@@ -84,10 +84,10 @@ def read_info(gen_dir: Path) -> GenerationInfo:
             raise BundleError(f"{f} is over {MAX_INFO_BYTES} bytes")
         raw = json.loads(f.read_text(encoding="utf-8"))
         return GenerationInfo(**raw)
-    except FileNotFoundError:
-        raise BundleError(f"{f} is missing") from None
+    except FileNotFoundError as exc:
+        raise BundleError(f"{f} is missing") from exc
     except (ValueError, TypeError) as exc:
-        raise BundleError(f"{f} is damaged: {exc}") from None
+        raise BundleError(f"{f} is damaged: {exc}") from exc
 
 
 def read_targets(gen_dir: Path) -> list[dict]:
@@ -100,7 +100,7 @@ def read_targets(gen_dir: Path) -> list[dict]:
     try:
         return list(json.loads(f.read_text(encoding="utf-8")))
     except ValueError as exc:
-        raise BundleError(f"{f} is damaged: {exc}") from None
+        raise BundleError(f"{f} is damaged: {exc}") from exc
 
 
 def write_targets(gen_dir: Path, targets: list[dict]) -> None:

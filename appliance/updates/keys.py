@@ -117,7 +117,7 @@ def load_keyring(directory: Path) -> dict[str, RoleKeys]:
             retired, retired_files = keys(entry.get("retired", []))
             ring[role] = RoleKeys(role, int(entry["threshold"]), current, files, retired, retired_files)
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleKeyError(f"{path} is not a valid key ring: {exc}") from None
+        raise BundleKeyError(f"{path} is not a valid key ring: {exc}") from exc
     return ring
 
 
@@ -134,8 +134,8 @@ def load_signers(directory: Path, role: str, passphrase: str, *, retired: bool =
             raise BundleKeyError(f"{path} is readable by others: run chmod 600 {path}")
         try:
             private = serialization.load_pem_private_key(path.read_bytes()[:65536], password=passphrase.encode())
-        except (ValueError, TypeError):
-            raise BundleKeyError(f"cannot unlock {path.name}: wrong passphrase or not a key file") from None
+        except (ValueError, TypeError) as exc:
+            raise BundleKeyError(f"cannot unlock {path.name}: wrong passphrase or not a key file") from exc
         if not isinstance(private, ed25519.Ed25519PrivateKey) or _public(private).keyval != key.keyval:
             raise BundleKeyError(f"{path.name} does not hold the key listed for {role}")
         out.append(CryptoSigner(private, key))

@@ -47,8 +47,8 @@ class MediaFetcher(FetcherInterface):
             current = current / part
             try:
                 mode = os.lstat(current).st_mode
-            except FileNotFoundError:
-                raise DownloadHTTPError(f"{rel} is not on the media", 404) from None
+            except FileNotFoundError as exc:
+                raise DownloadHTTPError(f"{rel} is not on the media", 404) from exc
             if stat.S_ISLNK(mode):
                 raise DownloadHTTPError(f"{rel} goes through a symlink", 403)
         if not stat.S_ISREG(os.lstat(path).st_mode):
@@ -61,7 +61,7 @@ class MediaFetcher(FetcherInterface):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as exc:
-            raise DownloadHTTPError(f"{url[len(MEDIA_URL):]}: {exc.strerror}", 403) from None
+            raise DownloadHTTPError(f"{url[len(MEDIA_URL):]}: {exc.strerror}", 403) from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the check
             os.close(fd)
             raise DownloadHTTPError(f"{url[len(MEDIA_URL):]} is not a regular file", 403)
@@ -86,8 +86,8 @@ def copy_verified(fetcher: MediaFetcher, tinfo: TargetFile, dest: Path,
     for algo, expected in tinfo.hashes.items():
         try:
             hashers[algo] = (hashlib.new(algo), expected)
-        except ValueError:
-            raise LengthOrHashMismatchError(f"unsupported hash algorithm {algo!r}") from None
+        except ValueError as exc:
+            raise LengthOrHashMismatchError(f"unsupported hash algorithm {algo!r}") from exc
     blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
     failure: list[BaseException] = []
 

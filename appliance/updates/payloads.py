@@ -18,8 +18,14 @@ from pathlib import Path
 
 from appliance.access.labels import parse_labels
 from appliance.access.policy_file import Policy, check_policy, load_policy
-from appliance.errors import (ApplianceError, BundleError, EngineSelfTestError, GGUFError, ModelStoreError,
-                              UnknownModelError)
+from appliance.errors import (
+    ApplianceError,
+    BundleError,
+    EngineSelfTestError,
+    GGUFError,
+    ModelStoreError,
+    UnknownModelError,
+)
 from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.parsers import parse_file
 from appliance.runtime.gguf_check import GGUFLimits, validate_gguf
@@ -63,21 +69,21 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
                 info = validate_gguf(t.verified_file, limits=GGUFLimits(max_file_bytes=limits.max_model_bytes),
                                      expect="model")
             except GGUFError as exc:
-                raise BundleError(f"{t.path}: refused, not a valid GGUF model: {_bare(exc, t)}") from None
+                raise BundleError(f"{t.path}: refused, not a valid GGUF model: {_bare(exc, t)}") from exc
             if kind == "generator" and info.architecture in EMBEDDERS:
                 raise BundleError(f"{t.path}: architecture {info.architecture!r} cannot serve as the {kind}")
             try:
                 encoder_misfit(Path(t.path), info, kind)
                 generator_misfit(Path(t.path), info, kind)
             except ModelStoreError as exc:
-                raise BundleError(f"refused: {exc}") from None
+                raise BundleError(f"refused: {exc}") from exc
             out.models[kind] = t
         elif t.role == "adapters":
             try:
                 validate_gguf(t.verified_file, limits=GGUFLimits(max_file_bytes=limits.max_adapter_bytes),
                               expect="adapter")
             except GGUFError as exc:
-                raise BundleError(f"{t.path}: refused, not a valid GGUF LoRA adapter: {_bare(exc, t)}") from None
+                raise BundleError(f"{t.path}: refused, not a valid GGUF LoRA adapter: {_bare(exc, t)}") from exc
             out.adapters[str(t.custom.get("name") or Path(t.path).parent.name)] = t
         elif t.role == "policy" and t.path.startswith("policy/evaluation/"):
             out.evaluation[_evaluation_set(t, plan.work)] = t
@@ -90,7 +96,7 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
             out.generator_sha256 = active_models(services.settings, services.store, services.generation())[
                 "generator"].sha256
         except UnknownModelError as exc:
-            raise BundleError(f"the bundle brings adapters but no generator is installed: {exc}") from None
+            raise BundleError(f"the bundle brings adapters but no generator is installed: {exc}") from exc
     for name, t in out.adapters.items():
         base = t.custom.get("base_sha256")
         if base != out.generator_sha256:
@@ -106,8 +112,8 @@ def _bare(exc: Exception, t: PlannedTarget) -> str:
 
 def _evaluation_set(t: PlannedTarget, work: Path) -> str:
     """The name of a bundled evaluation set whose items all check (EvaluationError names the bad line)."""
-    from appliance.evaluation.sets import NAME, load_items
     from appliance.errors import EvaluationError
+    from appliance.evaluation.sets import NAME, load_items
 
     name = str(t.custom.get("name") or "")
     if not NAME.match(name):
@@ -115,7 +121,7 @@ def _evaluation_set(t: PlannedTarget, work: Path) -> str:
     try:
         load_items(named_copy(t, work))
     except EvaluationError as exc:
-        raise BundleError(f"{t.path}: the evaluation set is refused: {_bare(exc, t)}") from None
+        raise BundleError(f"{t.path}: the evaluation set is refused: {_bare(exc, t)}") from exc
     return name
 
 
@@ -127,9 +133,9 @@ def _policy(services: Services, t: PlannedTarget) -> Policy:
         policy = load_policy(doc, services.scale, t.path)
         check_policy(services.accounts(), policy)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{t.path}: the policy is not valid TOML: {exc}") from None
+        raise BundleError(f"{t.path}: the policy is not valid TOML: {exc}") from exc
     except ApplianceError as exc:
-        raise BundleError(f"{t.path}: {exc}") from None
+        raise BundleError(f"{t.path}: {exc}") from exc
     return policy
 
 
@@ -176,7 +182,7 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
                                             generator_template=template),
                                    known)
     except EngineSelfTestError as exc:
-        raise BundleError(f"the bundle's models fail the start-up self-test on this machine: {exc}") from None
+        raise BundleError(f"the bundle's models fail the start-up self-test on this machine: {exc}") from exc
 
 
 def register_models(services: Services, checked: Checked, info: GenerationInfo) -> None:
@@ -203,7 +209,7 @@ def _register(store, t: PlannedTarget, name: str, kind: str, base: str | None) -
         store.add_file(t.verified_file, name=name, kind=kind, source=f"bundle:{t.path}", base_sha256=base,
                        verified_sha256=t.sha256)
     except (ModelStoreError, GGUFError) as exc:
-        raise BundleError(f"{t.path}: {exc}") from None
+        raise BundleError(f"{t.path}: {exc}") from exc
 
 
 def apply_knowledge(services: Services, plan: Plan, kb: KnowledgeBase, by: str,
@@ -220,7 +226,7 @@ def apply_knowledge(services: Services, plan: Plan, kb: KnowledgeBase, by: str,
             labels = parse_labels(str(t.custom.get("labels", "")), services.scale)
             docs = plan.parsed.get(t.path) or parse_file(named_copy(t, plan.work), kb.parse_limits)
         except ApplianceError as exc:
-            raise BundleError(f"{t.path}: {exc}") from None
+            raise BundleError(f"{t.path}: {exc}") from exc
         report = kb.ingest_documents(docs, labels, by=by, source=Path(t.path).name,
                                      collection=str(t.custom.get("collection") or "") or None)
         failed = [o for o in report.outcomes if o.status == "failed"]

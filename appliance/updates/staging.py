@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.errors import BundleError
+from appliance.errors import BundleError, BundleTooLargeError
 
 __all__ = ["StagingLimits", "stage"]
 
@@ -80,11 +80,11 @@ def stage(media: Path, staging: Path, limits: StagingLimits = StagingLimits(),
                 if rel.parts[0] not in ("metadata", "targets") or len(rel.parts) < 2:
                     raise BundleError(f"{rel} is outside metadata/ and targets/")
                 if st.st_size > cap:
-                    raise BundleError(f"{rel} is {st.st_size} bytes, over the {cap} byte limit")
+                    raise BundleTooLargeError(f"{rel} is {st.st_size} bytes, over the {cap} byte limit")
                 total += st.st_size
                 files += 1
                 if total > limits.max_total_bytes or files > limits.max_files:
-                    raise BundleError(f"the bundle is over {limits.max_total_bytes} bytes or {limits.max_files} files")
+                    raise BundleTooLargeError(f"the bundle is over {limits.max_total_bytes} bytes or {limits.max_files} files")
                 if rel.parts[0] == "targets" and not copy_targets:
                     continue
                 dst = staging / rel
@@ -105,8 +105,8 @@ def stage(media: Path, staging: Path, limits: StagingLimits = StagingLimits(),
         shutil.rmtree(staging, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
             raise BundleError(f"staging failed: the appliance's disk is full ({staging.parent}); nothing was "
-                              "changed") from None
-        raise BundleError(f"staging failed: {exc}") from None
+                              "changed") from exc
+        raise BundleError(f"staging failed: {exc}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
