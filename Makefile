@@ -8,11 +8,13 @@ STAMP := $(VENV)/.installed
 TEST_DATA := $(CURDIR)/.test-data
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install llama-rebuild models test-models run doctor test test-all bench adapters clean
+.PHONY: help install llama-rebuild models test-models run doctor test test-fast lint test-all bench adapters clean
 
 help:
 	@echo "make run        set up, provision models, install the demo data, open the terminal UI"
 	@echo "make test       set up and run the default tests (under 15 minutes)"
+	@echo "make test-fast  the tests that need no models (about a minute)"
+	@echo "make lint       ruff and mypy"
 	@echo "make test-all   every test, slow ones included"
 	@echo "make bench      benchmarks; results in bench/results/"
 	@echo "make adapters   train the demo specialists (build station; long: see README)"
@@ -60,6 +62,15 @@ doctor: install
 
 test: test-models
 	APPLIANCE_TEST_MODELS=$(TEST_DATA)/models $(BIN)/python -m pytest -m "not slow" -q
+
+# the tier without models: logic on the scripted engine and the fakes (about a minute)
+test-fast: install
+	$(BIN)/python -m pytest -m "not models and not slow" -q
+
+# ruff and mypy (configured in pyproject.toml)
+lint: install
+	$(BIN)/ruff check appliance tests bench deploy
+	$(BIN)/mypy
 
 test-all: test-models
 	APPLIANCE_TEST_MODELS=$(TEST_DATA)/models $(BIN)/python -m pytest -q

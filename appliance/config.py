@@ -29,7 +29,8 @@ from typing import Any
 
 from appliance.errors import ConfigError
 
-__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "AuditSettings", "AgentSettings", "UpdatesSettings",
+__all__ = ["Settings", "RuntimeSettings", "Limits", "AccessSettings", "AuditSettings", "AgentSettings",
+           "UpdatesSettings",
            "SpecialistSettings",
            "KnowledgeSettings",
            "load_settings",

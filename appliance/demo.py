@@ -35,8 +35,8 @@ from appliance.errors import (
 from appliance.knowledge.parsers import SUPPORTED, ParseLimits, parse_file
 from appliance.services import Services
 
-__all__ = ["DEMO_ROOT", "DEMO_SPEC", "demo_bundle", "MAX_TOML_BYTES", "DemoAccount", "DemoBundle", "DemoEntry", "DemoError", "collection_of",
-           "install_demo", "load_bundle"]
+__all__ = ["DEMO_ROOT", "DEMO_SPEC", "demo_bundle", "MAX_TOML_BYTES", "DemoAccount", "DemoBundle", "DemoEntry",
+           "DemoError", "collection_of", "install_demo", "load_bundle"]
 
 DEMO_ROOT = Path(__file__).resolve().parent.parent / "bundles" / "demo"
 MAX_TOML_BYTES = 1 << 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from appliance.knowledge.retrieval import Retriever
 from appliance.locks import DEFAULT_WAIT_S, WriterLock, writer_lock
 from appliance.runtime.client import EngineClient, RequestLimits
 from appliance.runtime.model_store import ModelRecord, ModelStore
-from appliance.runtime.protocol import EngineSpec
+from appliance.runtime.protocol import Engine, EngineSpec
 from appliance.runtime.selftest import SelfTest
 from appliance.updates.generations import GenerationInfo, current_path, ensure_layout, read_info
 
@@ -122,13 +122,11 @@ class Services:
     _selftest: SelfTest | None = field(default=None, repr=False)
     _generator: str | None = field(default=None, repr=False)  # with_generator's choice, for an evaluation
     recovered: list[str] = field(default_factory=list)  # what start-up recovery finished or undid
-    embed_fn: Callable[[Sequence[str]], list] | None = None  # a test seam: embeddings without the engine
+    fixed_engine: Engine | None = None  # an engine given at build (a scripted one in tests): never started or swapped
     host_command: tuple[str, ...] | None = None  # a test seam: a host double (one that crashes on purpose)
 
     def embed(self, texts: Sequence[str]) -> list:
-        """Embed with the serving embedder (through the engine, unless a test set ``embed_fn``)."""
-        if self.embed_fn is not None:
-            return self.embed_fn(texts)
+        """Embed with the serving embedder."""
         return self.engine(generator=False).embed(list(texts), batch=self.settings.knowledge.embed_batch)
 
     def retriever(self, kb: KnowledgeBase | None = None) -> Retriever:
@@ -138,11 +136,16 @@ class Services:
                          reranker=self.reranker())
 
     def reranker(self) -> CrossEncoderReranker | None:
-        """The cross-encoder stage, or None (switched off, not provisioned, or embeddings from a test seam)."""
-        if self.embed_fn is not None or not self.settings.knowledge.rerank:
+        """The cross-encoder stage, or None (switched off, or not provisioned)."""
+        if not self.settings.knowledge.rerank:
             return None
         self._follow_generation()
-        if "reranker" not in active_models(self.settings, self.store, read_info(self._generation)):
+        from appliance.errors import UnknownModelError
+
+        try:
+            if "reranker" not in active_models(self.settings, self.store, read_info(self._generation)):
+                return None
+        except UnknownModelError:  # no models provisioned (an engine given at build serves): no reranker
             return None
         ks = self.settings.knowledge
         return CrossEncoderReranker(lambda query, texts: self.engine(generator=False).rerank(query, texts),
@@ -316,11 +319,13 @@ class Services:
     def _host_env(self) -> dict[str, str]:
         return dict(os.environ, APPLIANCE_AIRGAP_LOG=str(airgap_log(self.settings)))
 
-    def engine(self, *, generator: bool = True, embedder: bool = True) -> EngineClient:
+    def engine(self, *, generator: bool = True, embedder: bool = True) -> Engine:
         """The llama.cpp host client, started on first use (restarted if it lacks a needed model).
 
         Before a host serves, the self-test must have passed for this build, CPU and model set
         (:mod:`appliance.runtime.selftest`); if it fails, EngineSelfTestError says why, and no host starts."""
+        if self.fixed_engine is not None:
+            return self.fixed_engine
         with self._engine_lock:
             return self._engine_locked(generator, embedder)
 
@@ -381,8 +386,8 @@ class Services:
     def close(self) -> None:
         """Stop the engine host and close every store and index this process opened (idempotent)."""
         with self._agent_lock, self._engine_lock, self._opening:
-            parts = [self._engine, self._knowledge, *self._stale, self._agent_store, self._eval_store,
-                     self._eval_traces, self._accounts, self._audit, self.store]
+            parts = [self._engine, self.fixed_engine, self._knowledge, *self._stale, self._agent_store,
+                     self._eval_store, self._eval_traces, self._accounts, self._audit, self.store]
             self._engine = self._knowledge = self._agent = None
             self._agent_store = self._eval_store = self._eval_traces = self._accounts = self._audit = None
             self._stale = []
@@ -392,10 +397,11 @@ class Services:
                     part.close()
 
 
-def build_services(settings: Settings | None = None, *, recover: bool = True) -> Services:
+def build_services(settings: Settings | None = None, *, recover: bool = True, engine: Engine | None = None) -> Services:
     """The appliance's services, built once per process (the CLI, the TUI and the tests alike): the egress
     guard installed, the data directory laid out, and what a crashed writer left finished or undone (when
-    no other process is writing; ``services.recovered`` says what was done)."""
+    no other process is writing; ``services.recovered`` says what was done). ``engine``, if given, serves
+    instead of the local llama.cpp host (a scripted engine in tests)."""
     settings = settings or load_settings()
     from appliance.airgap import install_egress_guard
 
@@ -409,7 +415,7 @@ def build_services(settings: Settings | None = None, *, recover: bool = True) ->
         max_model_bytes=settings.limits.max_model_bytes,
         max_adapter_bytes=settings.limits.max_adapter_bytes,
     )
-    services = Services(settings=settings, store=store)
+    services = Services(settings=settings, store=store, fixed_engine=engine)
     if recover:
         services.recovered = startup_recovery(services)
     return services

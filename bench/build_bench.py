@@ -1,4 +1,5 @@
-"""The portable llama.cpp build against a native one and the runtime-dispatched one, and the cost of the start-up self-test.
+"""The portable llama.cpp build against a native one and the runtime-dispatched one, and the cost of the
+start-up self-test.
 
 1. Generation tokens/s (and prompt evaluation, and embedding) of the appliance's portable
    build (x86-64-v3: AVX2, no AVX-512, no AMX) against a native build of the same

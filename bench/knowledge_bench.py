@@ -81,7 +81,8 @@ def bench_scifact(engine: EngineClient, console: Console, limit_docs: int | None
         queries = [q for q in queries if q.relevant <= present]
     with console.status(f"SciFact: {len(queries)} claims × 3 modes…"):
         quality = evaluate(kb, Retriever(kb, KnowledgeSettings()), queries)
-    return {"ingest": ingest | {"raw_embed_seconds": raw_s, "raw_runs": [raw_before, raw_after], "raw_chunks_per_s": len(texts) / raw_s,
+    return {"ingest": ingest | {"raw_embed_seconds": raw_s, "raw_runs": [raw_before, raw_after],
+                                "raw_chunks_per_s": len(texts) / raw_s,
                                 "overhead_ratio": ingest["seconds"] / raw_s},
             "quality": quality}
 

@@ -110,7 +110,8 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
         {"name": "classification p50 ms per text (77 labels, through the host; vs raw generation, same tokens)",
          "appliance": f"{p50:.0f}", "baseline": f"{raw50:.0f}", "ratio": p50 / raw50, "target": "< 200 ms",
          "met": p50 < 200},
-        {"name": "adapter switch between requests, ms (median over texts: after the other adapter - repeated on the same)",
+        {"name": "adapter switch between requests, ms (median over texts: after the other adapter - repeated on "
+                 "the same)",
          "appliance": f"{switch_ms:.1f}", "baseline": f"{p50:.0f}", "ratio": switch_ms / p50, "target": "< 5 ms",
          "met": switch_ms < 5},
         {"name": "  the same with one shared context re-targeted per switch (adapter_contexts = 0)",

@@ -174,7 +174,8 @@ def bench_knowledge(console: Console, limit: int | None) -> dict[str, Any]:
     docs_dir.mkdir(parents=True)
     shutil.copyfile(corpus, docs_dir / "scifact.jsonl")
     for i in range(20):
-        (docs_dir / f"notice-{i:02d}.txt").write_text(f"Notice {i}: the shuttle bus leaves gate {i} at {8 + i % 9}:15.\n")
+        (docs_dir / f"notice-{i:02d}.txt").write_text(
+            f"Notice {i}: the shuttle bus leaves gate {i} at {8 + i % 9}:15.\n")
     body = ('[[knowledge]]\ncollection = "research"\nlabels = "UNCLASSIFIED"\npaths = ["kdocs/scifact.jsonl"]\n'
             '[[knowledge]]\ncollection = "notices"\nlabels = "UNCLASSIFIED"\npaths = ['
             + ", ".join(f'"kdocs/notice-{i:02d}.txt"' for i in range(20)) + "]\n")

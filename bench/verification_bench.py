@@ -188,7 +188,8 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
     judged = results["rule then judge"]
     for kind, k in judged["per_kind"].items():
         before = base["per_kind"][kind]
-        rows.append({"name": f"  {kind}: accepted / n, rule then judge (today's)", "appliance": f"{k['accepted']}/{k['n']}",
+        rows.append({"name": f"  {kind}: accepted / n, rule then judge (today's)",
+                     "appliance": f"{k['accepted']}/{k['n']}",
                      "baseline": f"{before['accepted']}/{before['n']}", "ratio": None, "target": "(reported)",
                      "met": True})
     pairs = _calibration_pairs(80 if quick else CALIBRATION_PAIRS)
@@ -201,7 +202,8 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
             for kind, k in r["per_kind"].items():
                 before = base["per_kind"][kind]
                 rows.append({"name": f"  {kind}: accepted / n, {label} (today's)",
-                             "appliance": f"{k['accepted']}/{k['n']}", "baseline": f"{before['accepted']}/{before['n']}",
+                             "appliance": f"{k['accepted']}/{k['n']}",
+                             "baseline": f"{before['accepted']}/{before['n']}",
                              "ratio": None, "target": "(reported)", "met": True})
     for name, cal in calibrations.items():
         rows.append({"name": f"contrast margin for {name} (generated pairs: right kept, wrong rejected)",

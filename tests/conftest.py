@@ -92,7 +92,28 @@ def engine(generator: ModelRecord, embedder_record: ModelRecord, adapters_dir: P
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test has a deadline: 120 s (pyproject), or 1800 s for one marked slow (`make test-all`)."""
+    """Every test has a deadline: 120 s (pyproject), or 1800 s for one marked slow (`make test-all`). A test
+    that needs the provisioned models (its fixtures reach ``model_store``) is marked ``models``; the rest run
+    on the scripted engine and the fakes (`make test-fast`)."""
     for item in items:
         if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(1800))
+        if "model_store" in getattr(item, "fixturenames", ()) and item.get_closest_marker("models") is None:
+            item.add_marker(pytest.mark.models)
+
+
+@pytest.fixture
+def appliance(tmp_path: Path):  # noqa: ANN201 - Services
+    """A fresh appliance on the scripted engine, with root (admin), olga (officer, SECRET:CRYPTO) and ann
+    (analyst, SECRET)."""
+    from appliance.config import load_settings
+    from appliance.services import build_services
+    from tests.helpers import PASS, ScriptedEngine
+
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "appliance")}), engine=ScriptedEngine())
+    s.accounts().add("root", role="admin", level="TOP SECRET", passphrase=PASS, by=None)
+    admin = s.accounts().get("root")
+    s.accounts().add("olga", role="officer", level="SECRET", compartments=["CRYPTO"], passphrase=PASS, by=admin)
+    s.accounts().add("ann", role="analyst", level="SECRET", passphrase=PASS, by=admin)
+    yield s
+    s.close()

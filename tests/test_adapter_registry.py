@@ -69,7 +69,7 @@ def test_a_corrupted_adapter_leaves_the_registry_as_it_was(store: ModelStore, tm
 
 
 def test_cli_import_names_the_other_base(store: ModelStore, tmp_path: Path) -> None:
-    from tests.test_knowledge_real import _run
+    from tests.helpers import run_cli as _run
 
     adapter = make_random_adapter(store.get("base").path, tmp_path / "a.gguf", seed=1)
     proc = _run(["models", "import", str(adapter), "--name", "a", "--kind", "adapter", "--base", "embedder"],

@@ -126,7 +126,7 @@ def test_squad_metrics() -> None:
 def test_eval_qa_on_a_squad_fixture(tmp_path, model_store) -> None:
     import json as _json
 
-    from tests.test_knowledge_real import _run
+    from tests.helpers import run_cli as _run
 
     fixture = __import__("pathlib").Path(__file__).parent / "data" / "squad_small.json"
     proc = _run(["eval", "qa", "--squad", str(fixture), "--json"], tmp_path, model_store)
@@ -257,7 +257,8 @@ class _NameFinder:
         from appliance.agent.specialists import Span, SpecialistResult
 
         self.seen.append(text)
-        spans = [Span("PLACE", m.group(0), m.start(), m.end()) for m in re.finditer(r"\b[A-Z][a-z]+ [A-Z][a-z]+\b", text)]
+        spans = [Span("PLACE", m.group(0), m.start(), m.end())
+                 for m in re.finditer(r"\b[A-Z][a-z]+ [A-Z][a-z]+\b", text)]
         return SpecialistResult(self.task, self.name, spans=spans + [Span("PERSON", "Mallory", 0, 7)])
 
 

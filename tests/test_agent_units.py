@@ -12,7 +12,7 @@ from appliance.agent.loop import marking_of
 from appliance.agent.planning import plan, route, standalone
 from appliance.agent.store import AgentStore, Step, Turn
 from appliance.errors import AgentError
-from tests.knowledge_fakes import hashed_embed
+from tests.helpers import hashed_embed
 
 
 def test_plan_splits_compound_questions() -> None:

@@ -13,7 +13,7 @@ from appliance.config import AgentSettings
 from appliance.errors import EngineRequestError
 from appliance.runtime.client import MAX_CONTINUATIONS, EngineClient
 from appliance.runtime.protocol import GenerateRequest
-from tests.test_entailment_check import _embed
+from tests.helpers import letters_embed
 
 KIOSK = ("The Removable Media Kiosk is in room A-017 in Building A, next to the Badge Office (A-014). "
          "The kiosk is open 07:30-18:00, Monday to Friday.")
@@ -58,7 +58,7 @@ def test_the_grounder_refuses_a_sentence_whose_alternate_the_passage_backs() -> 
         calls.append((prefix, list(continuations)))
         return [-5.0 if "A-017" in c and "not" not in c else -12.0 for c in continuations]
 
-    g = Grounder(_embed, likelihoods=likelihoods, contrast_margin=1.0)
+    g = Grounder(letters_embed, likelihoods=likelihoods, contrast_margin=1.0)
     wrong, right = "The Removable Media Kiosk is in room A-014.", "The Removable Media Kiosk is in room A-017."
     checks = g.check([(wrong, [1]), (right, [1])], [KIOSK])
     assert checks[0].lexical == 1.0  # every word of the wrong sentence is in the passage
@@ -75,11 +75,12 @@ def test_the_margin_decides_and_the_fast_filter_comes_first() -> None:
         return [-10.0] + [-9.5] * (len(continuations) - 1)  # every alternate 0.5 likelier
 
     sentence = "The Removable Media Kiosk is in room A-014."
-    assert Grounder(_embed, likelihoods=likelihoods, contrast_margin=1.0).check([(sentence, [1])], [KIOSK])[0].supported
-    assert not Grounder(_embed, likelihoods=likelihoods, contrast_margin=0.25).check(
+    grounder = Grounder(letters_embed, likelihoods=likelihoods, contrast_margin=1.0)
+    assert grounder.check([(sentence, [1])], [KIOSK])[0].supported
+    assert not Grounder(letters_embed, likelihoods=likelihoods, contrast_margin=0.25).check(
         [(sentence, [1])], [KIOSK])[0].supported
     asked: list[str] = []
-    g = Grounder(_embed, likelihoods=lambda p, cs: asked.append(p) or [0.0] * len(cs))
+    g = Grounder(letters_embed, likelihoods=lambda p, cs: asked.append(p) or [0.0] * len(cs))
     checks = g.check([("Quarterly tax returns are due in April.", [1]), ("No citation here.", [])], [KIOSK])
     assert not any(c.supported for c in checks) and asked == []  # neither passed lexical and semantic support
 
@@ -169,6 +170,6 @@ def test_a_sentence_the_generator_cannot_check_is_not_verified() -> None:
     def likelihoods(prefix: str, continuations: Sequence[str]) -> list[float]:
         raise ContextOverflowError("prompt is 5000 tokens; the context holds 1024")
 
-    check = Grounder(_embed, likelihoods=likelihoods).check(
+    check = Grounder(letters_embed, likelihoods=likelihoods).check(
         [("The Removable Media Kiosk is in room A-017.", [1])], [KIOSK])[0]
     assert not check.supported and check.reason == "its passage is too long for the generator to check it against"

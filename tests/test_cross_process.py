@@ -19,9 +19,7 @@ from pathlib import Path
 
 from appliance.config import load_settings
 from appliance.services import build_services
-from tests.knowledge_fakes import hashed_embed
-from tests.test_update_build import PASS, _spec
-from tests.test_update_verify import ACCOUNT_PASS
+from tests.helpers import BUILD_PASS, PASS, ScriptedEngine, bundle_spec
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_S = 100.0
@@ -38,10 +36,9 @@ CHILD = textwrap.dedent("""
     from appliance.config import load_settings
     from appliance.services import build_services
     from appliance import operations
-    from tests.knowledge_fakes import hashed_embed
+    from tests.helpers import ScriptedEngine
 
-    s = build_services(load_settings({{"APPLIANCE_DATA_DIR": data}}))
-    s.embed_fn = hashed_embed
+    s = build_services(load_settings({{"APPLIANCE_DATA_DIR": data}}), engine=ScriptedEngine())
     out = {{"role": role, "recovered": s.recovered}}
     if role == "ingest":
         olga = s.accounts().get("olga")
@@ -88,7 +85,7 @@ def _finish(procs: list[subprocess.Popen]) -> list[dict]:
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise AssertionError(f"a process did not finish within {DEADLINE_S} s")
+            raise AssertionError(f"a process did not finish within {DEADLINE_S} s") from None
         assert p.returncode == 0, stderr[-3000:]
         outs.append(json.loads(stdout.strip().splitlines()[-1]))
     return outs
@@ -102,13 +99,12 @@ def test_ingest_readers_and_apply_at_once_lose_and_revive_nothing(tmp_path: Path
     from appliance.updates.keys import init_keys
 
     data = tmp_path / "appliance"
-    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(data)}))
-    s.embed_fn = hashed_embed
-    s.accounts().add("root", role="admin", level="TOP SECRET", passphrase=ACCOUNT_PASS, by=None)
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(data)}), engine=ScriptedEngine())
+    s.accounts().add("root", role="admin", level="TOP SECRET", passphrase=PASS, by=None)
     root = s.accounts().get("root")
-    s.accounts().add("olga", role="officer", level="SECRET", compartments=["CRYPTO"], passphrase=ACCOUNT_PASS,
+    s.accounts().add("olga", role="officer", level="SECRET", compartments=["CRYPTO"], passphrase=PASS,
                      by=root)
-    s.accounts().add("ann", role="analyst", level="SECRET", passphrase=ACCOUNT_PASS, by=root)
+    s.accounts().add("ann", role="analyst", level="SECRET", passphrase=PASS, by=root)
     olga = s.accounts().get("olga")
     old = tmp_path / "old"
     old.mkdir()
@@ -120,8 +116,9 @@ def test_ingest_readers_and_apply_at_once_lose_and_revive_nothing(tmp_path: Path
     for i in range(50):
         (incoming / f"note-{i:02d}.txt").write_text(f"Incoming note number {i}: the shift log for day {i} "
                                                    f"records {i * 3} visitors and {i % 7} escorts.\n")
-    init_keys(tmp_path / "keys", PASS)
-    build_bundle(load_spec(_spec(tmp_path, 1)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "b1")
+    init_keys(tmp_path / "keys", BUILD_PASS)
+    build_bundle(load_spec(bundle_spec(tmp_path, 1)), tmp_path / "keys", BUILD_PASS,
+                 tmp_path / "state", tmp_path / "b1")
     trust_root(s, olga, tmp_path / "b1" / "metadata" / "1.root.json")
     s.close()
 
@@ -131,8 +128,7 @@ def test_ingest_readers_and_apply_at_once_lose_and_revive_nothing(tmp_path: Path
     outs = _finish(procs)
     assert outs[0]["ingested"] == 50 and outs[1]["generation"] == 1
 
-    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(data)}))
-    s.embed_fn = hashed_embed
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(data)}), engine=ScriptedEngine())
     docs = {d.doc_id for d in s.knowledge().catalog.documents()}
     assert {f"note-{i:02d}.txt" for i in range(50)} <= docs, "an ingested document was lost"
     assert not docs & {f"old-{i}.txt" for i in range(10)}, "a deleted document was revived"
@@ -145,7 +141,7 @@ def test_ingest_readers_and_apply_at_once_lose_and_revive_nothing(tmp_path: Path
 
 def test_two_first_starts_at_once_share_one_key_and_one_schema(tmp_path: Path) -> None:
     data = tmp_path / "appliance"
-    procs = [_start("first-start", data, ACCOUNT_PASS) for _ in range(2)]
+    procs = [_start("first-start", data, PASS) for _ in range(2)]
     (tmp_path / "go").touch()
     outs = _finish(procs)
     assert all(o["accounts"] == ["root"] for o in outs)

@@ -15,8 +15,7 @@ from appliance.demo import DEMO_ROOT, MAX_TOML_BYTES, DemoError, collection_of, 
 from appliance.errors import AccessError
 from appliance.runtime.model_store import ModelStore
 from appliance.services import Services, build_services
-from tests.knowledge_fakes import hashed_embed
-from tests.test_knowledge_real import _run
+from tests.helpers import ScriptedEngine, hashed_embed, run_cli, store_copy
 
 CRYPTO_DOC = "crypto-key-rotation-schedule.md"
 
@@ -114,14 +113,12 @@ def test_a_label_the_ingesting_officer_lacks_is_refused(tmp_path: Path) -> None:
 
 
 def _fake_services(tmp_path: Path, calls: list[int], models: Path | None = None) -> Services:
-    services = build_services(Settings(data_dir=tmp_path / "data", models_dir_override=models))
-
     def embed(texts: Sequence[str]) -> list[list[float]]:
         calls.append(len(texts))
         return hashed_embed(texts)
 
-    services.embed_fn = embed  # a fake at the engine seam
-    return services
+    return build_services(Settings(data_dir=tmp_path / "data", models_dir_override=models),
+                          engine=ScriptedEngine(embed=embed))  # a fake at the engine seam
 
 
 def test_install_is_idempotent_and_does_not_re_embed(tmp_path: Path) -> None:
@@ -137,14 +134,14 @@ def test_install_is_idempotent_and_does_not_re_embed(tmp_path: Path) -> None:
     embedded = sum(calls)
     second = install_demo(services)
     assert sum(calls) == embedded, "the second install embedded again"
-    assert second["accounts"] == {"created": [], "existing": [a["name"] for a in _accounts()]}
+    assert second["accounts"] == {"created": [], "existing": [a["name"] for a in make_accounts()]}
     assert all(d["status"] == "unchanged" for d in second["documents"])
     assert all(c["added"] == c["replaced"] == c["chunks"] == 0 for c in second["collections"].values())
     ingests = [v for v in (e.value() for e in services.audit().entries()) if v.get("kind") == "document.ingest"]
     assert ingests and all(v.get("user") == "demo-officer" for v in ingests), "ingests are audited as the officer"
 
 
-def _accounts() -> list[dict]:
+def make_accounts() -> list[dict]:
     return [{"name": a.name} for a in load_bundle().accounts]
 
 
@@ -153,10 +150,9 @@ def test_demo_bundle_matches_the_manifest_and_applies_once(tmp_path: Path, model
     and the demo specialists, which are served on the base model once it is applied."""
     from appliance.demo import demo_bundle
     from appliance.updates.build import load_spec
-    from tests.test_update_real import _store_copy
 
     calls: list[int] = []
-    services = _fake_services(tmp_path, calls, _store_copy(model_store, tmp_path / "models").root)
+    services = _fake_services(tmp_path, calls, store_copy(model_store, tmp_path / "models").root)
     install_demo(services, accounts_only=True)
     assert services.knowledge().catalog.documents() == []
     spec = load_spec(DEMO_ROOT.parent / "demo.toml")
@@ -218,8 +214,8 @@ def test_officer_clearance_is_enforced_by_the_operation(tmp_path: Path) -> None:
 # -- over the real engine, through the command line -------------------------------------
 
 
-def _login(data: Path, store: ModelStore, name: str) -> str:
-    proc = _run(["login", name, "--password-stdin", "--print-token"], data, store, input=f"{name}-pass\n")
+def login(data: Path, store: ModelStore, name: str) -> str:
+    proc = run_cli(["login", name, "--password-stdin", "--print-token"], data, store, input=f"{name}-pass\n")
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 
@@ -228,7 +224,7 @@ def _login(data: Path, store: ModelStore, name: str) -> str:
 def installed(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> tuple[Path, dict, float]:
     base = tmp_path_factory.mktemp("demo")
     t0 = time.monotonic()
-    proc = _run(["demo", "install", "--json"], base, model_store)
+    proc = run_cli(["demo", "install", "--json"], base, model_store)
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
     return base, json.loads(proc.stdout), elapsed
@@ -239,22 +235,22 @@ def test_cli_install_catalogues_everything_and_second_run_is_unchanged(
     base, first, first_s = installed
     assert len(first["accounts"]["created"]) == 6 and not first["failed"]
     assert first["collections"]["research"]["added"] == 300
-    officer = _login(base, model_store, "demo-officer")
-    listed = _run(["docs", "list", "--json"], base, model_store, token=officer)
+    officer = login(base, model_store, "demo-officer")
+    listed = run_cli(["docs", "list", "--json"], base, model_store, token=officer)
     assert listed.returncode == 0, listed.stderr
     catalog = {d["doc_id"]: d for d in json.loads(listed.stdout)}
     for entry in load_bundle().entries:
         for doc_id in entry.doc_ids:
             assert catalog[doc_id]["labels"] == str(entry.labels), doc_id
 
-    analyst = _login(base, model_store, "demo-analyst")
-    seen = json.loads(_run(["docs", "list", "--json"], base, model_store, token=analyst).stdout)
+    analyst = login(base, model_store, "demo-analyst")
+    seen = json.loads(run_cli(["docs", "list", "--json"], base, model_store, token=analyst).stdout)
     ids = {d["doc_id"] for d in seen}
     assert CRYPTO_DOC not in ids and "welcome-handbook.md" in ids
     assert {d["labels"] for d in seen} == {"UNCLASSIFIED"}
 
     t0 = time.monotonic()
-    again = _run(["demo", "install", "--json"], base, model_store)
+    again = run_cli(["demo", "install", "--json"], base, model_store)
     second_s = time.monotonic() - t0
     assert again.returncode == 0, again.stderr
     second = json.loads(again.stdout)
@@ -269,15 +265,15 @@ def test_ask_as_the_crypto_analyst_cites_the_key_rotation_schedule(
         installed: tuple[Path, dict, float], model_store: ModelStore) -> None:
     base, _, _ = installed
     question = "How often are the LE-400 link encryptor traffic keys rotated?"
-    token = _login(base, model_store, "demo-crypto")
-    proc = _run(["ask", question, "--json"], base, model_store, token=token)
+    token = login(base, model_store, "demo-crypto")
+    proc = run_cli(["ask", question, "--json"], base, model_store, token=token)
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
     assert answer["outcome"] in ("answered", "quoted"), answer
     assert CRYPTO_DOC in {c["doc_id"] for c in answer["citations"]}
     assert "CRYPTO" in answer["marking"]
 
-    token = _login(base, model_store, "demo-analyst")
-    proc = _run(["ask", question, "--json"], base, model_store, token=token)
+    token = login(base, model_store, "demo-analyst")
+    proc = run_cli(["ask", question, "--json"], base, model_store, token=token)
     assert proc.returncode == 0, proc.stderr
     assert CRYPTO_DOC not in {c["doc_id"] for c in json.loads(proc.stdout)["citations"]}

@@ -11,9 +11,7 @@ import pytest
 from appliance.audit.log import AuditLog
 from appliance.evaluation.gate import GateResult, drops, figures, gate_text
 from appliance.runtime.model_store import ModelStore
-from tests.test_knowledge_real import _accounts, _run
-from tests.test_update_build import _spec as build_spec
-from tests.test_update_real import _build, _run_with
+from tests.helpers import bundle_spec, cli_bundle, make_accounts, run_cli, run_cli_env
 
 DOCS = {
     "kiosk.txt": "The Removable Media Kiosk is in room A-017 in Building A. Every USB drive is scanned there "
@@ -76,63 +74,63 @@ collection = "facility-handbook"
 labels = "UNCLASSIFIED"
 paths = {json.dumps([f"docs/{d}" for d in docs])}
 """ if docs else ""
-    return build_spec(tmp, release, extra)
+    return bundle_spec(tmp, release, extra)
 
 
 def _apply(tmp: Path, store: ModelStore, token: str, media: Path, **env: str) -> tuple[int, dict]:
     extra = {"APPLIANCE_EVALUATION_GATE_SETS": "gate", **env}
-    proc = _run_with(["bundle", "apply", str(media), "--json"], tmp, store, token, extra)
+    proc = run_cli_env(["bundle", "apply", str(media), "--json"], tmp / "data", store, token=token, extra=extra)
     assert proc.returncode in (0, 1), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
 
 def _serving(tmp: Path, store: ModelStore, token: str) -> int:
-    proc = _run(["bundle", "history", "--json"], tmp, store, token=token)
+    proc = run_cli(["bundle", "history", "--json"], tmp, store, token=token)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["serving"]
 
 
 @pytest.mark.slow  # 35 s; the gate's rules are tested in the default run
 def test_a_bundle_that_makes_answers_worse_is_rolled_back_or_held(tmp_path: Path, model_store: ModelStore) -> None:
-    tok = _accounts(tmp_path, model_store, {"olga": ("officer", "SECRET")})["olga"]
-    first = _build(tmp_path, _spec(tmp_path, 1, ["kiosk.txt"]), "b1", model_store)
-    assert _run(["bundle", "trust", str(first / "metadata" / "1.root.json")], tmp_path, model_store,
+    tok = make_accounts(tmp_path, model_store, {"olga": ("officer", "SECRET")})["olga"]
+    first = cli_bundle(tmp_path, _spec(tmp_path, 1, ["kiosk.txt"]), "b1", model_store)
+    assert run_cli(["bundle", "trust", str(first / "metadata" / "1.root.json")], tmp_path, model_store,
                 token=tok).returncode == 0
-    missing = _run_with(["bundle", "apply", str(first)], tmp_path, model_store, tok,
-                        {"APPLIANCE_EVALUATION_GATE_SETS": "gate"})
+    missing = run_cli_env(["bundle", "apply", str(first)], tmp_path / "data", model_store, token=tok,
+                          extra={"APPLIANCE_EVALUATION_GATE_SETS": "gate"})
     assert missing.returncode == 2 and "drift gate: no evaluation set 'gate'" in missing.stderr
-    assert _run(["bundle", "apply", str(first)], tmp_path, model_store, token=tok).returncode == 0
+    assert run_cli(["bundle", "apply", str(first)], tmp_path, model_store, token=tok).returncode == 0
     (tmp_path / "gate.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    assert _run(["evalset", "import", "gate", str(tmp_path / "gate.jsonl")], tmp_path, model_store,
+    assert run_cli(["evalset", "import", "gate", str(tmp_path / "gate.jsonl")], tmp_path, model_store,
                 token=tok).returncode == 0
 
     # release 2 drops the kiosk document: its question can no longer be answered from a source
-    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 2, []), "b2",
+    code, out = _apply(tmp_path, model_store, tok, cli_bundle(tmp_path, _spec(tmp_path, 2, []), "b2",
                                                            model_store))
     gate = out["gate"]
     assert code == 1 and gate["verdict"] == "rolled back", gate
     assert "gate:qa/source_recall" in {f["figure"] for f in gate["failed"]}
     assert _serving(tmp_path, model_store, tok) == 1
-    runs = json.loads(_run(["eval", "runs", "--set", "gate", "--json"], tmp_path, model_store, token=tok).stdout)
+    runs = json.loads(run_cli(["eval", "runs", "--set", "gate", "--json"], tmp_path, model_store, token=tok).stdout)
     assert sorted(r["trigger"] for r in runs) == ["gate 2", "gate baseline"]
 
     # the same change held for an officer instead, then accepted
-    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 3, []), "b3",
+    code, out = _apply(tmp_path, model_store, tok, cli_bundle(tmp_path, _spec(tmp_path, 3, []), "b3",
                                                            model_store), APPLIANCE_EVALUATION_GATE_ACTION="hold")
     assert code == 1 and out["gate"]["verdict"] == "held"
     held = out["generation"]
     assert _serving(tmp_path, model_store, tok) == 1
-    shown = _run(["bundle", "history"], tmp_path, model_store, token=tok)
+    shown = run_cli(["bundle", "history"], tmp_path, model_store, token=tok)
     assert f"generation {held} is held by the drift gate" in shown.stdout
-    wrong = _run(["bundle", "accept", "1"], tmp_path, model_store, token=tok)
+    wrong = run_cli(["bundle", "accept", "1"], tmp_path, model_store, token=tok)
     assert wrong.returncode == 2 and f"generation {held} is held" in wrong.stderr
-    accepted = _run(["bundle", "accept", str(held)], tmp_path, model_store, token=tok)
+    accepted = run_cli(["bundle", "accept", str(held)], tmp_path, model_store, token=tok)
     assert accepted.returncode == 0, accepted.stderr
     assert _serving(tmp_path, model_store, tok) == held
-    assert json.loads(_run(["bundle", "history", "--json"], tmp_path, model_store, token=tok).stdout)["held"] is None
+    assert json.loads(run_cli(["bundle", "history", "--json"], tmp_path, model_store, token=tok).stdout)["held"] is None
 
     # release 4 brings the kiosk back and adds a document: the gate passes against the accepted generation
-    code, out = _apply(tmp_path, model_store, tok, _build(tmp_path, _spec(tmp_path, 4, list(DOCS)), "b4",
+    code, out = _apply(tmp_path, model_store, tok, cli_bundle(tmp_path, _spec(tmp_path, 4, list(DOCS)), "b4",
                                                            model_store))
     assert code == 0 and out["gate"]["verdict"] == "passed" and out["gate"]["compared"] >= 3, out["gate"]
     assert _serving(tmp_path, model_store, tok) == out["generation"]

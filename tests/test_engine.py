@@ -154,22 +154,6 @@ def test_fewer_contexts_than_adapters_give_the_same_answers(
         assert info["stats"]["adapter_retargets"] >= (5 if contexts == 0 else 3)
 
 
-def test_replacing_an_adapter_in_use_frees_no_weights_a_context_still_holds(
-        engine: EngineClient, generator: ModelRecord, adapters_dir: Path) -> None:
-    req = dict(prompt="Write one sentence about the sea.", max_tokens=12)
-    spec = EngineSpec(generator_path=str(generator.path), threads=2, n_ctx=1024,
-                      adapters={"alpha": str(adapters_dir / "alpha.gguf"), "beta": str(adapters_dir / "beta.gguf")})
-    beta = engine.generate(GenerateRequest(**req, adapter="beta")).text
-    with EngineClient(spec, request_timeout_s=120) as host:
-        host.generate(GenerateRequest(**req, adapter="alpha"))
-        host.generate(GenerateRequest(**req, adapter="beta"))  # alpha's context now idle, still set
-        host.load_adapter("alpha", adapters_dir / "beta.gguf")
-        assert host.generate(GenerateRequest(**req, adapter="alpha")).text == beta
-        pid = host.host_pid
-        host.generate(GenerateRequest(**req, adapter="beta"))
-        assert host.host_pid == pid
-
-
 def test_unknown_adapter_named_in_error(engine: EngineClient) -> None:
     with pytest.raises(EngineRequestError, match=r"unknown adapter 'gamma' \(loaded: alpha, beta"):
         engine.generate(GenerateRequest(prompt="x", adapter="gamma"))

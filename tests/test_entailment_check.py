@@ -6,21 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from appliance.agent.grounding import Grounder
+from tests.helpers import letters_embed
 
 PASSAGE = ("The Removable Media Kiosk is in room A-017 in Building A, next to the Badge Office (A-014). "
            "The kiosk is open 07:30-18:00, Monday to Friday.")
-
-
-def _embed(texts: Sequence[str]) -> list[list[float]]:
-    """Bag of letters: sentences made of the passage's words come out close to it."""
-    out = []
-    for t in texts:
-        v = [0.0] * 26
-        for ch in t.lower():
-            if "a" <= ch <= "z":
-                v[ord(ch) - 97] += 1.0
-        out.append(v)
-    return out
 
 
 def test_entailment_rejects_what_the_first_filter_passes() -> None:
@@ -30,7 +19,7 @@ def test_entailment_rejects_what_the_first_filter_passes() -> None:
         calls.append((sentence, list(passages)))
         return [-4.0 if "A-014" in sentence else 3.0 for _ in passages]
 
-    g = Grounder(_embed, entail=entail, entail_threshold=0.0)
+    g = Grounder(letters_embed, entail=entail, entail_threshold=0.0)
     wrong, right = "The Removable Media Kiosk is in room A-014.", "The Removable Media Kiosk is in room A-017."
     checks = g.check([(wrong, [1]), (right, [1])], [PASSAGE])
     assert checks[0].lexical == 1.0  # every word of the wrong sentence is in the passage
@@ -42,14 +31,14 @@ def test_entailment_rejects_what_the_first_filter_passes() -> None:
 
 def test_entailment_is_asked_only_after_the_fast_filter_passes() -> None:
     calls: list[str] = []
-    g = Grounder(_embed, entail=lambda s, ps: calls.append(s) or [5.0])
+    g = Grounder(letters_embed, entail=lambda s, ps: calls.append(s) or [5.0])
     checks = g.check([("Quarterly tax returns are due in April.", [1]), ("No citation here.", [])], [PASSAGE])
     assert not any(c.supported for c in checks)
     assert calls == []  # neither sentence passed lexical and semantic support
 
 
 def test_without_a_judge_the_first_filter_decides() -> None:
-    g = Grounder(_embed)
+    g = Grounder(letters_embed)
     check = g.check([("The Removable Media Kiosk is in room A-014.", [1])], [PASSAGE])[0]
     assert check.supported and check.entailment is None  # today's rule: why the judge is needed
 
@@ -61,7 +50,7 @@ def test_quotes_are_the_sentences_the_reranker_scores_highest() -> None:
     def rank(question: str, texts: Sequence[str]) -> list[float]:
         return [6.0 if "Monthly" in t else 1.0 if "custodian" in t else -2.0 for t in texts]
 
-    g = Grounder(_embed)
+    g = Grounder(letters_embed)
     quotes = g.quotes("How often are the LE-400 traffic keys rotated?", passages, rank=rank, min_rank=0.0)
     assert [q.passage for q in quotes] == [2]
     assert quotes[0].text.startswith("Key: LE-400") and quotes[0].score == 6.0

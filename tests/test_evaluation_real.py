@@ -10,8 +10,7 @@ import pytest
 
 from appliance.audit.log import AuditLog
 from appliance.runtime.model_store import ModelStore
-from tests.test_knowledge_real import _accounts, _run
-from tests.test_update_real import _store_copy
+from tests.helpers import make_accounts, run_cli, store_copy
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "bundles" / "demo" / "documents"
@@ -42,14 +41,14 @@ def _items() -> list[dict]:
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> tuple[Path, ModelStore, dict]:
     base = tmp_path_factory.mktemp("evaluation")
-    store = _store_copy(model_store, base / "models")
-    tokens = _accounts(base, store, {"olga": ("officer", "TOP SECRET"), "ann": ("analyst", "UNCLASSIFIED")})
+    store = store_copy(model_store, base / "models")
+    tokens = make_accounts(base, store, {"olga": ("officer", "TOP SECRET"), "ann": ("analyst", "UNCLASSIFIED")})
     for name in ("banking77-intent", "wnut17-entities"):
-        proc = _run(["models", "import", str(ADAPTERS / name / f"{name}.gguf"), "--name", name, "--kind", "adapter",
+        proc = run_cli(["models", "import", str(ADAPTERS / name / f"{name}.gguf"), "--name", name, "--kind", "adapter",
                      "--base", "smollm2-135m-instruct"], base, store, token=tokens["root"])
         assert proc.returncode == 0, proc.stderr
     docs = [str(DOCS / n) for n in ("removable-media-kiosk.md", "facility-faq.jsonl", "welcome-handbook.md")]
-    proc = _run(["ingest", *docs, "--labels", "UNCLASSIFIED"], base, store, token=tokens["olga"])
+    proc = run_cli(["ingest", *docs, "--labels", "UNCLASSIFIED"], base, store, token=tokens["olga"])
     assert proc.returncode == 0, proc.stderr
     (base / "set.jsonl").write_text("".join(json.dumps(i) + "\n" for i in _items()))
     return base, store, tokens
@@ -59,14 +58,14 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore)
 def test_eval_run_compares_the_four_architectures_on_the_real_appliance(
         appliance: tuple[Path, ModelStore, dict]) -> None:
     base, store, tokens = appliance
-    refused = _run(["evalset", "import", "facility", str(base / "set.jsonl")], base, store, token=tokens["ann"])
+    refused = run_cli(["evalset", "import", "facility", str(base / "set.jsonl")], base, store, token=tokens["ann"])
     assert refused.returncode == 2 and "evaluation.manage needs the role" in refused.stderr
-    made = _run(["evalset", "import", "facility", str(base / "set.jsonl")], base, store, token=tokens["olga"])
+    made = run_cli(["evalset", "import", "facility", str(base / "set.jsonl")], base, store, token=tokens["olga"])
     assert made.returncode == 0, made.stderr
     assert "21 items (3 qa, 12 classify, 6 extract)" in made.stdout
 
     out = base / "report"
-    proc = _run(["eval", "run", "--set", "facility", "--out", str(out), "--json"], base, store, token=tokens["olga"])
+    proc = run_cli(["eval", "run", "--set", "facility", "--out", str(out), "--json"], base, store, token=tokens["olga"])
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     qa, classify, extract = (report["by_kind"][k] for k in ("qa", "classify", "extract"))
@@ -90,7 +89,7 @@ def test_eval_run_compares_the_four_architectures_on_the_real_appliance(
     for kind in ("qa", "classify", "extract"):
         assert (out / f"{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    runs = json.loads(_run(["eval", "runs", "--json"], base, store, token=tokens["olga"]).stdout)
+    runs = json.loads(run_cli(["eval", "runs", "--json"], base, store, token=tokens["olga"]).stdout)
     assert [(r["id"], r["trigger"], r["set_name"]) for r in runs] == [(report["run_id"], "manual", "facility")]
     kinds = [e.value() for e in AuditLog(base / "data" / "audit").entries()]
     result = next(e for e in kinds if e["kind"] == "evaluation.result")
@@ -98,35 +97,35 @@ def test_eval_run_compares_the_four_architectures_on_the_real_appliance(
     assert {"evaluation.set.import", "evaluation.run"} <= {e["kind"] for e in kinds}
 
     again = base / "again"
-    proc = _run(["eval", "report", report["run_id"], "--out", str(again)], base, store, token=tokens["olga"])
+    proc = run_cli(["eval", "report", report["run_id"], "--out", str(again)], base, store, token=tokens["olga"])
     assert proc.returncode == 0, proc.stderr
     assert (again / "report.md").read_text() == (out / "report.md").read_text()
 
 
 def test_set_from_analysts_feedback_and_export(appliance: tuple[Path, ModelStore, dict]) -> None:
     base, store, tokens = appliance
-    empty = _run(["evalset", "from-feedback", "flags"], base, store, token=tokens["olga"])
+    empty = run_cli(["evalset", "from-feedback", "flags"], base, store, token=tokens["olga"])
     assert empty.returncode == 2 and "no usable feedback yet" in empty.stderr
     from appliance.agent.store import AgentStore
 
-    asked = _run(["ask", "Which room is the Removable Media Kiosk in?", "--json"], base, store, token=tokens["ann"])
+    asked = run_cli(["ask", "Which room is the Removable Media Kiosk in?", "--json"], base, store, token=tokens["ann"])
     assert asked.returncode == 0, asked.stderr
     answer = json.loads(asked.stdout)
-    other = _run(["feedback", answer["trace_id"], "right"], base, store, token=tokens["olga"])
+    other = run_cli(["feedback", answer["trace_id"], "right"], base, store, token=tokens["olga"])
     assert other.returncode == 2 and "no trace" in other.stderr  # only one's own answers
-    marked = _run(["feedback", answer["trace_id"], "right"], base, store, token=tokens["ann"])
+    marked = run_cli(["feedback", answer["trace_id"], "right"], base, store, token=tokens["ann"])
     assert marked.returncode == 0, marked.stderr
     assert AgentStore(base / "data" / "agent.db").feedback("ann")[0]["verdict"] == "right"
-    made = _run(["evalset", "from-feedback", "flags"], base, store, token=tokens["olga"])
+    made = run_cli(["evalset", "from-feedback", "flags"], base, store, token=tokens["olga"])
     assert made.returncode == 0, made.stderr
-    shown = json.loads(_run(["evalset", "show", "flags", "--json"], base, store, token=tokens["olga"]).stdout)
+    shown = json.loads(run_cli(["evalset", "show", "flags", "--json"], base, store, token=tokens["olga"]).stdout)
     [item] = shown["items"]
     assert item["input"] == "Which room is the Removable Media Kiosk in?"
     assert item["expected"]["sources"] == sorted({c["doc_id"] for c in answer["citations"]}) or \
         set(item["expected"]["sources"]) == {c["doc_id"] for c in answer["citations"]}
     exported = base / "flags.jsonl"
-    assert _run(["evalset", "export", "flags", str(exported)], base, store, token=tokens["olga"]).returncode == 0
-    back = _run(["evalset", "import", "flags-copy", str(exported)], base, store, token=tokens["olga"])
+    assert run_cli(["evalset", "export", "flags", str(exported)], base, store, token=tokens["olga"]).returncode == 0
+    back = run_cli(["evalset", "import", "flags-copy", str(exported)], base, store, token=tokens["olga"])
     assert back.returncode == 0 and shown["digest"][:16] in back.stdout
 
 
@@ -136,12 +135,13 @@ def test_eval_run_compares_generators_side_by_side(appliance: tuple[Path, ModelS
     base, store, tokens = appliance
     qa = [i for i in _items() if i["kind"] == "qa"][:2]
     (base / "gens.jsonl").write_text("".join(json.dumps(i) + "\n" for i in qa))
-    made = _run(["evalset", "import", "gens", str(base / "gens.jsonl")], base, store, token=tokens["olga"])
+    made = run_cli(["evalset", "import", "gens", str(base / "gens.jsonl")], base, store, token=tokens["olga"])
     assert made.returncode == 0, made.stderr
-    bad = _run(["eval", "run", "--set", "gens", "--generator", "all-minilm-l6-v2"], base, store, token=tokens["olga"])
+    bad = run_cli(["eval", "run", "--set", "gens", "--generator", "all-minilm-l6-v2"], base, store,
+                  token=tokens["olga"])
     assert bad.returncode != 0 and "all-minilm-l6-v2 is not a generator (kind embedder)" in bad.stderr
     out = base / "gens-report"
-    proc = _run(["eval", "run", "--set", "gens", "--arch", "agentic", "--generator", "smollm2-135m-instruct",
+    proc = run_cli(["eval", "run", "--set", "gens", "--arch", "agentic", "--generator", "smollm2-135m-instruct",
                  "--generator", "gemma3-270m", "--out", str(out), "--json"], base, store, token=tokens["olga"])
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

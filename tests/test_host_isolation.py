@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import EngineCrashedError, EngineError, EngineRequestError, EngineTimeoutError, GGUFError
+from appliance.errors import EngineCrashedError, EngineRequestError, EngineTimeoutError, GGUFError
 from appliance.runtime.client import EngineClient
 from appliance.runtime.model_store import ModelRecord
 from appliance.runtime.protocol import EngineSpec, GenerateRequest
@@ -101,39 +101,40 @@ def test_truncated_model_never_reaches_llama_cpp(generator: ModelRecord, tmp_pat
         client.start()
 
 
-def test_bad_adapters_refused_while_host_keeps_serving(own_engine: EngineClient, generator: ModelRecord,
-                                                       embedder_record: ModelRecord, tmp_path: Path) -> None:
-    pid = own_engine.host_pid
-    with pytest.raises(EngineRequestError, match="missing.gguf"):
-        own_engine.load_adapter("missing", tmp_path / "missing.gguf")
-    good = make_random_adapter(generator.path, tmp_path / "good.gguf", seed=3)
-    truncated = tmp_path / "truncated.gguf"
-    truncated.write_bytes(good.read_bytes()[:-1000])
-    with pytest.raises(EngineRequestError, match="truncated"):
-        own_engine.load_adapter("truncated", truncated)
-    corrupt = tmp_path / "corrupt.gguf"
-    data = bytearray(good.read_bytes())
-    data[8:16] = (2**40).to_bytes(8, "little")  # bogus tensor count
-    corrupt.write_bytes(bytes(data))
-    with pytest.raises(EngineRequestError, match="corrupt.gguf"):
-        own_engine.load_adapter("corrupt", corrupt)
-    with pytest.raises(EngineRequestError, match="not an adapter|general.type|adapter"):
-        own_engine.load_adapter("model-not-adapter", embedder_record.path)
-    # an adapter whose shapes do not fit this base: llama.cpp itself must refuse, not crash
-    wrong = make_random_adapter(generator.path, tmp_path / "wrong.gguf", seed=4, rank=4)
+def test_bad_adapters_refused_while_host_keeps_serving(generator: ModelRecord, embedder_record: ModelRecord,
+                                                       tmp_path: Path) -> None:
+    """Adapters a host is started with that are missing, truncated, corrupt, not adapters, or do not fit the
+    base: each is refused by name with its reason, and the host serves the base and the good one."""
     import numpy as np
 
     from appliance.runtime.gguf_check import validate_gguf
     from appliance.runtime.lora_gguf import write_lora_adapter
+
+    good = make_random_adapter(generator.path, tmp_path / "good.gguf", seed=3)
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(good.read_bytes()[:-1000])
+    corrupt = tmp_path / "corrupt.gguf"
+    data = bytearray(good.read_bytes())
+    data[8:16] = (2**40).to_bytes(8, "little")  # bogus tensor count
+    corrupt.write_bytes(bytes(data))
+    wrong = make_random_adapter(generator.path, tmp_path / "wrong.gguf", seed=4, rank=4)
     info = validate_gguf(wrong)
     name = info.tensors[0].name.removesuffix(".lora_a").removesuffix(".lora_b")
-    write_lora_adapter(tmp_path / "misfit.gguf", architecture="llama", alpha=4.0,
+    write_lora_adapter(tmp_path / "misfit.gguf", architecture="llama", alpha=4.0,  # llama.cpp itself must refuse
                        tensors={name: (np.zeros((4, 7), np.float32), np.zeros((9, 4), np.float32))})
-    with pytest.raises(EngineError):
-        own_engine.load_adapter("misfit", tmp_path / "misfit.gguf")
-    assert own_engine.host_pid == pid
-    assert own_engine.load_adapter("good", good)["loaded"]
-    assert own_engine.generate(GenerateRequest(prompt="Hi", max_tokens=3, adapter="good")).completion_tokens > 0
+    adapters = {"missing": tmp_path / "missing.gguf", "truncated": truncated, "corrupt": corrupt,
+                "model-not-adapter": embedder_record.path, "misfit": tmp_path / "misfit.gguf", "good": good}
+    spec = EngineSpec(generator_path=str(generator.path), threads=2, n_ctx=512,
+                      adapters={n: str(p) for n, p in adapters.items()})
+    with EngineClient(spec, log_path=tmp_path / "host.log", request_timeout_s=60) as host:
+        pid = host.host_pid
+        for bad, reason in (("missing", "missing.gguf"), ("truncated", "truncated"), ("corrupt", "corrupt.gguf"),
+                            ("model-not-adapter", "not an adapter|general.type|adapter"), ("misfit", "refused")):
+            with pytest.raises(EngineRequestError, match=rf"adapter '{bad}' is not usable: .*({reason})"):
+                host.generate(GenerateRequest(prompt="Hi", max_tokens=3, adapter=bad))
+        assert host.host_pid == pid
+        assert host.generate(GenerateRequest(prompt="Hi", max_tokens=3, adapter="good")).completion_tokens > 0
+        assert host.generate(GenerateRequest(prompt="Hi", max_tokens=3)).completion_tokens > 0
 
 
 def test_unknown_operation_refused(own_engine: EngineClient) -> None:

@@ -9,7 +9,7 @@ import pytest
 from appliance.access.labels import Labels, Principal, parse_labels
 from appliance.errors import KnowledgeError
 from appliance.knowledge.retrieval import Retriever
-from tests.knowledge_fakes import fake_kb
+from tests.helpers import fake_kb
 
 UNCLASS = Labels("UNCLASSIFIED")
 CRYPTO = parse_labels("SECRET:CRYPTO")

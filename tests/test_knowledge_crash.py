@@ -12,7 +12,7 @@ import pytest
 
 from appliance.access.labels import Labels, Principal
 from appliance.knowledge.retrieval import Retriever
-from tests.knowledge_fakes import fake_kb
+from tests.helpers import fake_kb
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD = textwrap.dedent("""
@@ -20,7 +20,7 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {repo!r})
     from appliance.access.labels import Labels
-    from tests.knowledge_fakes import fake_kb
+    from tests.helpers import fake_kb
 
     root, doc, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     kb = fake_kb(root)

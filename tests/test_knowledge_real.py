@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,16 +13,12 @@ from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient
 from appliance.runtime.model_store import ModelStore
+from tests.helpers import PASS, SAMPLE_DOCS, login, make_accounts, run_cli  # noqa: F401 - PASS, login: imported from here by test_cli*, test_tui_tmux
 
 REPO = Path(__file__).resolve().parent.parent
 SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
-DOCS = {
-    "kiosk.md": "# Media kiosk\n\nEvery USB drive brought into the facility is scanned at the media kiosk "
-                "before it may be connected to any workstation.\n",
-    "canteen.txt": "The canteen serves lunch from noon until two in the afternoon on weekdays.\n",
-    "ciphers.txt": "Cipher keys for the secure link are rotated on the first Monday of each month.\n",
-}
+DOCS = SAMPLE_DOCS
 
 
 def test_semantic_retrieval_with_real_embeddings(engine: EngineClient, tmp_path: Path) -> None:
@@ -48,91 +41,55 @@ def test_semantic_retrieval_with_real_embeddings(engine: EngineClient, tmp_path:
     assert kb.check() == []
 
 
-PASS = "a long enough passphrase"
-
-
-def _run(args: list[str], tmp_path: Path, store: ModelStore, *, token: str | None = None,
-         input: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(APPLIANCE_DATA_DIR=str(tmp_path / "data"), APPLIANCE_MODELS_DIR=str(store.root), COLUMNS="200")
-    if token:
-        env["APPLIANCE_SESSION"] = token
-    return subprocess.run([sys.executable, "-m", "appliance", *args], env=env, capture_output=True, text=True,
-                          timeout=600, input=input)
-
-
-def _accounts(tmp_path: Path, store: ModelStore, users: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """Accounts NAME -> (role, LEVEL[:COMPS]) after a bootstrap admin; returns a session token per name."""
-    tokens = {}
-    boot = _run(["users", "add", "root", "--role", "admin", "--level", "TOP SECRET", "--compartments",
-                 "CRYPTO,NUCLEAR", "--password-stdin"], tmp_path, store, input=PASS + "\n")
-    assert boot.returncode == 0, boot.stderr
-    tokens["root"] = _login(tmp_path, store, "root")
-    for name, (role, labels) in users.items():
-        level, _, comps = labels.partition(":")
-        args = ["users", "add", name, "--role", role, "--level", level, "--password-stdin"]
-        proc = _run(args + (["--compartments", comps] if comps else []), tmp_path, store, token=tokens["root"],
-                    input=PASS + "\n")
-        assert proc.returncode == 0, proc.stderr
-        tokens[name] = _login(tmp_path, store, name)
-    return tokens
-
-
-def _login(tmp_path: Path, store: ModelStore, name: str) -> str:
-    proc = _run(["login", name, "--password-stdin", "--print-token"], tmp_path, store, input=PASS + "\n")
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
 def test_cli_ingest_search_docs_check(tmp_path: Path, model_store: ModelStore) -> None:
     for name, text in DOCS.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
-    tok = _accounts(tmp_path, model_store, {"officer": ("officer", "SECRET:CRYPTO"), "ann": ("analyst", "SECRET"),
+    tok = make_accounts(tmp_path, model_store, {"officer": ("officer", "SECRET:CRYPTO"), "ann": ("analyst", "SECRET"),
                                             "carol": ("analyst", "SECRET:CRYPTO")})
-    proc = _run(["ingest", str(tmp_path / "kiosk.md"), "--labels", "UNCLASSIFIED"], tmp_path, model_store,
+    proc = run_cli(["ingest", str(tmp_path / "kiosk.md"), "--labels", "UNCLASSIFIED"], tmp_path, model_store,
                 token=tok["ann"])
     assert proc.returncode == 2 and "needs the role officer or admin" in proc.stderr
-    proc = _run(["ingest", str(tmp_path / "kiosk.md"), "--labels", "SECRET:NUCLEAR"], tmp_path, model_store,
+    proc = run_cli(["ingest", str(tmp_path / "kiosk.md"), "--labels", "SECRET:NUCLEAR"], tmp_path, model_store,
                 token=tok["officer"])
     assert proc.returncode == 2 and "not cleared for SECRET:NUCLEAR" in proc.stderr
-    proc = _run(["ingest", str(tmp_path / "kiosk.md"), str(tmp_path / "canteen.txt"), str(tmp_path / "broken.pdf"),
+    proc = run_cli(["ingest", str(tmp_path / "kiosk.md"), str(tmp_path / "canteen.txt"), str(tmp_path / "broken.pdf"),
                  "--labels", "UNCLASSIFIED"], tmp_path, model_store, token=tok["officer"])
     assert proc.returncode == 1  # one file failed, the others went in
     assert "broken.pdf" in proc.stdout and "2 added" in proc.stdout
-    proc = _run(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "secret:crypto", "--json"], tmp_path,
+    proc = run_cli(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "secret:crypto", "--json"], tmp_path,
                 model_store, token=tok["officer"])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["added"] == 1
-    proc = _run(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "SECRET:bad label"], tmp_path, model_store,
+    proc = run_cli(["ingest", str(tmp_path / "ciphers.txt"), "--labels", "SECRET:bad label"], tmp_path, model_store,
                 token=tok["officer"])
     assert proc.returncode == 2 and "bad compartment" in proc.stderr
-    listed = json.loads(_run(["docs", "list", "--json"], tmp_path, model_store, token=tok["officer"]).stdout)
+    listed = json.loads(run_cli(["docs", "list", "--json"], tmp_path, model_store, token=tok["officer"]).stdout)
     assert {d["doc_id"]: d["labels"] for d in listed} == {"canteen.txt": "UNCLASSIFIED", "kiosk.md": "UNCLASSIFIED",
                                                           "ciphers.txt": "SECRET:CRYPTO"}
-    listed = json.loads(_run(["docs", "list", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
+    listed = json.loads(run_cli(["docs", "list", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
     assert "ciphers.txt" not in {d["doc_id"] for d in listed}  # no compartment: not even its title
-    hidden = _run(["docs", "show", "ciphers.txt"], tmp_path, model_store, token=tok["ann"])
-    missing = _run(["docs", "show", "nothing.txt"], tmp_path, model_store, token=tok["ann"])
+    hidden = run_cli(["docs", "show", "ciphers.txt"], tmp_path, model_store, token=tok["ann"])
+    missing = run_cli(["docs", "show", "nothing.txt"], tmp_path, model_store, token=tok["ann"])
     assert hidden.returncode == missing.returncode == 2
     assert hidden.stderr.replace("ciphers.txt", "X") == missing.stderr.replace("nothing.txt", "X")
-    hits = json.loads(_run(["search", "cipher keys", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
+    hits = json.loads(run_cli(["search", "cipher keys", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
     assert "ciphers.txt" not in {h["doc_id"] for h in hits}
-    hits = json.loads(_run(["search", "cipher keys", "--json"], tmp_path, model_store, token=tok["carol"]).stdout)
+    hits = json.loads(run_cli(["search", "cipher keys", "--json"], tmp_path, model_store, token=tok["carol"]).stdout)
     assert hits[0]["doc_id"] == "ciphers.txt" and hits[0]["labels"] == "SECRET:CRYPTO"
-    narrowed = _run(["search", "cipher keys", "--labels", "UNCLASSIFIED", "--json"], tmp_path, model_store,
+    narrowed = run_cli(["search", "cipher keys", "--labels", "UNCLASSIFIED", "--json"], tmp_path, model_store,
                     token=tok["officer"])
     assert "ciphers.txt" not in {h["doc_id"] for h in json.loads(narrowed.stdout)}
-    proc = _run(["search", "x", "--labels", "TOP_SECRET"], tmp_path, model_store, token=tok["officer"])
+    proc = run_cli(["search", "x", "--labels", "TOP_SECRET"], tmp_path, model_store, token=tok["officer"])
     assert proc.returncode == 2 and "not within your own clearance" in proc.stderr
-    proc = _run(["search", "x"], tmp_path, model_store)
+    proc = run_cli(["search", "x"], tmp_path, model_store)
     assert proc.returncode == 2 and "not logged in" in proc.stderr
-    shown = json.loads(_run(["docs", "show", "kiosk.md", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
+    shown = json.loads(run_cli(["docs", "show", "kiosk.md", "--json"], tmp_path, model_store, token=tok["ann"]).stdout)
     assert shown["chunks"][0]["heading"] == ["Media kiosk"]
-    assert _run(["index", "check"], tmp_path, model_store, token=tok["root"]).returncode == 0
-    assert _run(["index", "check"], tmp_path, model_store, token=tok["ann"]).returncode == 2
-    assert _run(["docs", "delete", "kiosk.md"], tmp_path, model_store, token=tok["officer"]).returncode == 0
-    proc = _run(["docs", "delete", "kiosk.md"], tmp_path, model_store, token=tok["officer"])
+    assert run_cli(["index", "check"], tmp_path, model_store, token=tok["root"]).returncode == 0
+    assert run_cli(["index", "check"], tmp_path, model_store, token=tok["ann"]).returncode == 2
+    assert run_cli(["docs", "delete", "kiosk.md"], tmp_path, model_store, token=tok["officer"]).returncode == 0
+    proc = run_cli(["docs", "delete", "kiosk.md"], tmp_path, model_store, token=tok["officer"])
     assert proc.returncode == 2 and "no document 'kiosk.md'" in proc.stderr
 
 
@@ -145,7 +102,7 @@ def test_eval_retrieval_on_a_scifact_slice(tmp_path: Path, model_store: ModelSto
     corpus.write_text("\n".join(dict.fromkeys(keep)) + "\n")
     qfile = tmp_path / "claims.jsonl"
     qfile.write_text("\n".join(json.dumps(q) for q in queries[:20]) + "\n")
-    proc = _run(["eval", "retrieval", "--corpus", str(corpus), "--queries", str(qfile), "--json"], tmp_path,
+    proc = run_cli(["eval", "retrieval", "--corpus", str(corpus), "--queries", str(qfile), "--json"], tmp_path,
                 model_store)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -166,7 +123,7 @@ def test_eval_claims_compares_agent_and_single_shot(tmp_path: Path, model_store:
     corpus.write_text("\n".join(dict.fromkeys(keep)) + "\n")
     cfile = tmp_path / "claims.jsonl"
     cfile.write_text("\n".join(json.dumps(c) for c in claims) + "\n")
-    proc = _run(["eval", "claims", "--corpus", str(corpus), "--claims", str(cfile), "--json"], tmp_path, model_store)
+    proc = run_cli(["eval", "claims", "--corpus", str(corpus), "--claims", str(cfile), "--json"], tmp_path, model_store)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["claims"] == 4 and set(result["systems"]) == {"agent", "single_shot"}
@@ -176,3 +133,7 @@ def test_eval_claims_compares_agent_and_single_shot(tmp_path: Path, model_store:
             assert 0.0 <= metrics[name] <= 1.0
     agent = result["systems"]["agent"]
     assert agent["groundedness"] == 1.0 or agent["abstention_rate"] == 1.0  # block policy: only verified sentences
+
+
+# the names other test modules (test_cli*, test_tui_tmux) still import from here
+_run, _accounts, _login = run_cli, make_accounts, login

@@ -30,7 +30,7 @@ from appliance.errors import ApplianceError
 from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.protocol import GenerateRequest, GenerateResult
-from tests.knowledge_fakes import hashed_embed
+from tests.helpers import hashed_embed
 
 SCALE = LevelScale()
 WORDS = ["kiosk", "badge", "canteen", "cipher", "reactor", "convoy", "archive", "server", "harbour", "signal",

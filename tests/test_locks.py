@@ -19,7 +19,7 @@ from appliance.db import open_db
 from appliance.errors import BusyError, KnowledgeError
 from appliance.locks import WriterLock, writer_lock
 from appliance.migrations import Migrations
-from tests.knowledge_fakes import fake_kb
+from tests.helpers import fake_kb
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -229,10 +229,9 @@ def test_cli_sessions_belong_to_the_os_user(tmp_path: Path) -> None:
 def test_services_build_each_part_once_across_threads_and_close_them_all(tmp_path: Path) -> None:
     from appliance.config import load_settings
     from appliance.services import build_services
-    from tests.knowledge_fakes import hashed_embed
+    from tests.helpers import ScriptedEngine
 
-    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "data")}))
-    s.embed_fn = hashed_embed
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "data")}), engine=ScriptedEngine())
     got: dict[str, list[int]] = {"audit": [], "accounts": [], "knowledge": [], "agent_store": []}
     barrier = threading.Barrier(6)
 

@@ -87,7 +87,8 @@ _TENSORS_OF: dict[Path, dict[str, np.ndarray]] = {}
 _SHAPES = {"q_proj": (576, 576), "k_proj": (192, 576), "v_proj": (192, 576)}  # (out, in) of the real base
 
 
-def _peft_dir(path: Path, *, config: dict | None = None, r: int = 4, modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj"),
+def _peft_dir(path: Path, *, config: dict | None = None, r: int = 4,
+              modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj"),
               shapes: dict | None = None, extra: dict | None = None) -> Path:
     """A saved peft adapter for layer 0 of the real base, written without peft."""
     path.mkdir(parents=True)

@@ -10,12 +10,14 @@ from appliance.agent.otel import otel_json
 from appliance.agent.store import AgentStore, Step
 from appliance.audit.log import AuditLog
 from appliance.runtime.model_store import ModelStore
-from tests.test_knowledge_real import DOCS, _accounts, _run
+from tests.helpers import SAMPLE_DOCS as DOCS
+from tests.helpers import make_accounts, run_cli
 
 
 def _fake_trace(store: AgentStore, trace_id: str, outcome: str, *, seconds: float = 1.0) -> None:
     store.save_trace(trace_id=trace_id, user="ann", session_id=None, question="q?",
-                     started_at="2026-11-24T10:00:00.000+00:00", seconds=seconds, outcome=outcome, answer="a", cited_docs=["d"] if outcome == "answered" else [],
+                     started_at="2026-11-24T10:00:00.000+00:00", seconds=seconds, outcome=outcome, answer="a",
+                     cited_docs=["d"] if outcome == "answered" else [],
                      steps=[Step("route", decision={"route": "rag"}, ms=0.2),
                             Step("retrieve", ms=12.0, retrieval_ms=11.0, chunk_ids=["c1"], start_ms=1.0),
                             Step("assess", decision={"enough": outcome == "answered"}, ms=3.0, start_ms=13.0),
@@ -62,28 +64,28 @@ def test_otel_json_nests_one_span_per_step_inside_its_request(tmp_path: Path) ->
 def test_real_requests_give_spans_metrics_and_an_export(tmp_path: Path, model_store: ModelStore) -> None:
     for name, text in DOCS.items():
         (tmp_path / name).write_text(text)
-    tok = _accounts(tmp_path, model_store, {"olga": ("officer", "SECRET"), "ann": ("analyst", "SECRET")})
-    assert _run(["ingest", str(tmp_path / "kiosk.md"), str(tmp_path / "canteen.txt"), "--labels", "UNCLASSIFIED"],
+    tok = make_accounts(tmp_path, model_store, {"olga": ("officer", "SECRET"), "ann": ("analyst", "SECRET")})
+    assert run_cli(["ingest", str(tmp_path / "kiosk.md"), str(tmp_path / "canteen.txt"), "--labels", "UNCLASSIFIED"],
                 tmp_path, model_store, token=tok["olga"]).returncode == 0
     for question in ("Where are USB drives scanned?", "When does the canteen serve lunch?"):
-        proc = _run(["ask", question, "--json"], tmp_path, model_store, token=tok["ann"])
+        proc = run_cli(["ask", question, "--json"], tmp_path, model_store, token=tok["ann"])
         assert proc.returncode == 0, proc.stderr
     trace_id = json.loads(proc.stdout)["trace_id"]
     steps = AgentStore(tmp_path / "data" / "agent.db").trace(trace_id)["steps"]
     starts = [s["start_ms"] for s in steps]
     assert starts == sorted(starts) and starts[-1] > 0  # spans in the order they ran, at their own times
 
-    refused = _run(["metrics", "--json"], tmp_path, model_store, token=tok["ann"])
+    refused = run_cli(["metrics", "--json"], tmp_path, model_store, token=tok["ann"])
     assert refused.returncode == 2 and "metrics.read needs the role" in refused.stderr
-    m = json.loads(_run(["metrics", "--json"], tmp_path, model_store, token=tok["olga"]).stdout)
+    m = json.loads(run_cli(["metrics", "--json"], tmp_path, model_store, token=tok["olga"]).stdout)
     assert m["requests"] == 2 and m["latency"]["p50_ms"] > 0
     assert m["steps"]["retrieve"]["count"] >= 2 and m["retrieval"]["searches"] >= 2
     assert m["tokens_per_s"] is None or m["tokens_per_s"] > 1
-    shown = _run(["metrics"], tmp_path, model_store, token=tok["olga"])
+    shown = run_cli(["metrics"], tmp_path, model_store, token=tok["olga"])
     assert shown.returncode == 0 and "2 requests" in shown.stdout
 
     out = tmp_path / "traces.json"
-    proc = _run(["trace", "export", str(out)], tmp_path, model_store, token=tok["olga"])
+    proc = run_cli(["trace", "export", str(out)], tmp_path, model_store, token=tok["olga"])
     assert proc.returncode == 0, proc.stderr
     spans = json.loads(out.read_text())["resourceSpans"][0]["scopeSpans"][0]["spans"]
     assert sum(s["name"] == "ask" for s in spans) == 2

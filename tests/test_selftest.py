@@ -26,7 +26,7 @@ from appliance.runtime.selftest import EMBED_MARGIN, ModelIdentity, SelfTest, Se
 from appliance.services import build_services
 from appliance.updates.apply import apply_bundle
 from appliance.updates.check import trust_root
-from tests.test_update_real import _store_copy
+from tests.helpers import store_copy
 
 REPO = Path(__file__).resolve().parent.parent
 CRASHING = (sys.executable, str(REPO / "tests" / "crashing_host.py"))
@@ -179,17 +179,17 @@ def test_a_bundle_model_that_crashes_the_selftest_leaves_store_and_generation_un
         new_hosts: Callable[[], list[int]]) -> None:
     from appliance.updates.build import build_bundle, load_spec
     from appliance.updates.keys import init_keys
-    from tests.test_update_build import PASS
-    from tests.test_update_verify import ACCOUNT_PASS
+    from tests.helpers import BUILD_PASS as PASS
+    from tests.helpers import PASS as ACCOUNT_PASS
 
-    store = _store_copy(model_store, tmp_path / "models")
+    store = store_copy(model_store, tmp_path / "models")
     services = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "data"),
                                              "APPLIANCE_MODELS_DIR": str(store.root)}))
     services.accounts().add("root", role="admin", level="TOP SECRET", passphrase=ACCOUNT_PASS, by=None)
     services.accounts().add("olga", role="officer", level="SECRET", passphrase=ACCOUNT_PASS,
                             by=services.accounts().get("root"))
     olga = services.accounts().get("olga")
-    new = _renamed_model(generator.path, tmp_path / "new-generator.gguf")
+    _renamed_model(generator.path, tmp_path / "new-generator.gguf")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "canteen.txt").write_text("The canteen serves lunch from noon until two.\n")
     (tmp_path / "spec.toml").write_text("""
@@ -264,7 +264,7 @@ def _cli(args: list[str], tmp_path: Path, store: ModelStore, crashing: bool) -> 
 
 def test_doctor_and_generate_refuse_with_one_line_when_the_build_crashes(tmp_path: Path,
                                                                         model_store: ModelStore) -> None:
-    store = _store_copy(model_store, tmp_path / "models")
+    store = store_copy(model_store, tmp_path / "models")
     (store.root / "selftest.json").unlink(missing_ok=True)
     gen = _cli(["generate", "Say hello", "--max-tokens", "4"], tmp_path, store, crashing=True)
     assert gen.returncode == 2

@@ -14,19 +14,16 @@ from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import applied_state, trust_root, trusted_metadata, verify_bundle
 from appliance.updates.generations import current_info, current_path
 from appliance.updates.keys import init_keys
-from tests.test_update_build import PASS, _spec
-from tests.test_update_verify import appliance  # noqa: F401 - the fixture
-
-__all__ = ["appliance"]
+from tests.helpers import BUILD_PASS, ScriptedEngine, bundle_spec
 
 
 def _build(tmp_path: Path, release: int, name: str, extra: str = "", docs: dict[str, str] | None = None) -> Path:
     if not (tmp_path / "keys").exists():
-        init_keys(tmp_path / "keys", PASS)
-    spec = _spec(tmp_path, release, extra)
+        init_keys(tmp_path / "keys", BUILD_PASS)
+    spec = bundle_spec(tmp_path, release, extra)
     for fname, text in (docs or {}).items():
         (tmp_path / "docs" / fname).write_text(text)
-    build_bundle(load_spec(spec), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / name)
+    build_bundle(load_spec(spec), tmp_path / "keys", BUILD_PASS, tmp_path / "state", tmp_path / name)
     return tmp_path / name
 
 
@@ -85,7 +82,7 @@ def test_delta_replaces_and_revokes_and_rollback_restores(appliance, tmp_path: P
     text = (tmp_path / "demo.toml").read_text().replace('paths = ["docs/keys.txt"]', "paths = []")
     (tmp_path / "demo.toml").write_text(text.replace("release = 2", "release = 3"))
     third = tmp_path / "b3"
-    build_bundle(load_spec(tmp_path / "demo.toml"), tmp_path / "keys", PASS, tmp_path / "state", third)
+    build_bundle(load_spec(tmp_path / "demo.toml"), tmp_path / "keys", BUILD_PASS, tmp_path / "state", third)
     r2 = apply_bundle(appliance, olga, delta)
     assert r2.changes["replaced"] == 1 and r2.changes["unchanged"] == 1
     r3 = apply_bundle(appliance, olga, third)
@@ -128,7 +125,7 @@ def test_a_failed_apply_leaves_the_serving_generation_and_trust_alone(appliance,
         calls["n"] += 1
         raise BundleError("embedder went away")
 
-    appliance.embed_fn = failing_embed
+    appliance.fixed_engine = ScriptedEngine(embed=failing_embed)
     with pytest.raises(BundleError):
         apply_bundle(appliance, olga, media)
     assert current_info(appliance.settings.data_dir).generation == 0
@@ -195,8 +192,8 @@ def test_root_rotation_arrives_in_a_bundle_and_is_trusted_from_then_on(appliance
     media = _build(tmp_path, 1, "b1")
     olga = _trusted(appliance, tmp_path, media)
     apply_bundle(appliance, olga, media)
-    rotate_role(tmp_path / "keys", "root", PASS)  # new root keys; the old ones sign the handover
-    rotate_role(tmp_path / "keys", "targets", PASS)
+    rotate_role(tmp_path / "keys", "root", BUILD_PASS)  # new root keys; the old ones sign the handover
+    rotate_role(tmp_path / "keys", "targets", BUILD_PASS)
     b2 = _build(tmp_path, 2, "b2")
     assert (b2 / "metadata" / "2.root.json").is_file()
     apply_bundle(appliance, olga, b2)

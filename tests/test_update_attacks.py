@@ -59,10 +59,7 @@ from appliance.updates.generations import current_info
 from appliance.updates.keys import DELEGATED, init_keys, load_signers, rotate_role
 from appliance.updates.media import BLOCK, MEDIA_URL, MediaFetcher
 from tests.ggufs import tiny_model
-from tests.test_update_build import PASS, _spec
-from tests.test_update_verify import appliance
-
-__all__ = ["appliance"]
+from tests.helpers import BUILD_PASS, bundle_spec
 
 CLASS = "northgate"
 SERIALIZER = JSONSerializer(compact=False)
@@ -75,7 +72,7 @@ PAST = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
 def _keys(tmp_path: Path) -> Path:
     d = tmp_path / "keys"
     if not d.exists():
-        init_keys(d, PASS)
+        init_keys(d, BUILD_PASS)
     return d
 
 
@@ -83,7 +80,8 @@ def _two_of_two(keys_dir: Path, role: str) -> None:
     """Give ``role`` a second key and a threshold of 2 (init_keys makes one key per role)."""
     ring = keyring.load_keyring(keys_dir)
     old = ring[role]
-    new, files = keyring._make(keys_dir, role, 1, PASS.encode(), start=len(old.files) + len(old.retired_files) + 1)
+    new, files = keyring._make(keys_dir, role, 1, BUILD_PASS.encode(),
+                               start=len(old.files) + len(old.retired_files) + 1)
     ring[role] = keyring.RoleKeys(role, 2, old.keys + tuple(new), old.files + tuple(files), old.retired,
                                   old.retired_files)
     keyring._save(keys_dir, ring)
@@ -92,9 +90,9 @@ def _two_of_two(keys_dir: Path, role: str) -> None:
 def _build(tmp_path: Path, release: int, name: str, *, extra: str = "", now: dt.datetime | None = None,
            state: str = "state", expires_days: int = 30) -> Path:
     keys = _keys(tmp_path)
-    spec = _spec(tmp_path, release, extra)
+    spec = bundle_spec(tmp_path, release, extra)
     spec.write_text(spec.read_text().replace("expires_days = 30", f"expires_days = {expires_days}"))
-    build_bundle(load_spec(spec), keys, PASS, tmp_path / state, tmp_path / name, now=now)
+    build_bundle(load_spec(spec), keys, BUILD_PASS, tmp_path / state, tmp_path / name, now=now)
     return tmp_path / name
 
 
@@ -107,7 +105,7 @@ def _md_path(media: Path, role: str) -> Path:
 
 
 def _signers(tmp_path: Path, role: str, *, retired: bool = False) -> list:
-    return load_signers(tmp_path / "keys", role, PASS, retired=retired)
+    return load_signers(tmp_path / "keys", role, BUILD_PASS, retired=retired)
 
 
 def _metafile(path: Path, version: int) -> MetaFile:
@@ -293,7 +291,7 @@ def test_signature_by_an_unknown_key_refused(appliance, tmp_path: Path) -> None:
 
 def test_signature_by_a_retired_key_refused(appliance, tmp_path: Path) -> None:
     _applied(appliance, tmp_path)  # the old targets key was trusted once
-    rotate_role(tmp_path / "keys", "targets", PASS)
+    rotate_role(tmp_path / "keys", "targets", BUILD_PASS)
     media = _build(tmp_path, 2, "b2")
     assert (media / "metadata" / "2.root.json").is_file()  # the new root lists the new targets key only
     _tamper(media, tmp_path, "targets", signers=_signers(tmp_path, "targets", retired=True))
@@ -324,9 +322,9 @@ def test_tampering_helpers_alone_keep_a_bundle_valid(appliance, tmp_path: Path) 
 
 def test_root_version_skipped_refused(appliance, tmp_path: Path) -> None:
     _fresh(appliance, tmp_path)
-    rotate_role(tmp_path / "keys", "root", PASS)
+    rotate_role(tmp_path / "keys", "root", BUILD_PASS)
     _build(tmp_path, 2, "b2")
-    rotate_role(tmp_path / "keys", "root", PASS)
+    rotate_role(tmp_path / "keys", "root", BUILD_PASS)
     media = _build(tmp_path, 3, "b3")
     assert sorted(p.name for p in (media / "metadata").glob("*.root.json")) == ["1.root.json", "2.root.json",
                                                                                  "3.root.json"]
@@ -337,9 +335,9 @@ def test_root_version_skipped_refused(appliance, tmp_path: Path) -> None:
 def test_root_version_skipped_in_the_file_name_refused(appliance, tmp_path: Path) -> None:
     """Root 3 offered where root 2 belongs: the version inside is checked, not only the file name."""
     _fresh(appliance, tmp_path)
-    rotate_role(tmp_path / "keys", "root", PASS)
+    rotate_role(tmp_path / "keys", "root", BUILD_PASS)
     _build(tmp_path, 2, "b2")
-    rotate_role(tmp_path / "keys", "root", PASS)
+    rotate_role(tmp_path / "keys", "root", BUILD_PASS)
     media = _build(tmp_path, 3, "b3")
     os.replace(media / "metadata" / "3.root.json", media / "metadata" / "2.root.json")
     _assert_refused(appliance, media, r"Expected root version 2 instead got version 3")
@@ -347,7 +345,7 @@ def test_root_version_skipped_in_the_file_name_refused(appliance, tmp_path: Path
 
 def _rotated_root(appliance, tmp_path: Path) -> Path:
     _fresh(appliance, tmp_path)
-    rotate_role(tmp_path / "keys", "root", PASS)
+    rotate_role(tmp_path / "keys", "root", BUILD_PASS)
     media = _build(tmp_path, 2, "b2")
     new_root = Metadata.from_file(str(media / "metadata" / "2.root.json"))
     assert len(new_root.signatures) == 6  # the handover: 3 old keys and 3 new ones
@@ -460,7 +458,8 @@ def test_snapshot_from_another_build_refused(appliance, tmp_path: Path) -> None:
     media = _fresh(appliance, tmp_path)
     other = _other_build(tmp_path)
     shutil.copyfile(other / "metadata" / "1.snapshot.json", media / "metadata" / "1.snapshot.json")
-    _assert_refused(appliance, media, r"does not match the length and hash signed for it \(metadata mixed from another bundle\?\)",
+    _assert_refused(appliance, media,
+                    r"does not match the length and hash signed for it \(metadata mixed from another bundle\?\)",
                     cls=BundleMismatchError)
 
 

@@ -16,9 +16,8 @@ from appliance.runtime.model_store import ModelStore
 from appliance.services import build_services
 from appliance.updates.apply import FAULT_ENV
 from tests.conftest import make_random_adapter
-from tests.test_knowledge_real import PASS, _accounts, _run
+from tests.helpers import PASS, cli_bundle, make_accounts, run_cli, run_cli_env, store_copy
 
-KEY_PASS = "a build-station key passphrase"
 STEPS = ("verified", "models", "copied", "knowledge", "healthy", "metadata", "sealed",  # before the switch: old
          "switched", "state", "policy", "audited")  # after it: new
 SWITCH = STEPS.index("switched")
@@ -27,18 +26,6 @@ DOCS = {
     "canteen.txt": "The canteen serves lunch from noon until two o'clock on weekdays.\n",
     "keys.txt": "Cipher keys are rotated on the first Monday of every month by the custodian.\n",
 }
-
-
-def _store_copy(store: ModelStore, dest: Path) -> ModelStore:
-    """The test models, hard-linked into a store of this test's own (a bundle registers models in it)."""
-    dest.mkdir(parents=True)
-    shutil.copytree(store.blobs, dest / "blobs", copy_function=os.link)
-    src = __import__("sqlite3").connect(store.root / "registry.db")
-    dst = __import__("sqlite3").connect(dest / "registry.db")
-    src.backup(dst)
-    src.close()
-    dst.close()
-    return ModelStore(dest)
 
 
 def _write_spec(tmp: Path, release: int, *, policy: bool = False, extra: str = "") -> Path:
@@ -86,24 +73,13 @@ paths = ["docs/keys.txt"]
     return spec
 
 
-def _build(tmp: Path, spec: Path, out: str, store: ModelStore) -> Path:
-    if not (tmp / "keys").exists():
-        proc = _run(["keys", "init", "--dir", str(tmp / "keys"), "--password-stdin"], tmp, store,
-                    input=KEY_PASS + "\n")
-        assert proc.returncode == 0, proc.stderr
-    proc = _run(["bundle", "build", "--spec", str(spec), "--keys", str(tmp / "keys"), "--out", str(tmp / out),
-                 "--password-stdin"], tmp, store, input=KEY_PASS + "\n")
-    assert proc.returncode == 0, proc.stderr
-    return tmp / out
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> tuple[Path, dict[str, str]]:
     """An appliance with root (admin) and olga (officer) logged in, the bundle's root trusted, and the bundle."""
     tmp = tmp_path_factory.mktemp("bundle-template")
-    tokens = _accounts(tmp, model_store, {"olga": ("officer", "SECRET:CRYPTO")})
-    media = _build(tmp, _write_spec(tmp, 1, policy=True), "b1", model_store)
-    proc = _run(["bundle", "trust", str(media / "metadata" / "1.root.json")], tmp, model_store, token=tokens["olga"])
+    tokens = make_accounts(tmp, model_store, {"olga": ("officer", "SECRET:CRYPTO")})
+    media = cli_bundle(tmp, _write_spec(tmp, 1, policy=True), "b1", model_store)
+    proc = run_cli(["bundle", "trust", str(media / "metadata" / "1.root.json")], tmp, model_store, token=tokens["olga"])
     assert proc.returncode == 0, proc.stderr
     return tmp, tokens
 
@@ -127,11 +103,11 @@ def test_sigkill_at_each_step_of_apply_leaves_wholly_old_or_wholly_new(step: str
     shutil.copytree(src, tmp_path, dirs_exist_ok=True, symlinks=True)
     before = _state(tmp_path / "data")
     assert before["generation"] == 0 and before["docs"] == [] and before["release"] == 0
-    env_run = _run_with(["bundle", "apply", str(tmp_path / "b1")], tmp_path, model_store, tokens["olga"],
-                        {FAULT_ENV: step})
+    env_run = run_cli_env(["bundle", "apply", str(tmp_path / "b1")], tmp_path / "data", model_store,
+                          token=tokens["olga"], extra={FAULT_ENV: step})
     assert env_run.returncode == -9, (step, env_run.returncode, env_run.stderr[-2000:])
     # the restart: any command finishes or undoes the interrupted apply before it runs
-    hist = _run(["bundle", "history", "--json"], tmp_path, model_store, token=tokens["olga"])
+    hist = run_cli(["bundle", "history", "--json"], tmp_path, model_store, token=tokens["olga"])
     assert hist.returncode == 0, hist.stderr
     after = _state(tmp_path / "data")
     assert after["problems"] == []
@@ -145,37 +121,26 @@ def test_sigkill_at_each_step_of_apply_leaves_wholly_old_or_wholly_new(step: str
         assert "nina" in after["users"]  # the signed policy was applied (by the recovery if need be)
         assert json.loads(hist.stdout)["serving"] == 1
     # and the interrupted bundle can then be applied (or is already): the appliance is not wedged
-    again = _run(["bundle", "apply", str(tmp_path / "b1")], tmp_path, model_store, token=tokens["olga"])
+    again = run_cli(["bundle", "apply", str(tmp_path / "b1")], tmp_path, model_store, token=tokens["olga"])
     assert again.returncode == 0, again.stderr
     final = _state(tmp_path / "data")
     assert final["generation"] == 1 and final["release"] == 1 and "nina" in final["users"]
-    check = _run(["audit", "check"], tmp_path, model_store, token=tokens["olga"])
+    check = run_cli(["audit", "check"], tmp_path, model_store, token=tokens["olga"])
     assert check.returncode == 0, check.stdout + check.stderr
-
-
-def _run_with(args: list[str], tmp: Path, store: ModelStore, token: str, extra: dict[str, str]):  # noqa: ANN202
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(APPLIANCE_DATA_DIR=str(tmp / "data"), APPLIANCE_MODELS_DIR=str(store.root), COLUMNS="200",
-               APPLIANCE_SESSION=token, **extra)
-    return subprocess.run([sys.executable, "-m", "appliance", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
 
 
 def test_models_adapter_and_embedder_switch_over_the_real_engine(tmp_path: Path, model_store: ModelStore,
                                                                  generator, embedder_record) -> None:  # noqa: ANN001
-    store = _store_copy(model_store, tmp_path / "models")
-    tokens = _accounts(tmp_path, store, {"olga": ("officer", "SECRET:CRYPTO")})
+    store = store_copy(model_store, tmp_path / "models")
+    tokens = make_accounts(tmp_path, store, {"olga": ("officer", "SECRET:CRYPTO")})
     shutil.copyfile(generator.path, tmp_path / "docs-generator.gguf")
     shutil.copyfile(embedder_record.path, tmp_path / "docs-embedder.gguf")
     make_random_adapter(generator.path, tmp_path / "triage.gguf", seed=7)
     # release 1: knowledge only (served by the configured embedder)
-    b1 = _build(tmp_path, _write_spec(tmp_path, 1), "b1", store)
-    assert _run(["bundle", "trust", str(b1 / "metadata" / "1.root.json")], tmp_path, store,
+    b1 = cli_bundle(tmp_path, _write_spec(tmp_path, 1), "b1", store)
+    assert run_cli(["bundle", "trust", str(b1 / "metadata" / "1.root.json")], tmp_path, store,
                 token=tokens["olga"]).returncode == 0
-    proc = _run(["bundle", "apply", str(b1)], tmp_path, store, token=tokens["olga"])
+    proc = run_cli(["bundle", "apply", str(b1)], tmp_path, store, token=tokens["olga"])
     assert proc.returncode == 0, proc.stderr
     # release 2: the generator and embedder as bundle models, and an adapter for that generator
     extra = f"""
@@ -194,8 +159,8 @@ name = "triage"
 path = "triage.gguf"
 base_sha256 = "{generator.sha256}"
 """
-    b2 = _build(tmp_path, _write_spec(tmp_path, 2, extra=extra), "b2", store)
-    proc = _run(["bundle", "apply", str(b2), "--json"], tmp_path, store, token=tokens["olga"])
+    b2 = cli_bundle(tmp_path, _write_spec(tmp_path, 2, extra=extra), "b2", store)
+    proc = run_cli(["bundle", "apply", str(b2), "--json"], tmp_path, store, token=tokens["olga"])
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["generation"] == 2 and result["changes"]["unchanged"] == 2
@@ -213,7 +178,7 @@ base_sha256 = "{generator.sha256}"
                                   .GenerateRequest(prompt="Hello", max_tokens=4, adapter="triage"))
         assert out.text is not None
         # and answers a search over the re-embedded index
-        ask = _run(["search", "when does the canteen serve lunch", "--json"], tmp_path, store, token=tokens["olga"])
+        ask = run_cli(["search", "when does the canteen serve lunch", "--json"], tmp_path, store, token=tokens["olga"])
         assert ask.returncode == 0, ask.stderr
         assert "canteen.txt" in ask.stdout
     finally:
@@ -230,7 +195,7 @@ def test_disk_full_during_staging_is_refused_and_leaves_nothing(template, model_
     shutil.copytree(src, tmp_path, dirs_exist_ok=True, symlinks=True)
     spec = _write_spec(tmp_path, 2)
     (tmp_path / "docs" / "canteen.txt").write_text("The canteen serves lunch. " * 60_000)
-    big = _build(tmp_path, spec, "b2", model_store)
+    big = cli_bundle(tmp_path, spec, "b2", model_store)
     staging = tmp_path / "data" / "updates" / "staging"
     staging.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
@@ -244,5 +209,9 @@ def test_disk_full_during_staging_is_refused_and_leaves_nothing(template, model_
     after = _state(tmp_path / "data")
     assert after["generation"] == 0 and after["release"] == 0 and after["docs"] == []
     assert list(staging.iterdir()) == []  # outside the namespace: nothing was left behind either
-    audit = _run(["audit", "check"], tmp_path, model_store, token=tokens["olga"])
+    audit = run_cli(["audit", "check"], tmp_path, model_store, token=tokens["olga"])
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+# the name test_tui*.py and test_specialist_serve.py still import from here
+_store_copy = store_copy

@@ -8,34 +8,18 @@ from pathlib import Path
 import pytest
 
 from appliance.access.labels import Labels
-from appliance.config import load_settings
 from appliance.errors import AccessError, BundleError
-from appliance.services import build_services
 from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import applied_state, trust_root, verify_bundle
 from appliance.updates.keys import init_keys
-from tests.knowledge_fakes import hashed_embed
-from tests.test_update_build import PASS, _spec
-
-ACCOUNT_PASS = "a long enough passphrase"
-
-
-@pytest.fixture
-def appliance(tmp_path: Path):
-    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "appliance")}))
-    s.embed_fn = hashed_embed  # a fake at the engine seam
-    s.accounts().add("root", role="admin", level="TOP SECRET", passphrase=ACCOUNT_PASS, by=None)
-    admin = s.accounts().get("root")
-    s.accounts().add("olga", role="officer", level="SECRET", compartments=["CRYPTO"], passphrase=ACCOUNT_PASS,
-                     by=admin)
-    s.accounts().add("ann", role="analyst", level="SECRET", passphrase=ACCOUNT_PASS, by=admin)
-    return s
+from tests.helpers import BUILD_PASS, bundle_spec
 
 
 def _bundle(tmp_path: Path, release: int = 1, name: str = "b1", now=None) -> Path:
     if not (tmp_path / "keys").exists():
-        init_keys(tmp_path / "keys", PASS)
-    build_bundle(load_spec(_spec(tmp_path, release)), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / name,
+        init_keys(tmp_path / "keys", BUILD_PASS)
+    build_bundle(load_spec(bundle_spec(tmp_path, release)), tmp_path / "keys", BUILD_PASS,
+                 tmp_path / "state", tmp_path / name,
                  now=now)
     return tmp_path / name
 
@@ -122,7 +106,8 @@ def test_payload_one_byte_long_refused(appliance, tmp_path: Path) -> None:
 
 
 def test_bundle_trust_and_verify_through_the_cli(tmp_path: Path) -> None:
-    from tests.test_knowledge_real import _accounts, _run
+    from tests.helpers import make_accounts as _accounts
+    from tests.helpers import run_cli as _run
 
     media = _bundle(tmp_path)
     store = type("S", (), {"root": tmp_path / "models"})()

@@ -110,7 +110,3 @@ def parse_labels(text: str, scale: LevelScale = LevelScale()) -> Labels:
     except LabelError as exc:
         raise LabelError(f"{where}: {exc}") from exc
     return Labels(level=canonical, compartments=_compartments(comps.split(","), where))
-
-
-def principal_from_labels(name: str, labels: Labels) -> Principal:
-    return Principal(name=name, level=labels.level, compartments=labels.compartments)

@@ -14,7 +14,7 @@ sentence with one thing changed to what the passage could have meant instead:
   when the passage has that opposite.
 
 The generator then scores the sentence and each alternate as what follows the passage
-(:meth:`EngineClient.likelihoods`). If some alternate is likelier than the sentence by more
+(:meth:`Engine.likelihoods`). If some alternate is likelier than the sentence by more
 than a margin, the passage backs the alternate, so the sentence is refused, naming the
 alternate. Nothing here decides a label; a sentence with no alternates passes unchanged.
 
@@ -109,8 +109,8 @@ def alternates(sentence: str, passage: str, limit: int = MAX_ALTERNATES) -> list
         for other in pool:
             add("value", sentence[:start] + other + sentence[end:], f"{value} -> {other}")
     by_kind: dict[str, list[tuple[str, int, int, str]]] = {}
-    for v in mine:
-        by_kind.setdefault(v[0], []).append(v)
+    for found in mine:
+        by_kind.setdefault(found[0], []).append(found)
     for items in by_kind.values():
         for (_, s1, e1, v1), (_, s2, e2, v2) in zip(items, items[1:]):
             if _norm(v1) != _norm(v2):

@@ -43,8 +43,7 @@ from appliance.config import AgentSettings
 from appliance.errors import AgentError
 from appliance.knowledge.rerank import CrossEncoderReranker
 from appliance.knowledge.retrieval import Hit, Retriever
-from appliance.runtime.client import EngineClient
-from appliance.runtime.protocol import GenerateRequest
+from appliance.runtime.protocol import Engine, GenerateRequest
 
 __all__ = ["Agent", "AgentSettings", "Answer", "Citation", "evidence_reason"]
 
@@ -181,7 +180,7 @@ class _Gathered:
 _Scorer = Callable[[str, Sequence[str]], list[float]]  # (question or sentence or prefix, texts) -> scores
 
 class Agent:
-    def __init__(self, retriever: Retriever, engine: EngineClient, store: AgentStore, scale: LevelScale,
+    def __init__(self, retriever: Retriever, engine: Engine, store: AgentStore, scale: LevelScale,
                  settings: AgentSettings | None = None, specialists: Sequence[Specialist] = (),
                  auditor: Auditor | None = None, audit_answers: str = "digest") -> None:
         self.retriever = retriever
@@ -409,7 +408,8 @@ class Agent:
             stored = self.retriever.stored_vectors([hits[i] for i in missing])
             run.charge("retrieval", t0)
             again = [i for i, v in zip(missing, stored, strict=True) if v is None]
-            fresh = dict(zip(again, self._embed(run, [hits[i].chunk.passage for i in again]), strict=True)) if again else {}
+            fresh = (dict(zip(again, self._embed(run, [hits[i].chunk.passage for i in again]), strict=True))
+                     if again else {})
             q = _unit(sub_vec)
             for i, v in zip(missing, stored, strict=True):
                 cos[i] = float(_unit(v if v is not None else fresh[i]) @ q)
@@ -438,8 +438,11 @@ class Agent:
             run.steps[-1].chunk_ids = [h.chunk.chunk_id for h in hits]
             run.steps[-1].scores = [h.score for h in hits]
             seen = seen or bool(hits)
-            rel = self._timed(run, "assess", lambda hits=hits, q=q: self._relevance(run, sub, sub_vec, hits, q == sub),
-                              input=q)
+
+            def assess(hits: list = hits, q: str = q, sub_vec: list = sub_vec) -> list:
+                return self._relevance(run, sub, sub_vec, hits, q == sub)
+
+            rel = self._timed(run, "assess", assess, input=q)
             reasons = [evidence_reason(h.dense_rank, h.bm25_rank, r, self.settings, h.rerank)
                        for h, r in zip(hits, rel, strict=True)]
             evidence = [h for h, r in zip(hits, reasons, strict=True) if r]
@@ -567,7 +570,8 @@ class Agent:
         text = (answer.text if self.audit_answers == "text"
                 else "sha256:" + hashlib.sha256(answer.text.encode("utf-8")).hexdigest())
         assert self.auditor is not None
-        self.auditor.record("answer", principal.name, session=answer.session_id, trace=answer.trace_id, route=answer.route, outcome=answer.outcome,
+        self.auditor.record("answer", principal.name, session=answer.session_id, trace=answer.trace_id,
+                            route=answer.route, outcome=answer.outcome,
                             retrieved=retrieved, cited=[c.chunk_id for c in answer.citations], answer=text,
                             marking=answer.marking, specialists=specialist)
 

@@ -21,8 +21,7 @@ from appliance.agent.loop import SYSTEM, Agent
 from appliance.errors import KnowledgeError
 from appliance.evaluation.retrieval import read_jsonl
 from appliance.knowledge.retrieval import Hit, Retriever
-from appliance.runtime.client import EngineClient
-from appliance.runtime.protocol import GenerateRequest
+from appliance.runtime.protocol import Engine, GenerateRequest
 
 __all__ = ["Claim", "load_claims", "evaluate_claims", "LABELS"]
 
@@ -58,7 +57,7 @@ def load_claims(path: Path) -> list[Claim]:
     return list(out.values())
 
 
-def label_claim(engine: EngineClient, claim: str, passages: Sequence[str]) -> str:
+def label_claim(engine: Engine, claim: str, passages: Sequence[str]) -> str:
     if not passages:
         return "NOT_ENOUGH_INFO"
     numbered = "\n".join(f"[{i}] \u00ab{safe_passage(p)[0]}\u00bb" for i, p in enumerate(passages, 1))
@@ -147,7 +146,7 @@ class SingleShot:
     tokens: int
 
 
-def single_shot(engine: EngineClient, retriever: Retriever, grounder: Grounder, claim: str, principal: Principal,
+def single_shot(engine: Engine, retriever: Retriever, grounder: Grounder, claim: str, principal: Principal,
                 k: int = 4) -> SingleShot:
     """The baseline: retrieve once, generate once, no checks (verified afterwards for the score)."""
     hits = retriever.retrieve(claim, principal, k=k)

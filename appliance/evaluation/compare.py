@@ -379,9 +379,14 @@ def compare(evalset: EvalSet, systems: Systems, principal: Principal, *,
                 done += 1
                 if progress:
                     progress(done, total)
-            metrics = {"qa": lambda: _qa_metrics(items, results), "claim": lambda: _claim_metrics(items, results),
-                       "classify": lambda: _classify_metrics(items, results, context),
-                       "extract": lambda: _extract_metrics(items, results)}[kind]()
+            if kind == "qa":
+                metrics = _qa_metrics(items, results)
+            elif kind == "claim":
+                metrics = _claim_metrics(items, results)
+            elif kind == "classify":
+                metrics = _classify_metrics(items, results, context)
+            else:
+                metrics = _extract_metrics(items, results)
             archs[arch] = {**metrics, **_grounding(results), **_latency(results), "items": len(results),
                            "errors": len(errors), "error_examples": errors[:5]}
         report["by_kind"][kind] = {"items": len(items), "few_shot_examples": len(shots), "primary": PRIMARY[kind],

@@ -18,8 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from appliance.runtime.client import EngineClient
-from appliance.runtime.protocol import GenerateRequest
+from appliance.runtime.protocol import Engine, GenerateRequest
 from appliance.specialists.data import ClassificationData, Example, ExtractionData, Sentence
 from appliance.specialists.serve import AdapterSpecialist
 from appliance.specialists.train import extraction_completion
@@ -75,7 +74,7 @@ def _fewshot_classify_prompt(labels: list[str], shots: list[Example], text: str)
     return "\n".join(lines)
 
 
-def evaluate_classification(spec: AdapterSpecialist, engine: EngineClient, data: ClassificationData, *,
+def evaluate_classification(spec: AdapterSpecialist, engine: Engine, data: ClassificationData, *,
                             limit: int | None = None, shots: int = 16, seed: int = 7,
                             progress: Progress | None = None) -> dict[str, Any]:
     few, rest = _shots(data.examples, shots, seed, key=lambda e: e.label)
@@ -141,7 +140,7 @@ def _anchored(text: str, reply: str, types: list[str]) -> set:
     return out
 
 
-def evaluate_extraction(spec: AdapterSpecialist, engine: EngineClient, data: ExtractionData, *,
+def evaluate_extraction(spec: AdapterSpecialist, engine: Engine, data: ExtractionData, *,
                         limit: int | None = None, shots: int = 3, seed: int = 7,
                         progress: Progress | None = None) -> dict[str, Any]:
     with_entities = [s for s in data.sentences if s.spans]

@@ -172,7 +172,8 @@ def _lora_linear(torch, base, rank: int, alpha: float, seed: int):  # noqa: ANN0
             for p in self.base.parameters():
                 p.requires_grad_(False)
             gen = torch.Generator().manual_seed(seed)
-            self.lora_a = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=gen) / math.sqrt(base.in_features))
+            self.lora_a = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=gen)
+                                             / math.sqrt(base.in_features))
             self.lora_b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
             self.scale = alpha / rank
 

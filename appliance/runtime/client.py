@@ -117,7 +117,7 @@ class EngineClient:
             )
         finally:
             child.close()
-            if log is not subprocess.DEVNULL:
+            if not isinstance(log, int):  # a file we opened, not subprocess.DEVNULL
                 log.close()
         self._conn = Connection(parent.detach())
         rid = next(self._ids)
@@ -245,9 +245,6 @@ class EngineClient:
     def info(self) -> dict[str, Any]:
         return self._call("info")
 
-    def count_tokens(self, text: str) -> int:
-        return self._call("tokenize", text)
-
     def classify(self, prompt: str, labels: Sequence[str], adapter: str | None = None) -> dict[str, Any]:
         """One of ``labels`` for ``prompt`` (constrained to them), with its confidence; see the engine."""
         lim = self.limits
@@ -270,9 +267,6 @@ class EngineClient:
                 raise EngineRequestError(f"continuation {i} must be non-empty text of at most "
                                          f"{MAX_CONTINUATION_CHARS} characters")
         return list(self._call("likelihoods", {"prefix": prefix, "continuations": list(continuations)}))
-
-    def load_adapter(self, name: str, path: Path) -> dict[str, Any]:
-        return self._call("load_adapter", {"name": name, "path": str(path)})
 
     def cancel(self) -> None:
         """Stop the generation in progress (from another thread); it returns what it has."""

@@ -274,7 +274,8 @@ class LlamaEngine:
         n_out = 0
         stream = self.generator.create_chat_completion(
             messages=messages, stream=True, max_tokens=req.max_tokens, temperature=req.temperature,
-            stop=list(dict.fromkeys([*req.stop, *self.stop_markers])), seed=req.seed, grammar=grammar, top_k=40 if req.temperature > 0 else 1,
+            stop=list(dict.fromkeys([*req.stop, *self.stop_markers])), seed=req.seed, grammar=grammar,
+            top_k=40 if req.temperature > 0 else 1,
         )
         for chunk in stream:
             choice = chunk["choices"][0]

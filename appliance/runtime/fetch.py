@@ -172,7 +172,3 @@ def fetch_models(
             report(f"{src.name}: stored, sha256 {rec.sha256[:16]}…, {rec.size / 2**20:.1f} MiB")
             records.append(rec)
     return records
-
-
-def clear_cache(cache_dir: Path) -> None:
-    shutil.rmtree(cache_dir / "wheels", ignore_errors=True)

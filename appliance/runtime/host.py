@@ -70,8 +70,6 @@ def serve(conn: Connection) -> int:
             elif op == "rerank":
                 conn.send((rid, "ok", engine.rerank(payload["query"], payload["texts"],
                                                     model=payload.get("model", "reranker"))))
-            elif op == "tokenize":
-                conn.send((rid, "ok", len(engine.generator.tokenize(payload.encode(), add_bos=False))))
             elif op == "info":
                 conn.send((rid, "ok", engine.info() | {"pid": os.getpid()}))
             elif op == "classify":
@@ -79,8 +77,6 @@ def serve(conn: Connection) -> int:
                                                       payload.get("adapter"))))
             elif op == "likelihoods":
                 conn.send((rid, "ok", engine.likelihoods(payload["prefix"], list(payload["continuations"]))))
-            elif op == "load_adapter":
-                conn.send((rid, "ok", engine.load_adapter(payload["name"], payload["path"])))
             elif op == "cancel":
                 conn.send((rid, "ok", {"cancelled": False}))
             elif op == "shutdown":

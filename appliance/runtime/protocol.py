@@ -1,15 +1,24 @@
-"""Messages between :class:`~appliance.runtime.client.EngineClient` and the host process.
+"""The engine's interface: the :class:`Engine` protocol and the messages it takes and gives.
 
-Plain dataclasses, pickled over a Unix socket pair that only the two processes hold.
-A request is ``(op, payload)``; the host answers with zero or more ``("chunk", text)``
-then exactly one ``("ok", result)`` or ``("error", (error_class_name, message))``.
+Everything that uses a model (the agent, the specialists, the knowledge base's embedder,
+the evaluation) depends on :class:`Engine`, never on one implementation. The local
+llama.cpp host (:class:`~appliance.runtime.client.EngineClient`) is one; tests use a
+scripted one (``tests/fakes.py``); a shared service or a remote inference server would be
+others.
+
+The dataclasses are also what the local host's client and process exchange, pickled over
+a Unix socket pair only the two hold: a request is ``(op, payload)``; the host answers
+with zero or more ``("chunk", text)`` then exactly one ``("ok", result)`` or
+``("error", (error_class_name, message))``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["EngineSpec", "GenerateRequest", "GenerateResult"]
+__all__ = ["Engine", "EngineSpec", "GenerateRequest", "GenerateResult"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +68,42 @@ class GenerateResult:
     decode_s: float
     tokens_per_s: float
     adapter: str | None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the appliance asks of a model engine. Errors are :class:`~appliance.errors.EngineError` and its
+    subclasses (a bad request: EngineRequestError, naming what was wrong)."""
+
+    def generate(self, req: GenerateRequest, on_token: Callable[[str], None] | None = None) -> GenerateResult:
+        """Generate with the base model (or ``req.adapter``); streams: ``on_token`` sees each piece as it comes."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the generation in progress (from another thread); it returns what it has."""
+        ...
+
+    def embed(self, texts: Sequence[str], *, normalize: bool = True, batch: int = 512,
+              progress: Callable[[int], None] | None = None) -> list[list[float]]:
+        """One vector per text, from the serving embedder."""
+        ...
+
+    def classify(self, prompt: str, labels: Sequence[str], adapter: str | None = None) -> dict[str, Any]:
+        """One of ``labels`` for ``prompt``: ``label`` and ``confidence`` (0-1), with how it was decided."""
+        ...
+
+    def rerank(self, query: str, texts: Sequence[str]) -> list[float]:
+        """The reranker's relevance logit for each of ``texts`` against ``query``."""
+        ...
+
+    def entail(self, sentence: str, passages: Sequence[str]) -> list[float]:
+        """The entailment judge's logit, for each passage, that it states ``sentence``."""
+        ...
+
+    def likelihoods(self, prefix: str, continuations: Sequence[str]) -> list[float]:
+        """The generator's log-probability of each continuation after ``prefix``."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine (stop its process, close its connections)."""
+        ...

@@ -182,7 +182,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
                 raise bad(f"tensor {name!r} has dtype {dtype}; LoRA weights must be F32, F16, BF16 or F64")
             np_dtype = _ST_DTYPES[dtype]
             count = math.prod(shape)
-            if min(shape, default=1) < 0 or not 0 <= begin <= end <= data_size or end - begin != count * np_dtype.itemsize:
+            if (min(shape, default=1) < 0 or not 0 <= begin <= end <= data_size
+                    or end - begin != count * np_dtype.itemsize):
                 raise bad(f"tensor {name!r}: offsets {begin}..{end} do not fit its shape {shape} or the file")
             fh.seek(8 + n + begin)
             arr = np.frombuffer(fh.read(end - begin), dtype=np_dtype)
@@ -327,7 +328,8 @@ def _metadata(*, task: str, labels: list[str], metrics: dict, created_at: str | 
         raise ConvertError("labels must be a non-empty list (the label set or the entity types)")
     for label in labels:
         if not isinstance(label, str) or not SAFE_LABEL.match(label):
-            raise ConvertError(f"label {label!r} is not printable text without quotes, backslashes or control characters")
+            raise ConvertError(f"label {label!r} is not printable text without quotes, backslashes or control "
+                               "characters")
     if len(set(labels)) != len(labels):
         raise ConvertError("labels repeat a label")
     if not isinstance(metrics, dict):
@@ -395,7 +397,8 @@ def convert_peft_adapter(
     meta.update({"adapter.base_sha256": digest, "appliance.lora_rank": r,
                  "appliance.target_modules": json.dumps(sorted({m.rsplit(".", 1)[-1] for m in _modules(lora)}))})
     try:
-        write_lora_adapter(out, architecture=base.architecture, alpha=alpha, tensors=tensors, metadata=meta, name=out.stem)
+        write_lora_adapter(out, architecture=base.architecture, alpha=alpha, tensors=tensors, metadata=meta,
+                           name=out.stem)
     except OSError as exc:
         raise ConvertError(f"{out}: cannot write: {exc.strerror or exc}") from exc
     return out

@@ -19,7 +19,7 @@ import io
 import json
 import random
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,8 +150,8 @@ def load_classification(path: Path, limits: DataLimits = DataLimits(), *, min_la
     raw = _read(path, limits)
     examples: list[Example] = []
     if path.suffix.lower() == ".jsonl":
-        for where, row in _json_rows(path, raw, "text and label"):
-            examples.append(Example(_text(row.get("text"), where, limits), _label(row.get("label"), where)))
+        for where, record in _json_rows(path, raw, "text and label"):
+            examples.append(Example(_text(record.get("text"), where, limits), _label(record.get("label"), where)))
             if len(examples) > limits.max_examples:
                 raise DataError(f"{path}: over {limits.max_examples} examples")
     elif path.suffix.lower() == ".csv":
@@ -309,9 +309,6 @@ def split(items: list, validation: float, seed: int, key: object = None) -> tupl
         raise DataError(f"too little data for a {validation:.0%} validation split ({len(items)} examples)")
     return train, held
 
-
-def label_counts(data: ClassificationData) -> Counter:
-    return Counter(e.label for e in data.examples)
 
 
 def write_held_out(items: list, path: Path) -> Path:

@@ -161,7 +161,8 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
         write_held_out(held, tmp / ("held_out.csv" if job.task == "classify" else "held_out.jsonl"))
         provenance = {"command": sys.argv, "job": {k: str(v) if isinstance(v, Path) else v
                                                    for k, v in asdict(job).items()},
-                      "data": {"path": str(job.data), "sha256": data.digest, "train": len(train), "held_out": len(held)},
+                      "data": {"path": str(job.data), "sha256": data.digest, "train": len(train),
+                               "held_out": len(held)},
                       "base": {"path": str(job.base), "sha256": base_sha},
                       "adapter_sha256": sha256_file(adapter),
                       "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -26,10 +26,9 @@ from appliance.errors import (
     GGUFError,
     SpecialistError,  # defined with every other error class
 )
-from appliance.runtime.client import EngineClient
 from appliance.runtime.gguf_check import validate_gguf
 from appliance.runtime.model_store import ModelRecord
-from appliance.runtime.protocol import GenerateRequest
+from appliance.runtime.protocol import Engine, GenerateRequest
 from appliance.specialists.train import classification_prompt, extraction_prompt
 
 __all__ = ["SpecialistError", "SpecialistInfo", "Classification", "Extraction", "AdapterSpecialist",
@@ -117,7 +116,7 @@ def _occurrences(text: str, surface: str) -> list[int]:
 class AdapterSpecialist:
     """One installed specialist, callable by the CLI, the TUI and the agent (``run``)."""
 
-    def __init__(self, info: SpecialistInfo, engine: Callable[[], EngineClient], threshold: float = 0.5) -> None:
+    def __init__(self, info: SpecialistInfo, engine: Callable[[], Engine], threshold: float = 0.5) -> None:
         self.info = info
         self.name = info.name
         self.task = info.task

@@ -156,13 +156,6 @@ def load_spec(path: Path, scale: LevelScale | None = None) -> BundleSpec:
     return BundleSpec(name, cls, release, days, tuple(payloads))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _metafile(path: Path, version: int) -> MetaFile:
     """A reference with length and hash, so metadata from another bundle cannot be mixed in."""

@@ -276,7 +276,8 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                     if dest is None:  # not on the appliance yet: it must be on the media
                         dest = work / "targets" / f"{tinfo.hashes['sha256']}.{Path(tpath).name}"
                         try:
-                            copy_verified(fetcher, tinfo, dest, lambda n: step("checking payloads", total + n, 0))
+                            copy_verified(fetcher, tinfo, dest,
+                                          lambda n, total=total: step("checking payloads", total + n, 0))
                         except tuf_errors.DownloadHTTPError as exc:
                             if exc.status_code != 404:
                                 raise BundleError(f"refused: {tpath}: {exc}") from exc

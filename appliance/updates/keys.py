@@ -66,7 +66,8 @@ def _save(directory: Path, ring: dict[str, RoleKeys]) -> None:
     os.replace(tmp, directory / "keys.json")
 
 
-def _make(directory: Path, role: str, count: int, passphrase: bytes, start: int = 1) -> tuple[list[SSlibKey], list[str]]:
+def _make(directory: Path, role: str, count: int, passphrase: bytes,
+          start: int = 1) -> tuple[list[SSlibKey], list[str]]:
     keys, files = [], []
     for n in range(start, start + count):
         private = ed25519.Ed25519PrivateKey.generate()

@@ -84,7 +84,8 @@ def stage(media: Path, staging: Path, limits: StagingLimits = StagingLimits(),
                 total += st.st_size
                 files += 1
                 if total > limits.max_total_bytes or files > limits.max_files:
-                    raise BundleTooLargeError(f"the bundle is over {limits.max_total_bytes} bytes or {limits.max_files} files")
+                    raise BundleTooLargeError(f"the bundle is over {limits.max_total_bytes} bytes or "
+                                              f"{limits.max_files} files")
                 if rel.parts[0] == "targets" and not copy_targets:
                     continue
                 dst = staging / rel
