@@ -6,7 +6,7 @@ published passphrases, and ``ingest_as``: the account that ingests). :func:`load
 validates both before anything changes: sizes (1 MiB per TOML file, the knowledge limits
 per document), paths inside the bundle, labels, and that the ingesting account is cleared
 for every label. :func:`install_demo` then creates the absent demo accounts and ingests
-every entry through :func:`appliance.operations.ingest` (authorized and audited). It is
+every entry through :func:`appliance.app.documents.ingest` (authorized and audited). It is
 idempotent: unchanged documents are skipped by the knowledge base without re-embedding.
 
 Each document is ingested into its manifest collection (the catalog's ``collection``);
@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
-from appliance import operations
 from appliance.access.accounts import _NAME, ROLES, Account, AccountStore
 from appliance.access.authz import ACTIONS
 from appliance.access.labels import Labels, LevelScale, Principal, parse_labels
+from appliance.app.documents import ingest
 from appliance.config import KnowledgeSettings
-from appliance.errors import (
-    ApplianceError,
-    DemoError,  # defined with every other error class
-)
+from appliance.errors import ApplianceError, DemoError
 from appliance.knowledge.parsers import SUPPORTED, ParseLimits, parse_file
 from appliance.services import Services
 
@@ -296,8 +293,8 @@ def install_demo(services: Services, root: Path = DEMO_ROOT, progress: Callable[
     outcomes = {}
     try:
         for (_, labels), group in groups.items():
-            report = operations.ingest(services, officer, [e.path for e in group], labels, progress=progress,
-                                       collection=group[0].collection)
+            report = ingest(services, officer, [e.path for e in group], labels, progress=progress,
+                            collection=group[0].collection)
             for o in report.outcomes:
                 outcomes.setdefault(o.source, []).append(o)
     finally:

@@ -28,9 +28,9 @@ from rich.text import Text
 
 from appliance.access.accounts import Account
 from appliance.access.authz import authorize
+from appliance.app.evaluation import run_set
 from appliance.errors import BundleError, EvaluationError
 from appliance.evaluation.compare import QUALITY
-from appliance.evaluation.operations import run_set
 from appliance.services import Services
 from appliance.updates.apply import ApplyResult, apply_bundle, rollback
 from appliance.updates.check import updates_dir
