@@ -107,13 +107,18 @@ def test_analysts_may_not_apply_or_roll_back(appliance, tmp_path: Path) -> None:
     media = _build(tmp_path, 1, "b1")
     _trusted(appliance, tmp_path, media)
     ann = appliance.accounts().get("ann")
+    from appliance.app import updates
     from appliance.errors import AccessError
 
-    with pytest.raises(AccessError):
-        apply_bundle(appliance, ann, media)
-    with pytest.raises(AccessError):
-        rollback(appliance, ann)
+    for use_case, args in ((updates.apply, (media,)), (updates.roll_back, ()), (updates.verify, (media,)),
+                           (updates.generations, ()), (updates.accept, (1,)),
+                           (updates.trust, (media / "metadata" / "1.root.json",))):
+        with pytest.raises(AccessError, match="bundles.manage needs the role officer or admin"):
+            use_case(appliance, ann, *args)
     assert current_info(appliance.settings.data_dir).generation == 0
+    olga = appliance.accounts().get("olga")
+    result, gate = updates.apply(appliance, olga, media)  # the officer may
+    assert result.generation == 1 and gate.verdict == "not run"
 
 
 def test_a_failed_apply_leaves_the_serving_generation_and_trust_alone(appliance, tmp_path: Path) -> None:
