@@ -242,7 +242,7 @@ def network_interfaces() -> list[str]:
         return sorted(p.name for p in net.iterdir()) if net.is_dir() else []
 
 
-def airgap_status() -> dict[str, object]:
+def airgap_status() -> dict[str, Any]:
     """Guard state, blocked-attempt count, offline variables and interface isolation."""
     interfaces = network_interfaces()
     return {

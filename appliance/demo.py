@@ -29,6 +29,7 @@ from appliance.access.labels import Labels, LevelScale, Principal, parse_labels
 from appliance.app.documents import ingest
 from appliance.config import KnowledgeSettings
 from appliance.errors import ApplianceError, DemoError
+from appliance.knowledge.base import FileOutcome
 from appliance.knowledge.parsers import SUPPORTED, ParseLimits, parse_file
 from appliance.services import Services
 
@@ -290,7 +291,7 @@ def install_demo(services: Services, root: Path = DEMO_ROOT, progress: Callable[
     groups: dict[tuple[str, Labels], list[DemoEntry]] = {}
     for e in () if accounts_only else bundle.entries:
         groups.setdefault((e.collection, e.labels), []).append(e)
-    outcomes = {}
+    outcomes: dict[str, list[FileOutcome]] = {}
     try:
         for (_, labels), group in groups.items():
             report = ingest(services, officer, [e.path for e in group], labels, progress=progress,

@@ -19,6 +19,7 @@ from typing import Any
 from appliance.airgap import GUARD, airgap_status
 from appliance.errors import ApplianceError
 from appliance.runtime.build_info import build_info, cpu_info
+from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import GenerateRequest
 from appliance.runtime.selftest import refusal
 from appliance.services import Services, airgap_log, engine_spec
@@ -46,6 +47,7 @@ def _probe(services: Services) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     engine = services.engine()
+    assert isinstance(engine, EngineClient)  # the doctor probes the llama.cpp host (never a fixed test engine)
     loaded = time.perf_counter() - t0
     vectors = engine.embed(PROBE_TEXTS + [PROBE_QUESTION])
     with tempfile.TemporaryDirectory(prefix="doctor-index-", dir=services.settings.data_dir) as tmp:

@@ -12,6 +12,7 @@ so do a locked and a disabled account, to anyone who does not know the passphras
 from __future__ import annotations
 
 import base64
+import builtins
 import datetime as dt
 import hashlib
 import hmac
@@ -164,7 +165,7 @@ class AccountStore:
     def _labels(self, level: str, compartments: Iterable[str], name: str) -> tuple[str, frozenset[str]]:
         return self.scale.canonical(level), _compartments(list(compartments), f"account {name!r}")
 
-    def _change(self, by: str, kind: str, name: str, sql: str, params: list, **fields: object) -> None:
+    def _change(self, by: str, kind: str, name: str, sql: str, params: builtins.list, **fields: object) -> None:
         with self._lock, self.db.atomic():
             self.db.execute(sql, params)
             self.auditor.record(kind, by, target=name, **fields)  # raises: the change rolls back
@@ -324,6 +325,7 @@ class AccountStore:
                             reason = f"wrong passphrase; locked for {self.settings.lockout_s} s"
                     self.auditor.record("login.failure", name, reason=reason)
                 raise AccessError(BAD_LOGIN)
+            assert row is not None  # no row gives the reason "no such account" above
             token = secrets.token_urlsafe(32)
             with self.db.atomic():
                 self.db.execute("UPDATE accounts SET failures = 0, locked_until = 0 WHERE name = ?", [name])

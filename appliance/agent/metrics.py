@@ -63,7 +63,7 @@ def request_metrics(store: AgentStore, *, since: str | None = None, user: str | 
     n = len(traces)
     outcomes = Counter(t["outcome"] or "unknown" for t in traces)
     by_step: dict[str, list[float]] = {}
-    tokens = Counter()
+    tokens: Counter[str] = Counter()
     gen_tokens = gen_ms = 0.0
     searches = hits = sentences = unsupported = 0
     routes: dict[str, str] = {}

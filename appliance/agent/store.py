@@ -125,10 +125,11 @@ class AgentStore:
                    seconds: float, outcome: str, answer: str, steps: list[Step],
                    cited_docs: list[str] | None = None) -> None:
         with self._lock, self.db.atomic():
-            self.db["traces"].insert({"id": trace_id, "user": user, "session_id": session_id, "question": question,
-                                      "started_at": started_at, "seconds": seconds, "outcome": outcome,
-                                      "answer": answer, "cited_docs": json.dumps(cited_docs or [])})
-            self.db["trace_steps"].insert_all(
+            self.db.table("traces").insert({"id": trace_id, "user": user, "session_id": session_id,
+                                            "question": question, "started_at": started_at, "seconds": seconds,
+                                            "outcome": outcome, "answer": answer,
+                                            "cited_docs": json.dumps(cited_docs or [])})
+            self.db.table("trace_steps").insert_all(
                 {"trace_id": trace_id, "n": i, "name": s.name, "input": json.dumps(s.input, default=str),
                  "decision": json.dumps(s.decision, default=str), "chunk_ids": json.dumps(s.chunk_ids),
                  "scores": json.dumps([round(x, 6) for x in s.scores]), "tokens": s.tokens, "ms": round(s.ms, 3),
@@ -150,7 +151,8 @@ class AgentStore:
     @staticmethod
     def window(since: str | None, user: str | None, table: str = "traces") -> tuple[str, list]:
         """A WHERE clause (and its arguments) for the traces started at or after ``since``, of ``user``."""
-        where, args = "WHERE 1 = 1", []
+        where = "WHERE 1 = 1"
+        args: list[str] = []
         if since:
             where, args = where + f" AND {table}.started_at >= ?", [*args, since]
         if user:
@@ -199,7 +201,7 @@ class AgentStore:
     def new_session(self, user: str) -> str:
         sid = secrets.token_hex(8)
         with self._lock, self.db.atomic():
-            self.db["sessions"].insert({"id": sid, "user": user, "created_at": _now()})
+            self.db.table("sessions").insert({"id": sid, "user": user, "created_at": _now()})
         return sid
 
     def _owned(self, session_id: str, user: str) -> None:
@@ -219,9 +221,9 @@ class AgentStore:
             self._owned(session_id, user)
             n = next(iter(self.db.query("SELECT coalesce(max(n), -1) + 1 AS n FROM turns WHERE session_id = ?",
                                         [session_id])))["n"]
-            self.db["turns"].insert({"session_id": session_id, "n": n, "question": turn.question,
-                                     "standalone": turn.standalone, "answer": turn.answer,
-                                     "cited": json.dumps(turn.cited), "trace_id": trace_id})
+            self.db.table("turns").insert({"session_id": session_id, "n": n, "question": turn.question,
+                                           "standalone": turn.standalone, "answer": turn.answer,
+                                           "cited": json.dumps(turn.cited), "trace_id": trace_id})
             self.db.execute("DELETE FROM turns WHERE session_id = ? AND n < ?", [session_id, n - MAX_TURNS_KEPT])
 
     def sessions(self, user: str) -> list[dict]:

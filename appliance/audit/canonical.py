@@ -14,6 +14,7 @@ import json
 import json.encoder
 import math
 import re
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from appliance.errors import AuditError, AuditVerifyError
@@ -76,7 +77,7 @@ def _safe_int(text: str) -> int:
     return value
 
 
-def _c_encoder() -> object:
+def _c_encoder() -> Callable[[object, int], Iterable[str]] | None:
     """The json module's C encoder: compact, keys sorted, non-ASCII as is (None without the C module)."""
     try:  # arguments: markers, default, encoder, indent, separators, sort_keys, skipkeys, allow_nan
         return json.encoder.c_make_encoder(None, None, json.encoder.c_encode_basestring, None,  # type: ignore

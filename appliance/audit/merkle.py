@@ -38,7 +38,7 @@ def leaf_hash(data: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + data).digest()
 
 
-def node_hash(left: bytes, right: bytes) -> bytes:
+def node_hash(left: bytes | bytearray, right: bytes | bytearray) -> bytes:
     """Hash of an interior node: SHA-256(0x01 || left || right)."""
     h = _NODE_PREFIX.copy()
     h.update(left)
@@ -86,9 +86,9 @@ class MerkleTree:
         while len(below) >= 2 * HASH_SIZE:
             above = bytearray()
             for off in range(0, len(below) - 2 * HASH_SIZE + 1, 2 * HASH_SIZE):
-                h = _NODE_PREFIX.copy()
-                h.update(below[off : off + 2 * HASH_SIZE])
-                above += h.digest()
+                hasher = _NODE_PREFIX.copy()
+                hasher.update(below[off : off + 2 * HASH_SIZE])
+                above += hasher.digest()
             tree._levels.append(above)
             below = memoryview(above)
         return tree

@@ -145,6 +145,7 @@ def _entries(path: Path, cp: Checkpoint, filtered: bool, filters: dict, proofs: 
                                        "(entries missing, moved or repeated)")
             last = seq
             if filtered:
+                assert isinstance(entry, dict)  # seq above is an int only when the entry is an object
                 _check_filter(entry, filters, n)
                 if seq not in proofs:
                     raise AuditVerifyError(f"entry {seq} has no inclusion proof")

@@ -137,9 +137,9 @@ class _Runner:
             return _Result(time.perf_counter() - t0, shot.tokens, shot.text if shot.cited else "",
                            cited_docs=[h.chunk.doc_id for h in shot.cited], checks=shot.checks,
                            abstained=not shot.cited, outcome="answered" if shot.cited else "abstained")
-        agent = self.s.agent if arch == "agentic" else self.s.hybrid
-        assert agent is not None
-        return _answer_result(*_ask(agent, item.input, self.principal))
+        answerer = self.s.agent if arch == "agentic" else self.s.hybrid
+        assert answerer is not None
+        return _answer_result(*_ask(answerer, item.input, self.principal))
 
     def claim(self, arch: str, item: EvalItem) -> _Result:
         t0 = time.perf_counter()
@@ -151,9 +151,9 @@ class _Runner:
             out = _Result(0.0, shot.tokens, shot.text, cited_docs=[h.chunk.doc_id for h in shot.cited],
                           checks=shot.checks, abstained=not shot.cited)
         else:
-            agent = self.s.agent if arch == "agentic" else self.s.hybrid
-            assert agent is not None
-            answer, _, tokens = _ask(agent, item.input, self.principal)
+            answerer = self.s.agent if arch == "agentic" else self.s.hybrid
+            assert answerer is not None
+            answer, _, tokens = _ask(answerer, item.input, self.principal)
             passages = [c.text for c in answer.citations]
             out = _answer_result(answer, 0.0, tokens)
         out.label = label_claim(self.s.agent.engine, item.input, passages)
@@ -343,8 +343,9 @@ def compare(evalset: EvalSet, systems: Systems, principal: Principal, *,
         status = {a: (r if r is not None or a in architectures else "not asked for")
                   for a, r in applicable(kind, systems).items()}
         if served:
-            chosen = next((a for a in SERVED[kind] if status[a] is None), None)
-            status = {a: (r if r is not None or a == chosen else "not what is served") for a, r in status.items()}
+            served_arch = next((a for a in SERVED[kind] if status[a] is None), None)
+            status = {a: (r if r is not None or a == served_arch else "not what is served")
+                      for a, r in status.items()}
         if not items:
             status = {a: r or "no items left after the few-shot examples" for a, r in status.items()}
         plans[kind] = (items, status, shots, context)

@@ -132,6 +132,7 @@ def evaluate(kb: KnowledgeBase, retriever: Retriever, queries: Sequence[Query], 
         if mode == RERANKED and (reranked is None or reranked.reranker is None):
             raise KnowledgeError("no reranker is provisioned: hybrid+rerank cannot run")
         engine, search = (reranked, "hybrid") if mode == RERANKED else (retriever, mode)
+        assert engine is not None  # hybrid+rerank without a reranked retriever was refused above
         ndcg, r10, r100, mrr, lat = [], [], [], [], []
         for i, q in enumerate(queries):
             t0 = time.perf_counter()

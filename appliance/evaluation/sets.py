@@ -17,6 +17,7 @@ back unchanged.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import json
@@ -336,7 +337,7 @@ class EvalStore:
             self.db.execute("DELETE FROM items WHERE set_name = ?", [name])
             self.db.execute("INSERT OR REPLACE INTO sets VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [name, description, origin, at, by, digest, len(items)])
-            self.db["items"].insert_all(
+            self.db.table("items").insert_all(
                 {"set_name": name, "n": i, "kind": it.kind, "input": it.input,
                  "expected": json.dumps(it.expected, ensure_ascii=False), "note": it.note}
                 for i, it in enumerate(items))
@@ -384,11 +385,12 @@ class EvalStore:
     def add_run(self, run_id: str, set_name: str, set_digest_: str, *, by: str, generation: str | None,
                 trigger: str, seconds: float, report: dict, at: str | None = None) -> None:
         with self._lock, self.db.atomic():
-            self.db["runs"].insert({"id": run_id, "set_name": set_name, "set_digest": set_digest_, "at": at or _now(),
-                                    "by": by, "generation": generation, "trigger": trigger, "seconds": seconds,
-                                    "report": json.dumps(report, ensure_ascii=False)})
+            self.db.table("runs").insert({"id": run_id, "set_name": set_name, "set_digest": set_digest_,
+                                          "at": at or _now(), "by": by, "generation": generation,
+                                          "trigger": trigger, "seconds": seconds,
+                                          "report": json.dumps(report, ensure_ascii=False)})
 
-    def runs(self, set_name: str | None = None, limit: int = 50) -> list[dict]:
+    def runs(self, set_name: str | None = None, limit: int = 50) -> builtins.list[dict]:
         with self._lock:
             sql = "SELECT * FROM runs" + (" WHERE set_name = ?" if set_name else "") + " ORDER BY at DESC LIMIT ?"
             rows = list(self.db.query(sql, [set_name, limit] if set_name else [limit]))

@@ -15,7 +15,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from appliance.runtime.protocol import Engine, GenerateRequest
@@ -36,7 +36,7 @@ def _latency(seconds: list[float]) -> dict:
                                                                                 int(0.95 * len(ordered)))] * 1000}
 
 
-def macro_f1(gold: list[str], pred: list[str | None], labels: list[str]) -> float:
+def macro_f1(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> float:
     scores = []
     for label in labels:
         tp = sum(1 for g, p in zip(gold, pred, strict=True) if g == label and p == label)
@@ -55,7 +55,8 @@ def _shots(items: list, n: int, seed: int, key: Callable[[Any], str] | None = No
     rng.shuffle(order)
     if key is None:
         return order[:n], order[n:]
-    chosen, seen = [], Counter()
+    chosen: list = []
+    seen: Counter[str] = Counter()
     for item in order:
         if len(chosen) >= n:
             break

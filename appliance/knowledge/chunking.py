@@ -118,7 +118,9 @@ def _hard_split(text: str, a: int, b: int, max_chars: int) -> list[tuple[int, in
         piece = _trim(text, a, a + cut)
         if piece[0] < piece[1]:
             pieces.append(piece)
-        a = _SPACE.match(text, a + cut, b).end()
+        space = _SPACE.match(text, a + cut, b)
+        assert space is not None  # \s* matches everywhere, if only the empty string
+        a = space.end()
     if a < b:
         pieces.append((a, b))
     return pieces

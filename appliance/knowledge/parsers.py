@@ -291,7 +291,7 @@ def _markdown_sections(text: str, stem: str) -> tuple[str, list[RawSection]]:
         last_kind, last_line = kind, (start, line)
     sections: list[RawSection] = []
     stack: list[tuple[int, str]] = []
-    cut, path = 0, ()
+    cut, path = 0, tuple[str, ...]()
     title = ""
     for offset, level, heading in headings:
         if not heading:
@@ -401,7 +401,9 @@ def _parse_csv(
 
     text_col = column("text")
     if text_col is None:  # a table: one document, one line and section per row
-        parts, sections, pos = [], [], 0
+        parts: list[str] = []
+        sections: list[RawSection] = []
+        pos = 0
         for number, (_, row) in enumerate(rows, 1):
             rendered = "; ".join(
                 f"{names[i] if i < len(names) else f'column {i + 1}'}: {one_line(v, 10**9)}"
@@ -438,7 +440,7 @@ def _parse_csv(
 def _parse_jsonl(
     label: str, source: str, text: str, warnings: list[str], limits: ParseLimits
 ) -> list[ParsedDocument]:
-    docs = []
+    docs: list[ParsedDocument] = []
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue

@@ -439,14 +439,14 @@ def train_verifier(model_dir: Path, pairs: Sequence[Pair], out_dir: Path, cfg: N
     calibrated = None
     if held:
         model.eval()
-        logits: list[float] = []
+        held_logits: list[float] = []
         with torch.no_grad():
             for i in range(0, len(held), 64):
                 part = held[i : i + 64]
                 enc = tok([s for s, _, _, _ in part], [p for _, p, _, _ in part], truncation="longest_first",
                           max_length=cfg.max_tokens, padding=True, return_tensors="pt")
-                logits.extend(float(x) for x in model(enc["input_ids"], enc["attention_mask"]))
-        calibrated = calibration(logits, [y for _, _, y, _ in held])
+                held_logits.extend(float(x) for x in model(enc["input_ids"], enc["attention_mask"]))
+        calibrated = calibration(held_logits, [y for _, _, y, _ in held])
     provenance = {"base": "all-minilm-l6-v2", "task": "entailment", "config": asdict(cfg), "data": summary or {},
                   "calibration": calibrated,
                   "pairs": len(pairs), "steps": step, "seconds": round(time.perf_counter() - t0, 1),

@@ -201,6 +201,7 @@ def build_model(model_dir: Path, cfg: TrainConfig):  # noqa: ANN201
             lora = _lora_linear(torch, getattr(parent, leaf), cfg.rank, cfg.alpha, cfg.seed * 1000 + li * 10 + ti)
             setattr(parent, leaf, lora)
             wrapped[f"encoder.layer.{li}.{target}"] = lora
+    assert bert.pooler is not None  # loaded with add_pooling_layer=True
     for p in bert.pooler.parameters():
         p.requires_grad_(True)
     classifier = torch.nn.Linear(bert.config.hidden_size, 1)

@@ -53,7 +53,7 @@ class CpuInfo:
 
 @lru_cache(maxsize=1)
 def cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
-    model, flags = "unknown CPU", frozenset()
+    model, flags = "unknown CPU", frozenset[str]()
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -141,9 +141,9 @@ def build_info(prefix: Path | None = None, cpu: CpuInfo | None = None) -> BuildI
     digest = hashlib.sha256(json.dumps(libs, sort_keys=True).encode()).hexdigest() if libs else None
     default_rebuild = f"make -C {REPO} llama-rebuild"
     if rec is None:
-        problem = ("llama-cpp-python is not installed" if not libs else
-                   "llama.cpp was not installed by the appliance's build (no build record): it may be a native "
-                   "build")
+        problem: str | None = ("llama-cpp-python is not installed" if not libs else
+                               "llama.cpp was not installed by the appliance's build (no build record): it may be a "
+                               "native build")
         return BuildInfo(False, False, None, None, None, None, [], [], [], digest, default_rebuild, problem, libs)
     compiled = sorted(k for k, on in compiled_features(str(rec.get("system_info", ""))).items() if on)
     missing = [f"{k} ({FEATURE_FLAGS[k]})" for k in compiled if k in FEATURE_FLAGS

@@ -68,8 +68,8 @@ class LlamaEngine:
         self.stop_markers: tuple[str, ...] = ()
         self.stop_token_ids: list[int] = []
         threads = spec.threads or None
-        common = dict(n_threads=threads, n_threads_batch=threads, n_gpu_layers=spec.n_gpu_layers,
-                      main_gpu=spec.main_gpu, flash_attn=spec.flash_attn, verbose=False)
+        common: dict[str, Any] = dict(n_threads=threads, n_threads_batch=threads, n_gpu_layers=spec.n_gpu_layers,
+                                      main_gpu=spec.main_gpu, flash_attn=spec.flash_attn, verbose=False)
         if spec.generator_path:
             validate_gguf(spec.generator_path, limits=GGUFLimits(max_file_bytes=spec.max_model_bytes), expect="model")
             self.generator = llama_cpp.Llama(spec.generator_path, n_ctx=spec.n_ctx, n_batch=spec.n_batch,
@@ -342,7 +342,8 @@ class LlamaEngine:
         start = time.perf_counter()
         llm.eval(ids)
         n_vocab = llm.n_vocab()
-        node, confidence, steps, first = trie, 1.0, 0, []
+        node, confidence, steps = trie, 1.0, 0
+        first: list[tuple[float, int]] = []  # the first real choice's top options: (probability, token)
         while None not in node:
             options = [t for t in node if t is not None]
             if len(options) == 1:

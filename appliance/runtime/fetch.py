@@ -165,6 +165,7 @@ def fetch_models(
                 meta = {"license": src.license, "converted_from": "safetensors",
                         "source_sha256": src.members[str(prefix / "model.safetensors")]}
                 if delta is not None:
+                    assert src.delta_sha256 is not None  # _checked_delta matched the delta's digest to it
                     meta["delta_sha256"] = src.delta_sha256
                 rec = store.add_file(gguf_file, name=src.name, kind=src.kind, source=src.source, metadata=meta)
                 if delta is None:  # the embedder's originals are kept (the reranker's are the same files)

@@ -12,6 +12,7 @@ before the transaction leaves the store exactly as it was.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import json
@@ -44,7 +45,7 @@ MIGRATIONS = Migrations("models")
 
 @MIGRATIONS
 def m001_models(db: sqlite_utils.Database) -> None:
-    db["models"].create(
+    db.table("models").create(
         {
             "name": str,
             "kind": str,
@@ -274,7 +275,7 @@ class ModelStore:
             "metadata": json.dumps(metadata or {}, sort_keys=True),
         }
         with self.db.atomic():
-            self.db["models"].upsert(row, pk="name")
+            self.db.table("models").upsert(row, pk="name")
         self._collect_garbage()
         return self.get(name)
 
@@ -299,7 +300,7 @@ class ModelStore:
     def remove(self, name: str) -> None:
         self.get(name)
         with self.db.atomic():
-            self.db["models"].delete(name)
+            self.db.table("models").delete(name)
         self._collect_garbage()
 
     def _collect_garbage(self) -> None:
@@ -311,7 +312,7 @@ class ModelStore:
 
     # -- checking -----------------------------------------------------------------------
 
-    def verify(self, progress: Callable[[int], None] | None = None) -> list[VerifyResult]:
+    def verify(self, progress: Callable[[int], None] | None = None) -> builtins.list[VerifyResult]:
         """Re-hash every registered blob and re-validate its GGUF structure."""
         results: list[VerifyResult] = []
         for rec in self.list():

@@ -203,7 +203,7 @@ class SelfTest:
         names = {m.role: m.name for m in models if m.role != "adapter"}
         started = time.perf_counter()
         details: dict[str, Any] = {}
-        stage = "loading the models"
+        stage: str | None = "loading the models"
         client = EngineClient(spec, restart=False, request_timeout_s=self.request_timeout_s,
                               start_timeout_s=self.start_timeout_s, log_path=self.log_path, env=self.env,
                               host_command=self.host_command)

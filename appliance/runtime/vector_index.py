@@ -39,7 +39,7 @@ class VectorIndex:
     def close(self) -> None:
         """Release this client's hold on Chroma's shared system (stopped when the process's last client closes)."""
         self._collections.clear()
-        self.client.close()
+        self.client.close()  # type: ignore[attr-defined]  # typed ClientAPI; PersistentClient's Client has close()
 
     def collection(self, name: str):  # noqa: ANN201 - chromadb's Collection type
         if name not in self._collections:

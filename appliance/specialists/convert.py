@@ -87,7 +87,9 @@ ARCHITECTURES: dict[str, _Arch] = {
     "gemma3": _Arch(gguf.MODEL_ARCH.GEMMA3, frozenset({"gemma3_text", "gemma3"}), False),
 }
 _NAMES = " or ".join(ARCHITECTURES)
-_ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
+_ST_DTYPES: dict[str, np.dtype] = {
+    "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2"),
+}
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,8 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     torch.set_num_threads(job.threads)
     data: ClassificationData | ExtractionData
+    pairs: Callable[[list], list[tuple[str, str]]]
+    val_pairs: Callable[[list], list[tuple[str, str]]]
     if job.task == "classify":
         data = load_classification(job.data)
         train, held = split(data.examples, job.config.validation, job.config.seed, key=lambda e: e.label)
@@ -126,6 +128,7 @@ def finetune(job: FinetuneJob, step: Step | None = None) -> dict[str, Any]:
     base_sha = sha256_file(job.base)
     earlier = _resumed(job, data.digest, base_sha) if job.resume else None
     if earlier:
+        assert job.resume is not None  # earlier is read from it
         job = replace(job, config=replace(job.config, init_adapter=str(job.resume / "peft"),
                                           order_seed=job.config.seed + earlier["runs"]))
     step("loading the base model", 0, 1)

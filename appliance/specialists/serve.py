@@ -93,7 +93,8 @@ def read_specialist(record: ModelRecord) -> SpecialistInfo | None:
         metrics = json.loads(str(info.get("appliance.metrics") or "{}"))
     except ValueError:
         return None
-    return SpecialistInfo(record.name, str(task), labels, record.base_sha256 or info.get("adapter.base_sha256"),
+    base_sha256 = record.base_sha256 or str(info.get("adapter.base_sha256") or "") or None
+    return SpecialistInfo(record.name, str(task), labels, base_sha256,
                           metrics if isinstance(metrics, dict) else {}, record.sha256)
 
 

@@ -146,7 +146,8 @@ def train_lora(model: Any, tokenizer: Any, train: Sequence[tuple[str, str]], val
         peft_model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
     else:
         peft_model = get_peft_model(model, LoraConfig(
-            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+            # peft annotates lora_alpha as int, but only divides by it (alpha / r): a float alpha is meant
+            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,  # type: ignore[arg-type]
             target_modules=list(TARGET_MODULES), bias="none", task_type="CAUSAL_LM"))
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)

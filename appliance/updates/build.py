@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from securesystemslib.signer import Key
 from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
@@ -237,7 +238,7 @@ def build_bundle(spec: BundleSpec, keys_dir: Path, passphrase: str, state: Path,
         tv = versions.get("targets", 0) + 1
         roles = {r: DelegatedRole(r, [k.keyid for k in ring[r].keys], ring[r].threshold, True,
                                   paths=[f"{r}/*/*"]) for r in DELEGATED}
-        keys = {k.keyid: k for r in DELEGATED for k in ring[r].keys}
+        keys: dict[str, Key] = {k.keyid: k for r in DELEGATED for k in ring[r].keys}
         top = Metadata(Targets(version=tv, expires=expires, delegations=Delegations(keys, roles),
                                unrecognized_fields={"x-appliance": {"bundle": spec.name, "class": spec.appliance_class,
                                                                     "release": spec.release}}))

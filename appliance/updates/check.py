@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, Root, TargetFile
+from tuf.api.metadata import Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.ngclient import Updater
 
 from appliance.access.accounts import Account
@@ -187,11 +187,11 @@ def _serving_or_refuse(services: Services, name: str, release: int, digest: str)
 def _mismatched(md: Path) -> str:
     """Which staged metadata file differs from the length and hash its referrer signed (for the message)."""
     try:
-        ts = Metadata.from_file(str(md / "timestamp.json")).signed
+        ts = Metadata[Timestamp].from_file(str(md / "timestamp.json")).signed
         refs = {f"{ts.snapshot_meta.version}.snapshot.json": ts.snapshot_meta}
         snap_file = md / f"{ts.snapshot_meta.version}.snapshot.json"
         if snap_file.is_file():
-            snap = Metadata.from_file(str(snap_file)).signed
+            snap = Metadata[Snapshot].from_file(str(snap_file)).signed
             refs.update({f"{m.version}.{name}": m for name, m in snap.meta.items()})
         for name, meta in refs.items():
             f = md / name
@@ -264,7 +264,7 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                 path = work / "metadata" / f"{role}.json"
                 if not path.is_file():
                     continue
-                for tpath in sorted(Metadata.from_file(str(path)).signed.targets):
+                for tpath in sorted(Metadata[Targets].from_file(str(path)).signed.targets):
                     if not _TARGET.fullmatch(tpath) or not tpath.startswith(f"{role}/"):
                         raise BundleError(f"refused: {role} signs an unsafe target path {tpath[:120]!r} (expected "
                                           f"{role}/<name>/<file>, letters, digits, . _ - only)")
@@ -275,8 +275,10 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                     if dest is None:  # not on the appliance yet: it must be on the media
                         dest = work / "targets" / f"{tinfo.hashes['sha256']}.{Path(tpath).name}"
                         try:
-                            copy_verified(fetcher, tinfo, dest,
-                                          lambda n, total=total: step("checking payloads", total + n, 0))
+                            copy_verified(
+                                fetcher, tinfo, dest,  # ignore: mypy can't type a lambda's default (mypy#15459)
+                                lambda n, total=total: step("checking payloads", total + n, 0),  # type: ignore[misc]
+                            )
                         except tuf_errors.DownloadHTTPError as exc:
                             if exc.status_code != 404:
                                 raise BundleError(f"refused: {tpath}: {exc}") from exc

@@ -104,7 +104,7 @@ def read_targets(gen_dir: Path) -> list[dict]:
 
 
 def write_targets(gen_dir: Path, targets: list[dict]) -> None:
-    _write_json(gen_dir / "targets.json", targets)  # type: ignore[arg-type]
+    _write_json(gen_dir / "targets.json", targets)
 
 
 def current_info(data_dir: Path) -> GenerationInfo:

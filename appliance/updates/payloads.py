@@ -86,6 +86,7 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
                 raise BundleError(f"{t.path}: refused, not a valid GGUF LoRA adapter: {_bare(exc, t)}") from exc
             out.adapters[str(t.custom.get("name") or Path(t.path).parent.name)] = t
         elif t.role == "policy" and t.path.startswith("policy/evaluation/"):
+            assert plan.work is not None  # verify_bundle gives every plan its verified work directory
             out.evaluation[_evaluation_set(t, plan.work)] = t
         elif t.role == "policy":
             out.policy = (t, _policy(services, t))
@@ -222,6 +223,7 @@ def apply_knowledge(services: Services, plan: Plan, kb: KnowledgeBase, by: str,
     counts = {"added": 0, "replaced": 0, "unchanged": sum(len(plan.docs.get(p, [])) for p in plan.unchanged_targets),
               "revoked": 0}
     for i, t in enumerate(targets):
+        assert plan.work is not None  # verify_bundle gives every plan its verified work directory
         try:
             labels = parse_labels(str(t.custom.get("labels", "")), services.scale)
             docs = plan.parsed.get(t.path) or parse_file(named_copy(t, plan.work), kb.parse_limits)
