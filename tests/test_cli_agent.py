@@ -149,10 +149,9 @@ def test_the_engine_killed_mid_answer_is_one_error_line(home: Path, model_store:
 
 
 def test_the_draft_verdict_and_the_rows_it_takes() -> None:
-    import appliance.cli  # noqa: F401  (registers the commands; cli_agent is imported through it)
     from appliance.agent.grounding import SentenceCheck
     from appliance.agent.loop import Answer
-    from appliance.cli_agent import draft_rows, draft_verdict
+    from appliance.cli.agent import draft_rows, draft_verdict
 
     assert draft_rows("abc", 80) == 1 and draft_rows("a" * 81, 80) == 2 and draft_rows("x\n\ny" + "z" * 80, 80) == 4
     ok = SentenceCheck("a", [1], 0.9, 0.9, 0.9, True, "supported")
@@ -170,12 +169,12 @@ def test_on_a_terminal_the_draft_is_erased_before_the_answer(monkeypatch: pytest
 
     from rich.console import Console
 
-    import appliance.cli  # noqa: F401
-    import appliance.cli_agent as cli_agent
     from appliance.agent.loop import Answer
+    from appliance.cli import agent as cli_agent
 
     out = io.StringIO()
     monkeypatch.setattr(cli_agent, "err_console", Console(file=out, force_terminal=True, width=40))
-    cli_agent._settle_draft("The canteen serves dinner on Mondays and Wednesdays only, I think.", Answer("q", "x", "quoted"))
+    cli_agent._settle_draft("The canteen serves dinner on Mondays and Wednesdays only, I think.",
+                            Answer("q", "x", "quoted"))
     assert out.getvalue() == "\r\x1b[1A\x1b[J"  # 66 characters at 40 columns: back up one row, clear to the end
     assert "[draft above" not in out.getvalue()

@@ -20,28 +20,18 @@ import click
 from rich.table import Table
 
 from appliance.access.accounts import ROLES, Account
-from appliance.access.session_file import session_file
-from appliance.cli import _services, console, main
-from appliance.errors import AccessError, SessionExpiredError
+from appliance.cli._common import console, current_account, services, session_path
+from appliance.errors import AccessError
 
-__all__ = ["current_account"]
+__all__ = ["register"]
 
 MAX_POLICY_BYTES = 1 << 20
 
 
-def _session_file(ctx: click.Context) -> Path:
-    return session_file(_services(ctx).settings.data_dir)
-
-
-def current_account(ctx: click.Context) -> Account:
-    """The logged-in account: ``APPLIANCE_SESSION``, else the session file; AccessError if none."""
-    token = os.environ.get("APPLIANCE_SESSION")
-    if not token:
-        path = _session_file(ctx)
-        token = path.read_text(encoding="ascii", errors="replace").strip()[:200] if path.is_file() else ""
-    if not token:
-        raise SessionExpiredError("not logged in: run `appliance login USER`")
-    return _services(ctx).login_session(token)
+def register(group: click.Group) -> None:
+    """Add ``login``, ``logout``, ``whoami``, ``users`` and ``policy`` to ``group``."""
+    for command in (login, logout, whoami, users, policy):
+        group.add_command(command)
 
 
 def _passphrase(from_stdin: bool, confirm: bool = False) -> str:
@@ -54,54 +44,55 @@ def _split(text: str | None) -> list[str]:
     return [c.strip() for c in (text or "").split(",") if c.strip()]
 
 
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the passphrase from standard input.")
 @click.option("--print-token", is_flag=True, help="Print the session token instead of saving it.")
 @click.pass_context
 def login(ctx: click.Context, name: str, password_stdin: bool, print_token: bool) -> None:
     """Log in; later commands act as this account until logout or the idle timeout."""
-    session = _services(ctx).accounts().login(name, _passphrase(password_stdin))
+    session = services(ctx).accounts().login(name, _passphrase(password_stdin))
     if print_token:
         click.echo(session.token)
         return
-    path = _session_file(ctx)
+    path = session_path(ctx)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as fh:
         fh.write(session.token + "\n")
     a = session.account
-    idle = _services(ctx).settings.access.idle_timeout_s
-    console.print(f"logged in as {a.name} ({a.role}, {a.level}{':' + ','.join(sorted(a.compartments)) if a.compartments else ''}); "
-                  f"the session ends after {idle} s idle", highlight=False)
+    idle = services(ctx).settings.access.idle_timeout_s
+    compartments = ":" + ",".join(sorted(a.compartments)) if a.compartments else ""
+    console.print(f"logged in as {a.name} ({a.role}, {a.level}{compartments}); the session ends after {idle} s idle",
+                  highlight=False)
 
 
-@main.command()
+@click.command()
 @click.pass_context
 def logout(ctx: click.Context) -> None:
     """End the login session."""
-    path = _session_file(ctx)
+    path = session_path(ctx)
     token = os.environ.get("APPLIANCE_SESSION") or (path.read_text().strip() if path.is_file() else "")
     if token:
-        _services(ctx).accounts().logout(token)
+        services(ctx).accounts().logout(token)
     path.unlink(missing_ok=True)
     console.print("logged out")
 
 
-@main.command()
+@click.command()
 @click.pass_context
 def whoami(ctx: click.Context) -> None:
     """The logged-in account, its role and clearance."""
     click.echo(json.dumps(current_account(ctx).as_dict()))
 
 
-@main.group()
+@click.group()
 def users() -> None:
     """Local accounts (admin)."""
 
 
 def _admin_or_bootstrap(ctx: click.Context) -> Account | None:
-    return current_account(ctx) if _services(ctx).accounts().list() else None
+    return current_account(ctx) if services(ctx).accounts().list() else None
 
 
 @users.command("add")
@@ -115,8 +106,8 @@ def users_add(ctx: click.Context, name: str, role: str, level: str, compartments
               password_stdin: bool) -> None:
     """Add an account (the first one on a fresh appliance: an admin, no login needed)."""
     by = _admin_or_bootstrap(ctx)
-    acct = _services(ctx).accounts().add(name, role=role, level=level, compartments=_split(compartments),
-                                         passphrase=_passphrase(password_stdin, confirm=True), by=by)
+    acct = services(ctx).accounts().add(name, role=role, level=level, compartments=_split(compartments),
+                                        passphrase=_passphrase(password_stdin, confirm=True), by=by)
     console.print(f"added {acct.name} ({acct.role}, {acct.level})", highlight=False)
 
 
@@ -125,7 +116,7 @@ def users_add(ctx: click.Context, name: str, role: str, level: str, compartments
 @click.pass_context
 def users_list(ctx: click.Context, as_json: bool) -> None:
     """List accounts."""
-    accounts = _services(ctx).accounts().list(by=current_account(ctx))
+    accounts = services(ctx).accounts().list(by=current_account(ctx))
     if as_json:
         click.echo(json.dumps([a.as_dict() for a in accounts], indent=2))
         return
@@ -141,7 +132,7 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def users_disable(ctx: click.Context, name: str) -> None:
     """Disable an account and end its sessions."""
-    _services(ctx).accounts().disable(name, by=current_account(ctx))
+    services(ctx).accounts().disable(name, by=current_account(ctx))
     console.print(f"disabled {name}")
 
 
@@ -150,7 +141,7 @@ def users_disable(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def users_enable(ctx: click.Context, name: str) -> None:
     """Enable an account (and clear a lockout)."""
-    _services(ctx).accounts().enable(name, by=current_account(ctx))
+    services(ctx).accounts().enable(name, by=current_account(ctx))
     console.print(f"enabled {name}")
 
 
@@ -168,7 +159,7 @@ def users_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
     if me.name == name and me.role != "admin":
         current = (sys.stdin.readline(4096).rstrip("\r\n") if password_stdin
                    else click.prompt("current passphrase", hide_input=True))
-    _services(ctx).accounts().passwd(name, _passphrase(password_stdin, confirm=True), by=me, current=current)
+    services(ctx).accounts().passwd(name, _passphrase(password_stdin, confirm=True), by=me, current=current)
     console.print(f"passphrase of {name} changed; their sessions have ended")
 
 
@@ -180,8 +171,8 @@ def users_passwd(ctx: click.Context, name: str, password_stdin: bool) -> None:
 @click.pass_context
 def users_grant(ctx: click.Context, name: str, level: str | None, compartments: str | None, role: str | None) -> None:
     """Raise a clearance, add compartments or change a role."""
-    acct = _services(ctx).accounts().grant(name, by=current_account(ctx), level=level,
-                                           compartments=_split(compartments), role=role)
+    acct = services(ctx).accounts().grant(name, by=current_account(ctx), level=level,
+                                          compartments=_split(compartments), role=role)
     console.print(f"{acct.name}: {acct.role}, {acct.level} {','.join(sorted(acct.compartments))}", highlight=False)
 
 
@@ -192,12 +183,12 @@ def users_grant(ctx: click.Context, name: str, level: str | None, compartments: 
 @click.pass_context
 def users_revoke(ctx: click.Context, name: str, level: str | None, compartments: str | None) -> None:
     """Lower a clearance or remove compartments; the account's sessions end."""
-    acct = _services(ctx).accounts().revoke(name, by=current_account(ctx), level=level,
-                                            compartments=_split(compartments))
+    acct = services(ctx).accounts().revoke(name, by=current_account(ctx), level=level,
+                                           compartments=_split(compartments))
     console.print(f"{acct.name}: {acct.role}, {acct.level} {','.join(sorted(acct.compartments))}", highlight=False)
 
 
-@main.group()
+@click.group()
 def policy() -> None:
     """The access policy file: users, roles, levels, compartments (admin)."""
 
@@ -216,7 +207,7 @@ def policy_apply(ctx: click.Context, path: Path) -> None:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise AccessError(f"{path}: not valid TOML: {exc}") from exc
-    services = _services(ctx)
-    changes = apply_policy(services.accounts(), load_policy(doc, services.scale, str(path)), by=by)
+    svc = services(ctx)
+    changes = apply_policy(svc.accounts(), load_policy(doc, svc.scale, str(path)), by=by)
     for line in changes or ["no changes"]:
         console.print(line, highlight=False)

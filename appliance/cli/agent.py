@@ -1,22 +1,41 @@
-"""Agent commands: ask, sessions, trace show (registered on ``appliance``)."""
+"""Agent commands: ask, feedback, sessions, trace show (registered on ``appliance``)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
-from rich import box
-from rich.table import Table
 
+from appliance.access.labels import Principal, parse_labels
 from appliance.agent.loop import Answer
-from appliance.cli import _services, console, err_console, main
-from appliance.cli_knowledge import eval_group, eval_progress, principal_for, scratch_agent, scratch_knowledge
+from appliance.cli._common import console, current_account, err_console, services, trace_group
 from appliance.errors import ApplianceError
 
+__all__ = ["draft_rows", "draft_verdict", "principal_for", "register"]
 
-@main.command()
+
+def register(group: click.Group) -> None:
+    """Add ``ask``, ``feedback``, ``sessions`` and ``trace show`` to ``group``."""
+    for command in (ask, feedback, sessions):
+        group.add_command(command)
+    trace_group(group).add_command(trace_show)
+
+
+def principal_for(ctx: click.Context, label_text: str | None = None) -> Principal:
+    """The logged-in account's principal; ``--labels`` narrows it (officers and admins only).
+
+    A narrowed clearance must be one the account itself holds: it previews what a lower
+    clearance sees, never more than the account may read.
+    """
+    from appliance import operations
+
+    svc = services(ctx)
+    narrowed = parse_labels(label_text, svc.scale) if label_text else None
+    return operations.principal_of(svc, current_account(ctx), narrowed)
+
+
+@click.command()
 @click.argument("question")
 @click.option("--session", "session", help="Continue a session by id, or 'new' to start one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer, checks and citations as JSON.")
@@ -24,8 +43,7 @@ from appliance.errors import ApplianceError
 def ask(ctx: click.Context, question: str, session: str | None, as_json: bool) -> None:
     """Answer a question from the documents you may read, with citations, or abstain."""
     principal = principal_for(ctx)
-    services = _services(ctx)
-    agent = services.agent()
+    agent = services(ctx).agent()
     session_id = agent.store.new_session(principal.name) if session == "new" else session
 
     drafted: list[str] = []
@@ -92,7 +110,7 @@ def _settle_draft(text: str, answer: Answer) -> None:
         err_console.print(draft_verdict(answer), highlight=False, markup=False)
 
 
-@main.command()
+@click.command()
 @click.argument("trace_id")
 @click.argument("verdict", type=click.Choice(["right", "wrong"]))
 @click.option("--answer", "correct_answer", help="The correct answer (for an answer marked wrong).")
@@ -102,35 +120,29 @@ def feedback(ctx: click.Context, trace_id: str, verdict: str, correct_answer: st
              correct_source: str | None) -> None:
     """Mark one of your answers right or wrong (as ctrl+f in Ask); kept for evaluation sets, audited."""
     from appliance import operations
-    from appliance.cli_access import current_account
 
-    operations.record_feedback(_services(ctx), current_account(ctx), trace_id, verdict, correct_answer,
+    operations.record_feedback(services(ctx), current_account(ctx), trace_id, verdict, correct_answer,
                                correct_source)
     console.print(f"the answer of trace {trace_id} is marked {verdict}", highlight=False)
 
 
-@main.command()
+@click.command()
 @click.pass_context
 def sessions(ctx: click.Context) -> None:
     """List your conversation sessions."""
     principal = principal_for(ctx)
-    for s in _services(ctx).agent_store().sessions(principal.name):
+    for s in services(ctx).agent_store().sessions(principal.name):
         console.print(f"{s['id']}  {s['created_at']}  {s['turns']} turn(s)  {s['first_question'] or ''}",
                       highlight=False)
 
 
-@main.group()
-def trace() -> None:
-    """Request traces: every step of an answer."""
-
-
-@trace.command("show")
+@click.command("show")
 @click.argument("trace_id")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def trace_show(ctx: click.Context, trace_id: str, as_json: bool) -> None:
     """Print each step of one of your requests: input, decision, chunks, scores, tokens, time."""
-    t = _services(ctx).agent_store().trace(trace_id, user=principal_for(ctx).name)
+    t = services(ctx).agent_store().trace(trace_id, user=principal_for(ctx).name)
     if as_json:
         click.echo(json.dumps(t, indent=2))
         return
@@ -149,87 +161,6 @@ def trace_show(ctx: click.Context, trace_id: str, as_json: bool) -> None:
         if s["chunk_ids"]:
             console.print(f"     chunks: {', '.join(s['chunk_ids'][:8])}", style="dim", highlight=False)
     ts = t["time_split"]
-    console.print(f"total {ts['total_ms']:.0f} ms: model {ts['model_ms']:.0f} ms, retrieval {ts['retrieval_ms']:.0f} ms, "
-                  f"orchestration {ts['orchestration_ms']:.0f} ms ({ts['orchestration_share']:.1%})", highlight=False)
-
-
-@eval_group.command("claims")
-@click.option("--corpus", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
-              help="JSONL {doc_id, title, sentences|text}.")
-@click.option("--claims", "claims_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              required=True, help="JSONL {id, claim, cited_doc_ids, evidence_doc_id, label}.")
-@click.option("--limit", type=int, help="Only the first N claims.")
-@click.option("--index-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep and reuse the index here.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def eval_claims(ctx: click.Context, corpus: Path, claims_file: Path, limit: int | None, index_dir: Path | None,
-                as_json: bool) -> None:
-    """Label claims SUPPORT/CONTRADICT/NOT_ENOUGH_INFO: agent loop vs single-shot RAG."""
-    from appliance.access.labels import Principal
-    from appliance.evaluation.claims import evaluate_claims, load_claims
-    from appliance.evaluation.retrieval import EVAL_LABELS, ingest_corpus
-
-    services = _services(ctx)
-    claims = load_claims(claims_file)[:limit] if limit else load_claims(claims_file)
-    with scratch_knowledge(services, index_dir) as kb:
-        agent = scratch_agent(services, kb)
-        with eval_progress(as_json) as progress:
-            task = progress.add_task("ingesting corpus", total=None)
-            ingest_corpus(kb, corpus, progress=lambda _s, n: progress.advance(task, n))
-            progress.update(task, description="claims", completed=0, total=len(claims))
-            result = evaluate_claims(agent, claims, Principal("eval", EVAL_LABELS.level),
-                                     progress=lambda n: progress.advance(task, n))
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    table = Table(title=f"{result['claims']} claims", box=box.SIMPLE)
-    systems = result["systems"]
-    metrics = [m for m, v in next(iter(systems.values())).items() if isinstance(v, float)]
-    table.add_column("metric")
-    for name in systems:
-        table.add_column(name)
-    for m in metrics:
-        table.add_row(m, *(f"{systems[s][m]:.3f}" for s in systems))
-    for label in systems["agent"]["citation_precision_by_label"]:
-        table.add_row(f"citation_precision ({label})",
-                      *(f"{v:.3f}" if (v := systems[s]["citation_precision_by_label"].get(label)) is not None
-                        else "-" for s in systems))
-    console.print(table)
-    if split := systems["agent"].get("time_split"):
-        console.print(f"agent time: model {split['model']:.1%}, retrieval {split['retrieval']:.1%}, "
-                      f"orchestration {split['orchestration']:.1%} (per request p50 "
-                      f"{split['orchestration_share_p50']:.1%}, p95 {split['orchestration_share_p95']:.1%})",
-                      highlight=False)
-
-
-@eval_group.command("qa")
-@click.option("--squad", "squad_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
-              help="A SQuAD v1 or v2 JSON file.")
-@click.option("--limit", type=int, help="Only the first N questions.")
-@click.option("--index-dir", type=click.Path(path_type=Path, file_okay=False), help="Keep and reuse the index here.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def eval_qa(ctx: click.Context, squad_file: Path, limit: int | None, index_dir: Path | None, as_json: bool) -> None:
-    """Ask SQuAD questions over their contexts: EM, F1, groundedness, citations, abstention."""
-    from appliance.access.labels import Principal
-    from appliance.evaluation.qa import evaluate_qa, load_squad
-    from appliance.evaluation.retrieval import EVAL_LABELS
-
-    services = _services(ctx)
-    docs, items = load_squad(squad_file)
-    items = items[:limit] if limit else items
-    with scratch_knowledge(services, index_dir) as kb:
-        agent = scratch_agent(services, kb)
-        with eval_progress(as_json) as progress:
-            task = progress.add_task("ingesting contexts", total=None)
-            report = kb.ingest_documents(docs, EVAL_LABELS, by="eval", source=squad_file.name)
-            if report.count("failed"):
-                console.print(f"[yellow]{report.count('failed')} context(s) could not be ingested[/]")
-            progress.update(task, description="questions", completed=0, total=len(items))
-            result = evaluate_qa(agent, items, Principal("eval", EVAL_LABELS.level),
-                                 progress=lambda n: progress.advance(task, n))
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    for key, value in result.items():
-        console.print(f"{key:>28}  {value if not isinstance(value, float) else f'{value:.3f}'}", highlight=False)
+    console.print(f"total {ts['total_ms']:.0f} ms: model {ts['model_ms']:.0f} ms, "
+                  f"retrieval {ts['retrieval_ms']:.0f} ms, orchestration {ts['orchestration_ms']:.0f} ms "
+                  f"({ts['orchestration_share']:.1%})", highlight=False)

@@ -7,16 +7,20 @@ from pathlib import Path
 
 import click
 
-from appliance.cli import _services, console, err_console, main
-from appliance.cli_access import current_account
+from appliance.cli._common import console, current_account, err_console, services
 from appliance.errors import AuditError
 
-__all__: list[str] = []
+__all__ = ["register"]
 
 MAX_CHECKPOINT_BYTES = 64 * 1024
 
 
-@main.group()
+def register(group: click.Group) -> None:
+    """Add the ``audit`` group to ``group``."""
+    group.add_command(audit)
+
+
+@click.group()
 def audit() -> None:
     """The tamper-evident audit log: export, verify, check."""
 
@@ -43,7 +47,7 @@ def audit_export(ctx: click.Context, out: Path, since_checkpoint: Path | None, u
             raise AuditError(f"{since_checkpoint}: over the {MAX_CHECKPOINT_BYTES} byte limit for a checkpoint")
         previous = since_checkpoint.read_bytes()
     filt = ExportFilter(user, normalise_time(start, "--from"), normalise_time(end, "--to"))
-    manifest = operations.export_audit(_services(ctx), who, out, since_checkpoint=previous, filt=filt)
+    manifest = operations.export_audit(services(ctx), who, out, since_checkpoint=previous, filt=filt)
     console.print(f"exported {manifest['entries']} of {manifest['size']} entries to {out}"
                   f"{' (filtered)' if manifest['filtered'] else ''}; keep {out / 'checkpoint'} for the next "
                   "export's --since-checkpoint", highlight=False)
@@ -73,10 +77,10 @@ def audit_check(ctx: click.Context) -> None:
     """Re-hash the whole local log and check every checkpoint (officers, auditors, admins)."""
     from appliance import operations
 
-    log = _services(ctx).audit()
+    log = services(ctx).audit()
     if log.problem:
         err_console.print(f"[red]the log failed its start-up check:[/] {log.problem}", highlight=False)
-    report = operations.check_audit(_services(ctx), current_account(ctx))
+    report = operations.check_audit(services(ctx), current_account(ctx))
     console.print(f"consistent: {report['entries']} entries, {report['checkpoints']} checkpoints, origin "
                   f"{report['origin']}, root {report['root']}", highlight=False)
 
@@ -85,4 +89,4 @@ def audit_check(ctx: click.Context) -> None:
 @click.pass_context
 def audit_key(ctx: click.Context) -> None:
     """Print the log's public key (vkey): record it to pin later verifications."""
-    click.echo(_services(ctx).audit().vkey)
+    click.echo(services(ctx).audit().vkey)

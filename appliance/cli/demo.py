@@ -1,4 +1,4 @@
-"""Demo commands: ``demo install`` (registered on ``appliance``)."""
+"""Demo commands: ``demo install`` and ``demo bundle`` (registered on ``appliance``)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ import click
 from rich import box
 from rich.table import Table
 
-from appliance.cli import _services, console, main
-from appliance.cli_knowledge import ingest_progress
+from appliance.cli._common import console, ingest_progress, phase_progress, services
 
-__all__ = ["demo"]
+__all__ = ["register"]
 
 
-@main.group()
+def register(group: click.Group) -> None:
+    """Add the ``demo`` group to ``group``."""
+    group.add_command(demo)
+
+
+@click.group()
 def demo() -> None:
     """The demo data set: a fictional facility's documents, SciFact abstracts, demo accounts."""
 
@@ -31,12 +35,12 @@ def demo_install(ctx: click.Context, root: Path | None, as_json: bool, accounts_
     """Create the demo accounts and ingest the demo documents (idempotent; demo only)."""
     from appliance.demo import DEMO_ROOT, install_demo, load_bundle
 
-    services = _services(ctx)
-    s = services.settings
-    bundle = load_bundle(root or DEMO_ROOT, scale=services.scale, knowledge=s.knowledge,
+    svc = services(ctx)
+    s = svc.settings
+    bundle = load_bundle(root or DEMO_ROOT, scale=svc.scale, knowledge=s.knowledge,
                          min_passphrase_chars=s.access.min_passphrase_chars)
     with ingest_progress("demo accounts", len(bundle.entries), quiet=as_json) as step:
-        result = install_demo(services, bundle.root, progress=step, bundle=bundle, accounts_only=accounts_only)
+        result = install_demo(svc, bundle.root, progress=step, bundle=bundle, accounts_only=accounts_only)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -50,11 +54,10 @@ def demo_install(ctx: click.Context, root: Path | None, as_json: bool, accounts_
 @click.pass_context
 def demo_bundle_command(ctx: click.Context, as_json: bool) -> None:
     """Build the demo's signed bundle (bundles/demo.toml) and apply it as the demo officer (idempotent)."""
-    from appliance.cli_updates import _progress
     from appliance.demo import demo_bundle
 
-    with _progress() as step:
-        result = demo_bundle(_services(ctx), step)
+    with phase_progress() as step:
+        result = demo_bundle(services(ctx), step)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from appliance.access.labels import Principal, parse_labels
-from appliance.agent.loop import Agent
-from appliance.cli import _services, console, main
+from appliance.access.labels import parse_labels
+from appliance.cli._common import console, current_account, ingest_progress, services
 from appliance.errors import KnowledgeError
-from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.parsers import SUPPORTED
-from appliance.knowledge.retrieval import Retriever
-from appliance.services import Services
+
+__all__ = ["register"]
 
 MAX_FILES = 100_000
+
+
+def register(group: click.Group) -> None:
+    """Add ``ingest``, ``docs``, ``search`` and ``index`` to ``group``."""
+    for command in (ingest, docs, search, index):
+        group.add_command(command)
 
 
 def _expand(paths: tuple[Path, ...]) -> list[Path]:
@@ -39,7 +39,7 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
     return out
 
 
-@main.command()
+@click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--labels", "label_text", required=True, help="LEVEL[:COMPARTMENT,...] for every document.")
 @click.option("--collection", help="The collection the documents belong to, e.g. facility-handbook.")
@@ -49,14 +49,13 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, collect
            as_json: bool) -> None:
     """Ingest documents (TXT, MD, HTML, PDF, DOCX, CSV, JSONL) under one label (officers, admins)."""
     from appliance import operations
-    from appliance.cli_access import current_account
 
-    services = _services(ctx)
+    svc = services(ctx)
     acct = current_account(ctx)
-    labels = parse_labels(label_text, services.scale)
+    labels = parse_labels(label_text, svc.scale)
     files = _expand(paths)
     with ingest_progress("ingesting", len(files), quiet=as_json) as step:
-        report = operations.ingest(services, acct, files, labels, progress=step, collection=collection)
+        report = operations.ingest(svc, acct, files, labels, progress=step, collection=collection)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -72,7 +71,7 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, collect
         sys.exit(1)
 
 
-@main.group()
+@click.group()
 def docs() -> None:
     """The document catalog: list, show, delete."""
 
@@ -83,9 +82,8 @@ def docs() -> None:
 def docs_list(ctx: click.Context, as_json: bool) -> None:
     """List the catalogued documents you may read, with labels, versions and sources."""
     from appliance import operations
-    from appliance.cli_access import current_account
 
-    rows = operations.list_documents(_services(ctx), current_account(ctx))
+    rows = operations.list_documents(services(ctx), current_account(ctx))
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -105,9 +103,8 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
 def docs_show(ctx: click.Context, doc_id: str, as_json: bool) -> None:
     """Show one document's catalog entry and its chunks (page, heading, offsets)."""
     from appliance import operations
-    from appliance.cli_access import current_account
 
-    doc, chunks = operations.show_document(_services(ctx), current_account(ctx), doc_id)
+    doc, chunks = operations.show_document(services(ctx), current_account(ctx), doc_id)
     if as_json:
         click.echo(json.dumps(doc.as_dict() | {"chunks": [c.__dict__ for c in chunks]}, indent=2, default=list))
         return
@@ -125,46 +122,12 @@ def docs_show(ctx: click.Context, doc_id: str, as_json: bool) -> None:
 def docs_delete(ctx: click.Context, doc_id: str) -> None:
     """Delete a document from the catalog, the full-text index and Chroma (officers, admins)."""
     from appliance import operations
-    from appliance.cli_access import current_account
 
-    operations.delete_document(_services(ctx), current_account(ctx), doc_id)
+    operations.delete_document(services(ctx), current_account(ctx), doc_id)
     console.print(f"deleted {doc_id}")
 
 
-@contextmanager
-def ingest_progress(what: str, files: int, quiet: bool) -> Iterator[Callable[[str, int], None]]:
-    """The ingest progress display (files done, chunks so far); yields the knowledge base's progress callback."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[chunks]} chunks"), TimeElapsedColumn(), console=console,
-                  disable=quiet) as progress:
-        task = progress.add_task(what, total=files, chunks=0)
-        done: set[str] = set()
-
-        def step(source: str, chunks: int) -> None:
-            fields = progress.tasks[0].fields
-            progress.update(task, description=source[:40], chunks=fields["chunks"] + chunks)
-            if source not in done:
-                done.add(source)
-                progress.advance(task)
-
-        yield step
-
-
-def principal_for(ctx: click.Context, label_text: str | None = None) -> Principal:
-    """The logged-in account's principal; ``--labels`` narrows it (officers and admins only).
-
-    A narrowed clearance must be one the account itself holds: it previews what a lower
-    clearance sees, never more than the account may read.
-    """
-    from appliance import operations
-    from appliance.cli_access import current_account
-
-    services = _services(ctx)
-    narrowed = parse_labels(label_text, services.scale) if label_text else None
-    return operations.principal_of(services, current_account(ctx), narrowed)
-
-
-@main.command()
+@click.command()
 @click.argument("query")
 @click.option("--labels", "label_text",
               help="Officers and admins: search with a clearance within their own, LEVEL[:COMPARTMENT,...].")
@@ -175,11 +138,10 @@ def principal_for(ctx: click.Context, label_text: str | None = None) -> Principa
 def search(ctx: click.Context, query: str, label_text: str | None, k: int, mode: str, as_json: bool) -> None:
     """Search the documents you may read."""
     from appliance import operations
-    from appliance.cli_access import current_account
 
-    services = _services(ctx)
-    narrowed = parse_labels(label_text, services.scale) if label_text else None
-    hits = operations.search(services, current_account(ctx), query, k=k, mode=mode, narrowed=narrowed)
+    svc = services(ctx)
+    narrowed = parse_labels(label_text, svc.scale) if label_text else None
+    hits = operations.search(svc, current_account(ctx), query, k=k, mode=mode, narrowed=narrowed)
     if as_json:
         click.echo(json.dumps([h.as_dict() for h in hits], indent=2))
         return
@@ -193,7 +155,7 @@ def search(ctx: click.Context, query: str, label_text: str | None, k: int, mode:
         console.print(f"   {c.text[:240]}", highlight=False)
 
 
-@main.group()
+@click.group()
 def index() -> None:
     """Index consistency: catalog vs full-text vs Chroma."""
 
@@ -204,10 +166,9 @@ def index() -> None:
 def index_check(ctx: click.Context, repair: bool) -> None:
     """Find disagreements between the catalog, the full-text tables and Chroma (admins)."""
     from appliance import operations
-    from appliance.cli_access import current_account
 
-    kb = _services(ctx).knowledge()
-    problems = operations.check_index(_services(ctx), current_account(ctx), repair=repair)
+    kb = services(ctx).knowledge()
+    problems = operations.check_index(services(ctx), current_account(ctx), repair=repair)
     for p in problems:
         console.print(f"{'repaired' if repair else 'problem'}: {p}", highlight=False)
     if repair and problems:
@@ -217,76 +178,3 @@ def index_check(ctx: click.Context, repair: bool) -> None:
         sys.exit(1 if remaining else 0)
     console.print(f"consistent: {kb.stats()}" if not problems else "")
     sys.exit(1 if problems and not repair else 0)
-
-
-@contextmanager
-def scratch_knowledge(services: Services, index_dir: Path | None, generator: bool = True) -> Iterator[KnowledgeBase]:
-    """A knowledge base for an evaluation: in ``index_dir`` (kept) or a temporary directory."""
-    if index_dir is not None:
-        data = services.settings.data_dir.resolve()
-        if index_dir.resolve() == data or data in index_dir.resolve().parents:
-            raise KnowledgeError(f"--index-dir {index_dir} is inside the appliance's data; evaluations use their "
-                                 "own index")
-    with tempfile.TemporaryDirectory(prefix="eval-", dir=services.settings.data_dir) as tmp:
-        engine = services.engine(generator=generator)
-        yield KnowledgeBase(index_dir or Path(tmp), lambda texts: engine.embed(list(texts), batch=256),
-                            scale=services.scale, settings=services.settings.knowledge)
-
-
-def eval_progress(quiet: bool) -> Progress:
-    """The progress display of the evaluation commands (silent under --json)."""
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, disable=quiet)
-
-
-def scratch_agent(services: Services, kb: KnowledgeBase) -> Agent:
-    """An agent over an evaluation's scratch knowledge base."""
-    return Agent(services.retriever(kb), services.engine(), services.agent_store(),
-                 services.scale, settings=services.settings.agent)
-
-
-@main.group("eval")
-def eval_group() -> None:
-    """Evaluations on your own data (retrieval first; more arrive with later issues)."""
-
-
-@eval_group.command("retrieval")
-@click.option("--corpus", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
-              help="JSONL {doc_id, title, sentences|text}.")
-@click.option("--queries", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
-              help="JSONL {id, claim|query, cited_doc_ids}.")
-@click.option("--k", default=10, show_default=True)
-@click.option("--mode", type=click.Choice(["dense", "bm25", "hybrid", "hybrid+rerank"]),
-              help="One mode (default: all, hybrid+rerank when a reranker is provisioned).")
-@click.option("--limit", type=int, help="Evaluate only the first N queries that cite documents.")
-@click.option("--index-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Keep the scratch index here and reuse it next time (default: a temporary directory).")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def eval_retrieval(ctx: click.Context, corpus: Path, queries: Path, k: int, mode: str | None, limit: int | None,
-                   index_dir: Path | None, as_json: bool) -> None:
-    """Ingest a corpus into a scratch index and report nDCG@10, recall, MRR and latency."""
-    from appliance.evaluation.retrieval import RERANKED, evaluate, ingest_corpus, load_queries
-
-    services = _services(ctx)
-    qs = load_queries(queries)[:limit] if limit else load_queries(queries)
-    with scratch_knowledge(services, index_dir, generator=False) as kb:
-        reranked = services.retriever(kb)
-        modes = [mode] if mode else ["dense", "bm25", "hybrid"] + ([RERANKED] if reranked.reranker else [])
-        with eval_progress(as_json) as progress:
-            task = progress.add_task("ingesting corpus", total=None)
-            ingest = ingest_corpus(kb, corpus, progress=lambda _s, n: progress.advance(task, n))
-            progress.update(task, description="searching", completed=0, total=len(qs) * len(modes))
-            result = evaluate(kb, Retriever(kb, services.settings.knowledge), qs, k=k, modes=modes,
-                              progress=lambda n: progress.advance(task, n), reranked=reranked)
-    result["ingest"] = ingest
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    table = Table(title=f"{len(qs)} queries, {ingest['documents']} documents", box=box.SIMPLE)
-    for col in ("mode", f"nDCG@{k}", "R@10", "R@100", f"MRR@{k}", "p50 ms", "p95 ms"):
-        table.add_column(col)
-    for m, r in result["modes"].items():
-        table.add_row(m, f"{r[f'ndcg@{k}']:.3f}", f"{r['recall@10']:.3f}", f"{r['recall@100']:.3f}",
-                      f"{r[f'mrr@{k}']:.3f}", f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p95']:.1f}")
-    console.print(table)

@@ -10,12 +10,17 @@ import click
 from rich import box
 from rich.table import Table
 
-from appliance.cli import _services, console, main
-from appliance.cli_agent import trace
+from appliance.cli._common import console, current_account, services, trace_group
 
-__all__: list[str] = []
+__all__ = ["register"]
 
 MAX_EXPORT_TRACES = 100_000
+
+
+def register(group: click.Group) -> None:
+    """Add ``metrics`` and ``trace export`` to ``group``."""
+    group.add_command(metrics)
+    trace_group(group).add_command(trace_export)
 
 
 def _rate(v: float | None) -> str:
@@ -26,7 +31,7 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:,.0f}"
 
 
-@main.command("metrics")
+@click.command("metrics")
 @click.option("--hours", type=float, default=24.0, show_default=True, help="The window: requests of the last N hours.")
 @click.option("--all", "everything", is_flag=True, help="Every request kept, whatever its age.")
 @click.option("--user", help="Only this user's requests.")
@@ -36,13 +41,12 @@ def metrics(ctx: click.Context, hours: float, everything: bool, user: str | None
     """Request metrics kept on this appliance: latency per step, tokens/s, hit, abstention and flag rates."""
     from appliance.access.authz import authorize
     from appliance.agent.metrics import request_metrics, since_iso
-    from appliance.cli_access import current_account
 
     if hours <= 0:
         raise click.UsageError("--hours must be > 0")
-    services = _services(ctx)
-    authorize(services.accounts().get(current_account(ctx).name), "metrics.read")
-    m = request_metrics(services.agent_store(), since=None if everything else since_iso(hours), user=user)
+    svc = services(ctx)
+    authorize(svc.accounts().get(current_account(ctx).name), "metrics.read")
+    m = request_metrics(svc.agent_store(), since=None if everything else since_iso(hours), user=user)
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return
@@ -65,7 +69,7 @@ def metrics(ctx: click.Context, hours: float, everything: bool, user: str | None
     console.print(table)
 
 
-@trace.command("export")
+@click.command("export")
 @click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--hours", type=float, help="Only requests of the last N hours (default: every one kept).")
 @click.option("--user", help="Only this user's requests.")
@@ -78,16 +82,15 @@ def trace_export(ctx: click.Context, out: Path, hours: float | None, user: str |
     from appliance.access.authz import authorize
     from appliance.agent.metrics import since_iso
     from appliance.agent.otel import otel_json
-    from appliance.cli_access import current_account
 
-    services = _services(ctx)
-    by = authorize(services.accounts().get(current_account(ctx).name), "traces.export")
-    store = services.agent_store()
+    svc = services(ctx)
+    by = authorize(svc.accounts().get(current_account(ctx).name), "traces.export")
+    store = svc.agent_store()
     ids = store.trace_ids(since=since_iso(hours), user=user, limit=MAX_EXPORT_TRACES + 1)
     if len(ids) > MAX_EXPORT_TRACES:
         raise click.UsageError(f"over {MAX_EXPORT_TRACES} traces: narrow it with --hours or --user")
-    services.audit().record("traces.export", by.name, file=out.name, traces=len(ids), with_text=with_text,
-                            of_user=user, hours=hours)
+    svc.audit().record("traces.export", by.name, file=out.name, traces=len(ids), with_text=with_text,
+                       of_user=user, hours=hours)
     doc = otel_json([store.trace(i) for i in ids], with_text=with_text, version=version("appliance"))
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(json.dumps(doc), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""Specialist commands: ``classify``, ``extract`` and ``specialists`` (registered on ``appliance``)."""
+"""Specialist commands: ``classify``, ``extract``, ``specialists``, ``finetune`` and ``eval classify|extract``
+(registered on ``appliance``)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from appliance.cli import _services, console, main
-from appliance.cli_knowledge import eval_group
+from appliance.cli._common import console, current_account, eval_group, eval_progress, phase_progress, services
 
-__all__: list[str] = []
+__all__ = ["register"]
 
 MAX_FILE_BYTES = 16 * 2**20
+
+
+def register(group: click.Group) -> None:
+    """Add ``classify``, ``extract``, ``specialists``, ``finetune`` and ``eval classify|extract`` to ``group``."""
+    for command in (classify, extract, specialists, finetune_command):
+        group.add_command(command)
+    evaluations = eval_group(group)
+    for command in (eval_classify, eval_extract):
+        evaluations.add_command(command)
 
 
 def _texts(text: str | None, file: Path | None) -> list[str]:
@@ -36,14 +45,13 @@ def _texts(text: str | None, file: Path | None) -> list[str]:
 
 def _run(ctx: click.Context, task: str, adapter: str, text: str | None, file: Path | None) -> tuple[list[str], list]:
     from appliance import operations
-    from appliance.cli_access import current_account
 
     texts = _texts(text, file)
-    services = _services(ctx)
-    return texts, operations.run_specialist(services, current_account(ctx), adapter, task, texts)
+    svc = services(ctx)
+    return texts, operations.run_specialist(svc, current_account(ctx), adapter, task, texts)
 
 
-@main.command("classify")
+@click.command("classify")
 @click.option("--adapter", required=True, help="The classification specialist (see `appliance specialists`).")
 @click.argument("text", required=False)
 @click.option("--file", "file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -63,7 +71,7 @@ def classify(ctx: click.Context, adapter: str, text: str | None, file: Path | No
     console.print(table)
 
 
-@main.command("extract")
+@click.command("extract")
 @click.option("--adapter", required=True, help="The extraction specialist (see `appliance specialists`).")
 @click.argument("text", required=False)
 @click.option("--file", "file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -83,16 +91,15 @@ def extract(ctx: click.Context, adapter: str, text: str | None, file: Path | Non
     console.print(table)
 
 
-@main.command("specialists")
+@click.command("specialists")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def specialists(ctx: click.Context, as_json: bool) -> None:
     """The installed specialists: name, task, labels or entity types, and the figures they were trained to."""
-    from appliance.cli_access import current_account
 
-    services = _services(ctx)
+    svc = services(ctx)
     current_account(ctx)
-    found = services.specialists()
+    found = svc.specialists()
     if as_json:
         click.echo(json.dumps([s.info.as_dict() for s in found.values()], indent=2))
         return
@@ -106,17 +113,16 @@ def specialists(ctx: click.Context, as_json: bool) -> None:
 
 def _specialist(ctx: click.Context, adapter: str, task: str):  # noqa: ANN202
     from appliance.access.authz import authorize
-    from appliance.cli_access import current_account
     from appliance.specialists.serve import SpecialistError
 
-    services = _services(ctx)
-    authorize(services.accounts().get(current_account(ctx).name), "specialists.use")
-    found = services.specialists()
+    svc = services(ctx)
+    authorize(svc.accounts().get(current_account(ctx).name), "specialists.use")
+    found = svc.specialists()
     spec = found.get(adapter)
     if spec is None or spec.task != task:
         known = ", ".join(f"{n} ({s.task})" for n, s in found.items()) or "none installed"
         raise SpecialistError(f"no {task} specialist {adapter!r} on this appliance (known: {known})")
-    return services, spec
+    return svc, spec
 
 
 def _report(result: dict, as_json: bool, rows: list[tuple[str, str, str]]) -> None:
@@ -132,14 +138,13 @@ def _report(result: dict, as_json: bool, rows: list[tuple[str, str, str]]) -> No
 def _evaluate(ctx: click.Context, adapter: str, task: str, data_file: Path, as_json: bool,
               run: Callable[..., dict], **options: object) -> dict:
     """Load the data for ``task`` and run the evaluation with a progress display."""
-    from appliance.cli_knowledge import eval_progress
     from appliance.specialists.data import load_classification, load_extraction
 
-    services, spec = _specialist(ctx, adapter, task)
+    svc, spec = _specialist(ctx, adapter, task)
     data = (load_classification if task == "classify" else load_extraction)(data_file)
     with eval_progress(as_json) as bar:
         bar_task = bar.add_task(f"{task} (adapter, then few-shot)", total=None)
-        return run(spec, services.engine(), data, **options,
+        return run(spec, svc.engine(), data, **options,
                    progress=lambda done, total: bar.update(bar_task, completed=done, total=total))
 
 
@@ -147,7 +152,7 @@ def _latency_row(a: dict, b: dict) -> tuple[str, str, str]:
     return ("latency p50 / p95 ms", f"{a['p50_ms']:.0f} / {a['p95_ms']:.0f}", f"{b['p50_ms']:.0f} / {b['p95_ms']:.0f}")
 
 
-@eval_group.command("classify")
+@click.command("classify")
 @click.option("--adapter", required=True)
 @click.option("--data", "data_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="CSV text,label (or category) or JSONL {text, label}.")
@@ -169,7 +174,7 @@ def eval_classify(ctx: click.Context, adapter: str, data_file: Path, limit: int 
         ("abstained", f"{a['abstained']:.3f}", "-"), _latency_row(a, b)])
 
 
-@eval_group.command("extract")
+@click.command("extract")
 @click.option("--adapter", required=True)
 @click.option("--data", "data_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="CoNLL (token<TAB>BIO tag) or JSONL {text, spans}.")
@@ -188,7 +193,7 @@ def eval_extract(ctx: click.Context, adapter: str, data_file: Path, limit: int |
             + [_latency_row(a, b)])
 
 
-@main.command("finetune")
+@click.command("finetune")
 @click.option("--task", type=click.Choice(["classify", "extract"]), required=True)
 @click.option("--data", "data_file", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="classify: CSV text,label (or category) or JSONL; extract: CoNLL or JSONL spans.")
@@ -222,13 +227,12 @@ def finetune_command(ctx: click.Context, task: str, data_file: Path, base: str, 
     """Build station: fine-tune a LoRA specialist and convert it to a llama.cpp adapter (GGUF)."""
     import re
 
-    from appliance.cli_updates import _progress
     from appliance.specialists.finetune import FinetuneJob, finetune
     from appliance.specialists.train import TrainConfig
 
     base_path = Path(base)
     if not base_path.is_file():
-        base_path = _services(ctx).store.get(base).path
+        base_path = services(ctx).store.get(base).path
     name = name or out.name
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", name):
         raise click.UsageError(f"bad specialist name {name!r}: 1-63 of a-z 0-9 . _ -")
@@ -238,7 +242,7 @@ def finetune_command(ctx: click.Context, task: str, data_file: Path, base: str, 
                          select_on=select_on or ("exact" if task == "classify" else "loss"))
     job = FinetuneJob(task, data_file, base_path, out, name, config, eval_limit=eval_limit, limit_train=limit_train,
                       eval_data=eval_data, resume=resume)
-    with _progress() as step:
+    with phase_progress() as step:
         summary = finetune(job, step)
     held = summary["metrics"]["held_out"]
     figures = ", ".join(f"{k} {v:.3f}" for k, v in held.items() if isinstance(v, float) and k != "p50_ms")

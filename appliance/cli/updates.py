@@ -1,17 +1,21 @@
-"""Update commands: build-station keys (registered on ``appliance``); bundles follow."""
+"""Update commands: build-station ``keys`` and signed ``bundle``s (registered on ``appliance``)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from appliance.cli import console, main
+from appliance.cli._common import console, current_account, phase_progress, services
 
-__all__: list[str] = []
+__all__ = ["register"]
+
+
+def register(group: click.Group) -> None:
+    """Add the ``keys`` and ``bundle`` groups to ``group``."""
+    group.add_command(keys)
+    group.add_command(bundle)
 
 
 def _passphrase(from_stdin: bool, confirm: bool) -> str:
@@ -20,7 +24,7 @@ def _passphrase(from_stdin: bool, confirm: bool) -> str:
     return click.prompt("key passphrase", hide_input=True, confirmation_prompt=confirm)
 
 
-@main.group()
+@click.group()
 def keys() -> None:
     """Signing keys of the build station (root M-of-N, roles, delegations)."""
 
@@ -55,7 +59,7 @@ def keys_rotate(role: str, directory: Path, password_stdin: bool) -> None:
                   f"{' '.join(k.keyid[:12] for k in rk.retired)}", highlight=False)
 
 
-@main.group()
+@click.group()
 def bundle() -> None:
     """Signed offline update bundles: build (build station); trust, verify, apply, history, rollback."""
 
@@ -89,11 +93,9 @@ def bundle_build(spec_path: Path, keys_dir: Path, state_dir: Path | None, out: P
 @click.pass_context
 def bundle_trust(ctx: click.Context, root_file: Path) -> None:
     """Provision the appliance's first trusted root (officers, once; later roots come in bundles)."""
-    from appliance.cli import _services
-    from appliance.cli_access import current_account
     from appliance.updates.check import trust_root
 
-    keyids = trust_root(_services(ctx), current_account(ctx), root_file)
+    keyids = trust_root(services(ctx), current_account(ctx), root_file)
     console.print(f"trusted root keys: {keyids}", highlight=False)
 
 
@@ -106,13 +108,11 @@ def bundle_verify(ctx: click.Context, directory: Path, as_json: bool) -> None:
     import json as _json
     import shutil
 
-    from appliance.cli import _services
-    from appliance.cli_access import current_account
     from appliance.updates.check import verify_bundle
 
-    services = _services(ctx)
-    with _progress() as step:
-        plan = verify_bundle(services, current_account(ctx), directory, services.settings.updates.appliance_class,
+    svc = services(ctx)
+    with phase_progress() as step:
+        plan = verify_bundle(svc, current_account(ctx), directory, svc.settings.updates.appliance_class,
                              step)
     if plan.work is not None:
         shutil.rmtree(plan.work, ignore_errors=True)  # a dry run keeps nothing
@@ -133,46 +133,6 @@ def bundle_verify(ctx: click.Context, directory: Path, as_json: bool) -> None:
             console.print(f"  would install {kind}: {', '.join(s[kind])}", highlight=False)
 
 
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress display driven by (phase, done, total) calls."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if not console.is_terminal:  # a log file: a line per phase and at most one every 30 s within it
-        yield _log_lines()
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=None, detail="")
-
-        def step(phase: str, done: int, total: int) -> None:
-            bytes_phase = phase in ("staging", "checking payloads")
-            detail = f"{done / 2**20:.1f} MiB" if bytes_phase else (f"{done}/{total}" if total > 1 else "")
-            bar.update(task, description=phase, completed=done, total=total or None, detail=detail)
-        yield step
-
-
-def _log_lines() -> Callable[[str, int, int], None]:
-    """Progress as lines on stderr (stdout may carry --json)."""
-    import time
-
-    from rich.console import Console
-
-    err = Console(stderr=True)
-
-    started, last = time.monotonic(), {"phase": "", "at": 0.0}
-
-    def step(phase: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        kind = phase.split(" (")[0]
-        if kind == last["phase"] and now - last["at"] < 30 and not (total and done >= total):
-            return
-        last.update(phase=kind, at=now)
-        count = f" {done}/{total}" if total > 1 else ""
-        err.print(f"[{now - started:7.0f} s] {phase}{count}", highlight=False, markup=False)
-    return step
-
-
 @bundle.command("apply")
 @click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
@@ -181,13 +141,11 @@ def bundle_apply(ctx: click.Context, directory: Path, as_json: bool) -> None:
     """Verify a bundle and apply it: into a new generation, switched to atomically after a health check."""
     import json as _json
 
-    from appliance.cli import _services
-    from appliance.cli_access import current_account
     from appliance.evaluation.gate import apply_with_gate
 
-    services = _services(ctx)
-    with _progress() as step:
-        result, gate = apply_with_gate(services, current_account(ctx), directory, step)
+    svc = services(ctx)
+    with phase_progress() as step:
+        result, gate = apply_with_gate(svc, current_account(ctx), directory, step)
     if as_json:
         click.echo(_json.dumps(dict(result.as_dict(), gate=gate.as_dict()), indent=2))
         if gate.failed:
@@ -213,11 +171,9 @@ def bundle_apply(ctx: click.Context, directory: Path, as_json: bool) -> None:
 @click.pass_context
 def bundle_accept(ctx: click.Context, generation: int) -> None:
     """Serve a generation the drift gate held (`[evaluation] gate_action = "hold"`) after all."""
-    from appliance.cli import _services
-    from appliance.cli_access import current_account
     from appliance.evaluation.gate import accept_held
 
-    state = accept_held(_services(ctx), current_account(ctx), generation)
+    state = accept_held(services(ctx), current_account(ctx), generation)
     console.print(f"generation {generation} ({state.get('bundle')} release {state.get('release')}) serves, "
                   f"accepted over {len(state.get('failed') or [])} figures the drift gate failed", highlight=False)
 
@@ -231,13 +187,11 @@ def bundle_history(ctx: click.Context, as_json: bool) -> None:
 
     from rich.table import Table
 
-    from appliance.cli import _services
-    from appliance.cli_access import current_account
     from appliance.evaluation.gate import held
     from appliance.updates.apply import history
 
-    serving, kept, state = history(_services(ctx), current_account(ctx))
-    holding = held(_services(ctx))
+    serving, kept, state = history(services(ctx), current_account(ctx))
+    holding = held(services(ctx))
     if as_json:
         click.echo(_json.dumps({"serving": serving, "generations": [g.as_dict() for g in kept], "state": state,
                                 "held": holding}, indent=2))
@@ -263,10 +217,8 @@ def bundle_history(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def bundle_rollback(ctx: click.Context, to: int | None) -> None:
     """Serve an earlier kept generation again (the release high-water mark stays: no replay)."""
-    from appliance.cli import _services
-    from appliance.cli_access import current_account
     from appliance.updates.apply import rollback
 
-    info = rollback(_services(ctx), current_account(ctx), to)
+    info = rollback(services(ctx), current_account(ctx), to)
     console.print(f"generation {info.generation} serves again ({info.bundle or 'initial'} release {info.release})",
                   highlight=False)
