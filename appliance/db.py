@@ -38,7 +38,7 @@ class Database(sqlite_utils.Database):
     path: Path | None = None
 
     @contextmanager
-    def atomic(self) -> Generator[Database, None, None]:  # type: ignore[override]
+    def atomic(self) -> Generator[Database, None, None]:
         """One write transaction (``BEGIN IMMEDIATE``); nested blocks are savepoints."""
         if self.conn.in_transaction:
             savepoint = f"sp_{secrets.token_hex(8)}"

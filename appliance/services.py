@@ -139,11 +139,11 @@ class Services:
         """The cross-encoder stage, or None (switched off, or not provisioned)."""
         if not self.settings.knowledge.rerank:
             return None
-        self._follow_generation()
+        serving = self._follow_generation()
         from appliance.errors import UnknownModelError
 
         try:
-            if "reranker" not in active_models(self.settings, self.store, read_info(self._generation)):
+            if "reranker" not in active_models(self.settings, self.store, read_info(serving)):
                 return None
         except UnknownModelError:  # no models provisioned (an engine given at build serves): no reranker
             return None
@@ -154,16 +154,16 @@ class Services:
     def generation(self) -> GenerationInfo:
         """The serving generation (a bundle apply or rollback in any process switches it)."""
         with self._opening:
-            self._follow_generation()
-            return read_info(self._generation)
+            return read_info(self._follow_generation())
 
-    def _follow_generation(self) -> None:
-        """Reopen what belongs to a generation once another one serves. The old knowledge base stays open
-        until the next switch (a worker may still be reading it), then is closed."""
+    def _follow_generation(self) -> Path:
+        """The serving generation's directory. Reopen what belongs to a generation once another one serves;
+        the old knowledge base stays open until the next switch (a worker may still be reading it), then is
+        closed."""
         with self._opening:
             path = current_path(self.settings.data_dir)
             if path == self._generation:
-                return
+                return path
             old = read_info(self._generation) if self._generation is not None and self._generation.is_dir() else None
             self._generation = path
             for kb in self._stale:
@@ -175,13 +175,12 @@ class Services:
             if self._engine is not None and (old is None or (old.models, old.adapters) != (new.models, new.adapters)):
                 self._engine.close()
                 self._engine = None
+            return path
 
     def generation_path(self) -> Path:
         """The serving generation's directory."""
         with self._opening:
-            self._follow_generation()
-            assert self._generation is not None
-            return self._generation
+            return self._follow_generation()
 
     @property
     def writer(self) -> WriterLock:
@@ -274,13 +273,14 @@ class Services:
         with self._opening:
             if self._eval_traces is None:
                 self._eval_traces = AgentStore(self.settings.data_dir / "evaluation-traces.db")
+            traces = self._eval_traces
         retriever = self.retriever()
         by_task: dict = {}
         for spec in self.specialists().values():
             by_task.setdefault(spec.task, spec)
 
         def agent(specialists: list) -> Agent:
-            return Agent(retriever, self.engine(), self._eval_traces, self.scale, settings=self.settings.agent,
+            return Agent(retriever, self.engine(), traces, self.scale, settings=self.settings.agent,
                          specialists=specialists)
 
         return Systems(agent([]), agent(list(by_task.values())) if by_task else None, by_task)
@@ -293,10 +293,10 @@ class Services:
         """The serving knowledge base (catalog, full-text, Chroma), embedding through the engine; open for
         reading (writes go through :meth:`writing`)."""
         with self._opening:
-            self._follow_generation()
+            serving = self._follow_generation()
             if self._knowledge is None:
                 self._knowledge = KnowledgeBase(
-                    self._generation / "knowledge", self.embed,
+                    serving / "knowledge", self.embed,
                     scale=self.scale, settings=self.settings.knowledge, writer=self.writer)
             return self._knowledge
 
@@ -330,7 +330,7 @@ class Services:
             return self._engine_locked(generator, embedder)
 
     def _engine_locked(self, generator: bool, embedder: bool) -> EngineClient:
-        self._follow_generation()
+        serving = self._follow_generation()
         have = self._engine_parts
         if self._engine is not None and (generator and not have[0] or embedder and not have[1]):
             generator, embedder = generator or have[0], embedder or have[1]
@@ -338,7 +338,7 @@ class Services:
             self._engine = None
         if self._engine is None:
             spec = engine_spec(self.settings, self.store, generator=generator, embedder=embedder,
-                               info=read_info(self._generation), generator_name=self._generator)
+                               info=read_info(serving), generator_name=self._generator)
             self.selftest().ensure(spec, self.model_identities())
             self._engine_parts = (generator, embedder)
             lim = self.settings.limits

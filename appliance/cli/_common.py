@@ -90,14 +90,15 @@ def _log_lines() -> Callable[[str, int, int], None]:
     """Progress as lines on stderr (stdout may carry --json)."""
     err = Console(stderr=True)
 
-    started, last = time.monotonic(), {"phase": "", "at": 0.0}
+    started = time.monotonic()
+    last_phase, last_at = [""], [0.0]
 
     def step(phase: str, done: int, total: int) -> None:
         now = time.monotonic()
         kind = phase.split(" (")[0]
-        if kind == last["phase"] and now - last["at"] < 30 and not (total and done >= total):
+        if kind == last_phase[0] and now - last_at[0] < 30 and not (total and done >= total):
             return
-        last.update(phase=kind, at=now)
+        last_phase[0], last_at[0] = kind, now
         count = f" {done}/{total}" if total > 1 else ""
         err.print(f"[{now - started:7.0f} s] {phase}{count}", highlight=False, markup=False)
     return step

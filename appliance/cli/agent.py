@@ -28,11 +28,11 @@ def principal_for(ctx: click.Context, label_text: str | None = None) -> Principa
     A narrowed clearance must be one the account itself holds: it previews what a lower
     clearance sees, never more than the account may read.
     """
-    from appliance import operations
+    from appliance.app import documents
 
     svc = services(ctx)
     narrowed = parse_labels(label_text, svc.scale) if label_text else None
-    return operations.principal_of(svc, current_account(ctx), narrowed)
+    return documents.principal_of(svc, current_account(ctx), narrowed)
 
 
 @click.command()
@@ -119,9 +119,9 @@ def _settle_draft(text: str, answer: Answer) -> None:
 def feedback(ctx: click.Context, trace_id: str, verdict: str, correct_answer: str | None,
              correct_source: str | None) -> None:
     """Mark one of your answers right or wrong (as ctrl+f in Ask); kept for evaluation sets, audited."""
-    from appliance import operations
+    from appliance.app import answers
 
-    operations.record_feedback(services(ctx), current_account(ctx), trace_id, verdict, correct_answer,
+    answers.record_feedback(services(ctx), current_account(ctx), trace_id, verdict, correct_answer,
                                correct_source)
     console.print(f"the answer of trace {trace_id} is marked {verdict}", highlight=False)
 

@@ -37,7 +37,7 @@ def audit() -> None:
 def audit_export(ctx: click.Context, out: Path, since_checkpoint: Path | None, user: str | None, start: str | None,
                  end: str | None) -> None:
     """Write entries, a fresh signed checkpoint, proofs and the public key (officers, auditors)."""
-    from appliance import operations
+    from appliance.app import audit as audit_use
     from appliance.audit.export import ExportFilter, normalise_time
 
     who = current_account(ctx)
@@ -47,7 +47,7 @@ def audit_export(ctx: click.Context, out: Path, since_checkpoint: Path | None, u
             raise AuditError(f"{since_checkpoint}: over the {MAX_CHECKPOINT_BYTES} byte limit for a checkpoint")
         previous = since_checkpoint.read_bytes()
     filt = ExportFilter(user, normalise_time(start, "--from"), normalise_time(end, "--to"))
-    manifest = operations.export_audit(services(ctx), who, out, since_checkpoint=previous, filt=filt)
+    manifest = audit_use.export_audit(services(ctx), who, out, since_checkpoint=previous, filt=filt)
     console.print(f"exported {manifest['entries']} of {manifest['size']} entries to {out}"
                   f"{' (filtered)' if manifest['filtered'] else ''}; keep {out / 'checkpoint'} for the next "
                   "export's --since-checkpoint", highlight=False)
@@ -75,12 +75,12 @@ def audit_verify(directory: Path, previous_checkpoint: Path | None, key: Path | 
 @click.pass_context
 def audit_check(ctx: click.Context) -> None:
     """Re-hash the whole local log and check every checkpoint (officers, auditors, admins)."""
-    from appliance import operations
+    from appliance.app import audit as audit_use
 
     log = services(ctx).audit()
     if log.problem:
         err_console.print(f"[red]the log failed its start-up check:[/] {log.problem}", highlight=False)
-    report = operations.check_audit(services(ctx), current_account(ctx))
+    report = audit_use.check_audit(services(ctx), current_account(ctx))
     console.print(f"consistent: {report['entries']} entries, {report['checkpoints']} checkpoints, origin "
                   f"{report['origin']}, root {report['root']}", highlight=False)
 

@@ -52,13 +52,17 @@ def generate(ctx: click.Context, prompt: str, schema_file: Path | None, grammar_
     req = GenerateRequest(prompt=prompt, system=system, max_tokens=max_tokens or rt.max_tokens,
                           temperature=rt.temperature if temperature is None else temperature, stop=stop,
                           json_schema=schema, grammar=grammar, adapter=adapter, seed=rt.seed)
-    engine = svc.engine()
-    engine.check(req)
+    engine = svc.engine()  # it checks the request's limits before anything is generated
     if as_json:
         result = engine.generate(req)
         click.echo(json.dumps(result.__dict__, indent=2))
         return
-    result = engine.generate(req, on_token=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = engine.generate(req, on_token=show)
     sys.stdout.write("\n")
     err_console.print(f"[dim]{result.completion_tokens} tokens, {result.tokens_per_s:.1f} tokens/s, "
                       f"{result.finish_reason}{', adapter ' + adapter if adapter else ''}[/]")

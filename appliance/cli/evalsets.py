@@ -29,11 +29,9 @@ def evalset_group() -> None:
 @click.pass_context
 def evalset_list(ctx: click.Context, as_json: bool) -> None:
     """The stored sets: items by kind, where they came from, the last run."""
-    from appliance.access.authz import authorize
+    from appliance.app.evaluation import list_sets
 
-    svc = services(ctx)
-    authorize(svc.accounts().get(current_account(ctx).name), "evaluation.read")
-    sets = svc.eval_store().list()
+    sets = list_sets(services(ctx), current_account(ctx))
     if as_json:
         click.echo(json.dumps(sets, indent=2))
         return
@@ -52,7 +50,7 @@ def evalset_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def evalset_import(ctx: click.Context, name: str, file: Path, description: str, replace: bool) -> None:
     """Store FILE as the set NAME: SQuAD .json, claims / questions / export .jsonl, .csv (text,label), .conll."""
-    from appliance.evaluation.operations import import_set
+    from appliance.app.evaluation import import_set
 
     made = import_set(services(ctx), current_account(ctx), name, file, description=description, replace=replace)
     kinds = ", ".join(f"{n} {k}" for k, n in made.kinds().items())
@@ -66,7 +64,7 @@ def evalset_import(ctx: click.Context, name: str, file: Path, description: str, 
 @click.pass_context
 def evalset_from_feedback(ctx: click.Context, name: str, description: str, replace: bool) -> None:
     """Make the set NAME from the answers analysts marked right or wrong (with the answer or source they gave)."""
-    from appliance.evaluation.operations import set_from_feedback
+    from appliance.app.evaluation import set_from_feedback
 
     made, skipped = set_from_feedback(services(ctx), current_account(ctx), name, replace=replace,
                                       description=description)
@@ -82,11 +80,9 @@ def evalset_from_feedback(ctx: click.Context, name: str, description: str, repla
 @click.pass_context
 def evalset_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """The items of a set."""
-    from appliance.access.authz import authorize
+    from appliance.app.evaluation import get_set
 
-    svc = services(ctx)
-    authorize(svc.accounts().get(current_account(ctx).name), "evaluation.read")
-    s = svc.eval_store().get(name)
+    s = get_set(services(ctx), current_account(ctx), name)
     if as_json:
         click.echo(json.dumps({"name": s.name, "description": s.description, "origin": s.origin,
                                "digest": s.digest, "items": [i.as_dict() for i in s.items]}, indent=2))
@@ -106,7 +102,7 @@ def evalset_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def evalset_export(ctx: click.Context, name: str, out: Path) -> None:
     """Write the set as JSONL (one item per line; `evalset import` reads it back)."""
-    from appliance.evaluation.operations import export_set
+    from appliance.app.evaluation import export_set
 
     n = export_set(services(ctx), current_account(ctx), name, out)
     console.print(f"wrote {n} items to {out}", highlight=False)
@@ -117,7 +113,7 @@ def evalset_export(ctx: click.Context, name: str, out: Path) -> None:
 @click.pass_context
 def evalset_delete(ctx: click.Context, name: str) -> None:
     """Delete a set (its past runs stay on record)."""
-    from appliance.evaluation.operations import delete_set
+    from appliance.app.evaluation import delete_set
 
     delete_set(services(ctx), current_account(ctx), name)
     console.print(f"deleted set {name}", highlight=False)

@@ -189,7 +189,7 @@ def eval_qa(ctx: click.Context, squad_file: Path, limit: int | None, index_dir: 
 def eval_run(ctx: click.Context, set_name: str, archs: tuple[str, ...], limit: int | None,
              generators: tuple[str, ...], out: Path | None, as_json: bool) -> None:
     """Every applicable architecture on a set, side by side, with a recommendation per task type."""
-    from appliance.evaluation.operations import run_set
+    from appliance.app.evaluation import run_set
     from appliance.evaluation.report import write_report
 
     svc = services(ctx)
@@ -219,12 +219,10 @@ def _print_report(report: dict) -> None:
 @click.pass_context
 def eval_report(ctx: click.Context, run_id: str, out: Path) -> None:
     """Write the report of a past run (see `appliance eval runs`) for the officer to take away."""
-    from appliance.access.authz import authorize
+    from appliance.app.evaluation import get_run
     from appliance.evaluation.report import write_report
 
-    svc = services(ctx)
-    authorize(svc.accounts().get(current_account(ctx).name), "evaluation.read")
-    for path in write_report(svc.eval_store().run(run_id)["report"], out):
+    for path in write_report(get_run(services(ctx), current_account(ctx), run_id)["report"], out):
         console.print(f"wrote {path}", highlight=False)
 
 
@@ -234,11 +232,9 @@ def eval_report(ctx: click.Context, run_id: str, out: Path) -> None:
 @click.pass_context
 def eval_runs(ctx: click.Context, set_name: str | None, as_json: bool) -> None:
     """Past evaluation runs: when, on which generation, why (manual or a drift gate), the recommendations."""
-    from appliance.access.authz import authorize
+    from appliance.app.evaluation import runs as past_runs
 
-    svc = services(ctx)
-    authorize(svc.accounts().get(current_account(ctx).name), "evaluation.read")
-    runs = svc.eval_store().runs(set_name)
+    runs = past_runs(services(ctx), current_account(ctx), set_name)
     if as_json:
         click.echo(json.dumps(runs, indent=2))
         return

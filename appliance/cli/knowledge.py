@@ -48,14 +48,14 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 def ingest(ctx: click.Context, paths: tuple[Path, ...], label_text: str, collection: str | None,
            as_json: bool) -> None:
     """Ingest documents (TXT, MD, HTML, PDF, DOCX, CSV, JSONL) under one label (officers, admins)."""
-    from appliance import operations
+    from appliance.app import documents
 
     svc = services(ctx)
     acct = current_account(ctx)
     labels = parse_labels(label_text, svc.scale)
     files = _expand(paths)
     with ingest_progress("ingesting", len(files), quiet=as_json) as step:
-        report = operations.ingest(svc, acct, files, labels, progress=step, collection=collection)
+        report = documents.ingest(svc, acct, files, labels, progress=step, collection=collection)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -81,9 +81,9 @@ def docs() -> None:
 @click.pass_context
 def docs_list(ctx: click.Context, as_json: bool) -> None:
     """List the catalogued documents you may read, with labels, versions and sources."""
-    from appliance import operations
+    from appliance.app import documents
 
-    rows = operations.list_documents(services(ctx), current_account(ctx))
+    rows = documents.list_documents(services(ctx), current_account(ctx))
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
@@ -102,9 +102,9 @@ def docs_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def docs_show(ctx: click.Context, doc_id: str, as_json: bool) -> None:
     """Show one document's catalog entry and its chunks (page, heading, offsets)."""
-    from appliance import operations
+    from appliance.app import documents
 
-    doc, chunks = operations.show_document(services(ctx), current_account(ctx), doc_id)
+    doc, chunks = documents.show_document(services(ctx), current_account(ctx), doc_id)
     if as_json:
         click.echo(json.dumps(doc.as_dict() | {"chunks": [c.__dict__ for c in chunks]}, indent=2, default=list))
         return
@@ -121,9 +121,9 @@ def docs_show(ctx: click.Context, doc_id: str, as_json: bool) -> None:
 @click.pass_context
 def docs_delete(ctx: click.Context, doc_id: str) -> None:
     """Delete a document from the catalog, the full-text index and Chroma (officers, admins)."""
-    from appliance import operations
+    from appliance.app import documents
 
-    operations.delete_document(services(ctx), current_account(ctx), doc_id)
+    documents.delete_document(services(ctx), current_account(ctx), doc_id)
     console.print(f"deleted {doc_id}")
 
 
@@ -137,11 +137,11 @@ def docs_delete(ctx: click.Context, doc_id: str) -> None:
 @click.pass_context
 def search(ctx: click.Context, query: str, label_text: str | None, k: int, mode: str, as_json: bool) -> None:
     """Search the documents you may read."""
-    from appliance import operations
+    from appliance.app import documents
 
     svc = services(ctx)
     narrowed = parse_labels(label_text, svc.scale) if label_text else None
-    hits = operations.search(svc, current_account(ctx), query, k=k, mode=mode, narrowed=narrowed)
+    hits = documents.search(svc, current_account(ctx), query, k=k, mode=mode, narrowed=narrowed)
     if as_json:
         click.echo(json.dumps([h.as_dict() for h in hits], indent=2))
         return
@@ -165,10 +165,10 @@ def index() -> None:
 @click.pass_context
 def index_check(ctx: click.Context, repair: bool) -> None:
     """Find disagreements between the catalog, the full-text tables and Chroma (admins)."""
-    from appliance import operations
+    from appliance.app import documents
 
     kb = services(ctx).knowledge()
-    problems = operations.check_index(services(ctx), current_account(ctx), repair=repair)
+    problems = documents.check_index(services(ctx), current_account(ctx), repair=repair)
     for p in problems:
         console.print(f"{'repaired' if repair else 'problem'}: {p}", highlight=False)
     if repair and problems:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -14,7 +13,6 @@ from appliance.cli._common import console, current_account, services, trace_grou
 
 __all__ = ["register"]
 
-MAX_EXPORT_TRACES = 100_000
 
 
 def register(group: click.Group) -> None:
@@ -39,14 +37,13 @@ def _ms(v: float | None) -> str:
 @click.pass_context
 def metrics(ctx: click.Context, hours: float, everything: bool, user: str | None, as_json: bool) -> None:
     """Request metrics kept on this appliance: latency per step, tokens/s, hit, abstention and flag rates."""
-    from appliance.access.authz import authorize
-    from appliance.agent.metrics import request_metrics, since_iso
+    from appliance.agent.metrics import since_iso
+    from appliance.app.answers import request_metrics
 
     if hours <= 0:
         raise click.UsageError("--hours must be > 0")
-    svc = services(ctx)
-    authorize(svc.accounts().get(current_account(ctx).name), "metrics.read")
-    m = request_metrics(svc.agent_store(), since=None if everything else since_iso(hours), user=user)
+    m = request_metrics(services(ctx), current_account(ctx), since=None if everything else since_iso(hours),
+                        user=user)
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return
@@ -77,23 +74,9 @@ def metrics(ctx: click.Context, hours: float, everything: bool, user: str | None
 @click.pass_context
 def trace_export(ctx: click.Context, out: Path, hours: float | None, user: str | None, with_text: bool) -> None:
     """Write requests' traces as OpenTelemetry JSON (OTLP) for the facility's own tools; audited."""
-    from importlib.metadata import version
-
-    from appliance.access.authz import authorize
     from appliance.agent.metrics import since_iso
-    from appliance.agent.otel import otel_json
+    from appliance.app.answers import export_traces
 
-    svc = services(ctx)
-    by = authorize(svc.accounts().get(current_account(ctx).name), "traces.export")
-    store = svc.agent_store()
-    ids = store.trace_ids(since=since_iso(hours), user=user, limit=MAX_EXPORT_TRACES + 1)
-    if len(ids) > MAX_EXPORT_TRACES:
-        raise click.UsageError(f"over {MAX_EXPORT_TRACES} traces: narrow it with --hours or --user")
-    svc.audit().record("traces.export", by.name, file=out.name, traces=len(ids), with_text=with_text,
-                       of_user=user, hours=hours)
-    doc = otel_json([store.trace(i) for i in ids], with_text=with_text, version=version("appliance"))
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    os.replace(tmp, out)
-    spans = sum(len(s["spans"]) for r in doc["resourceSpans"] for s in r["scopeSpans"])
-    console.print(f"wrote {len(ids)} traces ({spans} spans) to {out}", highlight=False)
+    traces, spans = export_traces(services(ctx), current_account(ctx), out, since=since_iso(hours), user=user,
+                                  with_text=with_text, hours=hours)
+    console.print(f"wrote {traces} traces ({spans} spans) to {out}", highlight=False)

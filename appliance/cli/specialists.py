@@ -44,11 +44,11 @@ def _texts(text: str | None, file: Path | None) -> list[str]:
 
 
 def _run(ctx: click.Context, task: str, adapter: str, text: str | None, file: Path | None) -> tuple[list[str], list]:
-    from appliance import operations
+    from appliance.app.specialists import run_specialist
 
     texts = _texts(text, file)
     svc = services(ctx)
-    return texts, operations.run_specialist(svc, current_account(ctx), adapter, task, texts)
+    return texts, run_specialist(svc, current_account(ctx), adapter, task, texts)
 
 
 @click.command("classify")
@@ -112,17 +112,10 @@ def specialists(ctx: click.Context, as_json: bool) -> None:
 
 
 def _specialist(ctx: click.Context, adapter: str, task: str):  # noqa: ANN202
-    from appliance.access.authz import authorize
-    from appliance.specialists.serve import SpecialistError
+    from appliance.app.specialists import specialist_for
 
     svc = services(ctx)
-    authorize(svc.accounts().get(current_account(ctx).name), "specialists.use")
-    found = svc.specialists()
-    spec = found.get(adapter)
-    if spec is None or spec.task != task:
-        known = ", ".join(f"{n} ({s.task})" for n, s in found.items()) or "none installed"
-        raise SpecialistError(f"no {task} specialist {adapter!r} on this appliance (known: {known})")
-    return svc, spec
+    return svc, specialist_for(svc, current_account(ctx), adapter, task)
 
 
 def _report(result: dict, as_json: bool, rows: list[tuple[str, str, str]]) -> None:

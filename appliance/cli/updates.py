@@ -93,9 +93,9 @@ def bundle_build(spec_path: Path, keys_dir: Path, state_dir: Path | None, out: P
 @click.pass_context
 def bundle_trust(ctx: click.Context, root_file: Path) -> None:
     """Provision the appliance's first trusted root (officers, once; later roots come in bundles)."""
-    from appliance.updates.check import trust_root
+    from appliance.app import updates
 
-    keyids = trust_root(services(ctx), current_account(ctx), root_file)
+    keyids = updates.trust(services(ctx), current_account(ctx), root_file)
     console.print(f"trusted root keys: {keyids}", highlight=False)
 
 
@@ -108,12 +108,10 @@ def bundle_verify(ctx: click.Context, directory: Path, as_json: bool) -> None:
     import json as _json
     import shutil
 
-    from appliance.updates.check import verify_bundle
+    from appliance.app import updates
 
-    svc = services(ctx)
     with phase_progress() as step:
-        plan = verify_bundle(svc, current_account(ctx), directory, svc.settings.updates.appliance_class,
-                             step)
+        plan = updates.verify(services(ctx), current_account(ctx), directory, step)
     if plan.work is not None:
         shutil.rmtree(plan.work, ignore_errors=True)  # a dry run keeps nothing
     s = plan.summary()
@@ -141,11 +139,10 @@ def bundle_apply(ctx: click.Context, directory: Path, as_json: bool) -> None:
     """Verify a bundle and apply it: into a new generation, switched to atomically after a health check."""
     import json as _json
 
-    from appliance.evaluation.gate import apply_with_gate
+    from appliance.app import updates
 
-    svc = services(ctx)
     with phase_progress() as step:
-        result, gate = apply_with_gate(svc, current_account(ctx), directory, step)
+        result, gate = updates.apply(services(ctx), current_account(ctx), directory, step)
     if as_json:
         click.echo(_json.dumps(dict(result.as_dict(), gate=gate.as_dict()), indent=2))
         if gate.failed:
@@ -171,9 +168,9 @@ def bundle_apply(ctx: click.Context, directory: Path, as_json: bool) -> None:
 @click.pass_context
 def bundle_accept(ctx: click.Context, generation: int) -> None:
     """Serve a generation the drift gate held (`[evaluation] gate_action = "hold"`) after all."""
-    from appliance.evaluation.gate import accept_held
+    from appliance.app import updates
 
-    state = accept_held(services(ctx), current_account(ctx), generation)
+    state = updates.accept(services(ctx), current_account(ctx), generation)
     console.print(f"generation {generation} ({state.get('bundle')} release {state.get('release')}) serves, "
                   f"accepted over {len(state.get('failed') or [])} figures the drift gate failed", highlight=False)
 
@@ -187,10 +184,10 @@ def bundle_history(ctx: click.Context, as_json: bool) -> None:
 
     from rich.table import Table
 
+    from appliance.app import updates
     from appliance.evaluation.gate import held
-    from appliance.updates.apply import history
 
-    serving, kept, state = history(services(ctx), current_account(ctx))
+    serving, kept, state = updates.generations(services(ctx), current_account(ctx))
     holding = held(services(ctx))
     if as_json:
         click.echo(_json.dumps({"serving": serving, "generations": [g.as_dict() for g in kept], "state": state,
@@ -217,8 +214,8 @@ def bundle_history(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def bundle_rollback(ctx: click.Context, to: int | None) -> None:
     """Serve an earlier kept generation again (the release high-water mark stays: no replay)."""
-    from appliance.updates.apply import rollback
+    from appliance.app import updates
 
-    info = rollback(services(ctx), current_account(ctx), to)
+    info = updates.roll_back(services(ctx), current_account(ctx), to)
     console.print(f"generation {info.generation} serves again ({info.bundle or 'initial'} release {info.release})",
                   highlight=False)

@@ -163,10 +163,12 @@ def _gated(services: Services, account: Account, media: Path, progress: Progress
     runs: list[str] = []
     broken: list[dict] = []
     for name in names:
+        def on_progress(done: int, total: int, name: str = name) -> None:
+            step(f"drift gate: {name}", done, total)
+
         try:
             report = run_set(services, account, name, served=True, limit=limit, items=sets[name],
-                             trigger=f"gate {result.generation}",
-                             progress=lambda done, total, name=name: step(f"drift gate: {name}", done, total))
+                             trigger=f"gate {result.generation}", progress=on_progress)
         except Exception as exc:  # noqa: BLE001 - the new generation cannot even be measured: it does not pass
             broken.append({"figure": f"{name}: the gate run failed", "error": str(exc)[:500]})
             continue

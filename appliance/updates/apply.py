@@ -31,7 +31,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +156,12 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
         embed = services.embed
         if info.models.get("embedder") != serving.models.get("embedder"):
             batch = services.settings.knowledge.embed_batch
-            embed = lambda texts: new_engine.client().embed(list(texts), batch=batch)  # noqa: E731
+            loading = new_engine
+            assert loading is not None  # a new embedder is a change of models: the new engine is loading
+
+            def embed(texts: Sequence[str]) -> list[list[float]]:
+                return loading.client().embed(list(texts), batch=batch)
+
         kb = KnowledgeBase(building / "knowledge", embed, scale=services.scale, settings=services.settings.knowledge,
                            writer=services.writer)  # held by this apply
         kb.recover()  # the copy's journal: the serving knowledge's retiring vectors, deleted from the copy now
@@ -178,7 +183,8 @@ def _apply(services: Services, by: Account, plan: Plan, checked: Checked, step: 
             shutil.copyfile(checked.policy[0].verified_file, building / "policy.toml")
             info.policy_sha256 = checked.policy[0].sha256
         _keep_payloads(services, plan, building)
-        meta = updates_dir(services) / info.metadata
+        assert plan.work is not None  # verify_bundle keeps the verified metadata and payloads there
+        meta = updates_dir(services) / f"meta-{number:06d}"  # info.metadata
         shutil.rmtree(meta, ignore_errors=True)
         shutil.copytree(plan.work / "metadata", meta)
         gens.fsync_tree(meta)
