@@ -36,9 +36,7 @@ from appliance.tui.screens.updates import UpdatesScreen
 from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import trust_root
 from appliance.updates.keys import init_keys
-from tests.knowledge_fakes import hashed_embed
-from tests.test_update_build import PASS as BUILD_PASS
-from tests.test_update_build import _spec
+from tests.helpers import BUILD_PASS, ScriptedEngine, bundle_spec, store_copy
 
 PASS = "a long enough passphrase"
 DOCS = {
@@ -235,9 +233,7 @@ def test_a_build_that_crashes_the_selftest_is_named_and_the_screen_stays_usable(
     """The host double dies on its first decode: no engine starts, the notice says why and how to fix it."""
     import sys
 
-    from tests.test_update_real import _store_copy
-
-    store = _store_copy(model_store, tmp_path / "models")
+    store = store_copy(model_store, tmp_path / "models")
     (store.root / "selftest.json").unlink(missing_ok=True)
     s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "data"),
                                       "APPLIANCE_MODELS_DIR": str(store.root)}))
@@ -278,8 +274,7 @@ def test_flag_an_answer_as_wrong_with_the_right_one(services: Services) -> None:
         app.screen.query_one("#correct", Input).value = "At the media kiosk."
         app.screen.query_one("#source", Input).value = "media-policy"
         await pilot.click("#wrong")
-        await settle(app, pilot, lambda: isinstance(app.screen, AskScreen))
-        await pilot.pause(0.2)
+        await settle(app, pilot, lambda: any("the answer is marked wrong" in n for n in notices(app)))
         rows = services.agent_store().feedback("ann")
         assert rows and rows[-1]["verdict"] == "wrong" and rows[-1]["correct_answer"] == "At the media kiosk."
         assert rows[-1]["correct_source"] == "media-policy"
@@ -375,8 +370,7 @@ def test_resume_a_session_and_every_action_is_in_the_palette(services: Services)
         await pilot.press("ctrl+s")
         await settle(app, pilot, lambda: app.screen.query("#sessions-list"))
         await pilot.press("enter")
-        await settle(app, pilot, lambda: isinstance(app.screen, AskScreen))
-        assert app.screen.session_id == first
+        await settle(app, pilot, lambda: isinstance(app.screen, AskScreen) and app.screen.session_id == first)
         assert "When is the kiosk staffed?" in str(app.screen.query(".question").first().render())
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {"Toggle steps", "Open source", "Flag answer", "Sessions", "New session", "Go to Audit",
@@ -388,14 +382,110 @@ def test_resume_a_session_and_every_action_is_in_the_palette(services: Services)
     run(services, body)
 
 
+# -- Workers: one handler turns their failures into notices; the stores are read off the UI thread --------
+
+
+def test_failure_notices_say_what_failed_and_why() -> None:
+    from appliance.errors import AuditWriteError, KnowledgeError
+    from appliance.tui.workers import failure_notice
+
+    assert failure_notice("searching", KnowledgeError("no index")) == "Searching failed: no index"
+    assert failure_notice("searching", AuditWriteError("disk full")) == "Refused: disk full"
+    assert failure_notice("searching", KeyError("x")) == "Searching failed unexpectedly: KeyError: 'x'"
+
+
+def test_a_worker_failing_unexpectedly_gives_a_notice_and_a_usable_screen(services: Services,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = services.agent()
+
+    def broken(*args, **kw):  # noqa: ANN002, ANN003, ANN202 - not an ApplianceError: a bug, as the user sees one
+        raise RuntimeError("the planner tripped")
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        screen = app.screen
+        assert isinstance(screen, AskScreen)
+        with monkeypatch.context() as m:
+            m.setattr(agent, "ask", broken)
+            box = screen.query_one("#question", Input)
+            box.value = "When does the canteen serve lunch?"
+            box.focus()
+            await pilot.press("enter")
+            await settle(app, pilot, lambda: screen.busy is None)
+        said = notices(app)
+        assert "Answering failed unexpectedly: RuntimeError: the planner tripped" in said, said
+        assert "(no answer)" in str(screen.query_one(".draft", Static).render())
+        assert app.is_running and app.screen is screen  # the worker's error did not end the app
+        answered = await ask(app, pilot, "When does the canteen serve lunch?")  # and the screen still answers
+        assert answered.last.citations
+
+    run(services, body)
+
+
+def test_a_session_ended_behind_a_worker_returns_to_login(services: Services) -> None:
+    async def body(app: ApplianceApp, pilot) -> None:
+        await login(app, pilot, "ann")
+        services.accounts().logout(app.token)  # ended elsewhere (as `appliance logout` would)
+        await pilot.press("f3")  # the library's worker finds the session gone
+        await settle(app, pilot, lambda: isinstance(app.screen, LoginScreen) and app.screen.query("#login-message"))
+        assert "not logged in" in str(app.screen.query_one("#login-message", Static).render())
+        assert app.account is None and not [n for n in notices(app) if "failed" in n]
+
+    run(services, body, warm_engine=False)
+
+
+def test_steps_sessions_sources_feedback_and_logout_reach_the_stores_off_the_ui_thread(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every store call the Ask screen makes runs in a worker thread, never on the app's (UI) thread."""
+    threads: dict[str, list[int]] = {}
+
+    def watched(name: str, call: Callable) -> Callable:
+        def wrapper(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+            threads.setdefault(name, []).append(threading.get_ident())
+            return call(*args, **kw)
+        return wrapper
+
+    store, accounts = services.agent_store(), services.accounts()
+    for name in ("trace", "sessions", "turns"):
+        monkeypatch.setattr(store, name, watched(name, getattr(store, name)))
+    for name in ("show_document", "record_feedback"):
+        monkeypatch.setattr(operations, name, watched(name, getattr(operations, name)))
+    monkeypatch.setattr(accounts, "logout", watched("logout", accounts.logout))
+    ui: list[int] = []
+
+    async def body(app: ApplianceApp, pilot) -> None:
+        ui.append(threading.get_ident())
+        await login(app, pilot, "ann")
+        screen = await ask(app, pilot, "When does the canteen serve lunch?")
+        await pilot.press("ctrl+t")  # the steps of the answer
+        await settle(app, pilot, lambda: "retrieve" in str(screen.query_one("#steps-text", Static).render()))
+        await pilot.press("ctrl+o")  # its first source, in context
+        await settle(app, pilot, lambda: isinstance(app.screen, CitationScreen))
+        await pilot.press("escape")
+        await pilot.press("ctrl+s")  # the sessions, then resume one
+        await settle(app, pilot, lambda: app.screen.query("#sessions-list"))
+        await pilot.press("enter")
+        await settle(app, pilot, lambda: "turns" in threads)
+        await settle(app, pilot)
+        await pilot.press("ctrl+f")  # feedback
+        await settle(app, pilot, lambda: isinstance(app.screen, FlagScreen))
+        await pilot.click("#right")
+        await settle(app, pilot, lambda: any("the answer is marked right" in n for n in notices(app)))
+        await pilot.press("ctrl+l")
+        await settle(app, pilot, lambda: "logout" in threads)
+
+    run(services, body)
+    assert set(threads) == {"trace", "sessions", "turns", "show_document", "record_feedback", "logout"}
+    assert ui and all(t != ui[0] for ts in threads.values() for t in ts), threads
+
+
 # -- Updates: signed bundles verified, applied and rolled back over the real update code --------
 
 
 @pytest.fixture
 def appliance(tmp_path: Path) -> Services:
-    """A fresh appliance whose embeddings go through the fake at the engine seam (as the update tests do)."""
-    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "appliance")}))
-    s.embed_fn = hashed_embed
+    """A fresh appliance on the scripted engine (embeddings from a word hash, as the update tests do)."""
+    s = build_services(load_settings({"APPLIANCE_DATA_DIR": str(tmp_path / "appliance")}), engine=ScriptedEngine())
     acc = s.accounts()
     acc.add("root", role="admin", level="TOP SECRET", compartments=["CRYPTO"], passphrase=PASS, by=None)
     admin = acc.get("root")
@@ -410,7 +500,7 @@ def _bundle(tmp_path: Path, release: int, name: str, canteen: str | None = None)
     """A real signed bundle (the build station's keys, spec and build), as it arrives on the media."""
     if not (tmp_path / "keys").exists():
         init_keys(tmp_path / "keys", BUILD_PASS)
-    spec = _spec(tmp_path, release)
+    spec = bundle_spec(tmp_path, release)
     if canteen is not None:
         (tmp_path / "docs" / "canteen.txt").write_text(canteen)
     build_bundle(load_spec(spec), tmp_path / "keys", BUILD_PASS, tmp_path / "state", tmp_path / name)
@@ -600,8 +690,8 @@ def test_a_tampered_bundle_shows_why_it_is_refused(appliance: Services, tmp_path
 
 def test_only_officers_and_admins_reach_updates(appliance: Services, tmp_path: Path) -> None:
     from appliance.access.authz import ACTIONS
+    from appliance.app import updates
     from appliance.errors import AccessError
-    from appliance.updates.check import verify_bundle
 
     assert {r for r, names in SCREENS_BY_ROLE.items() if "updates" in names} == set(ACTIONS["bundles.manage"])
     media = _bundle(tmp_path, 1, "b1")
@@ -619,7 +709,7 @@ def test_only_officers_and_admins_reach_updates(appliance: Services, tmp_path: P
             await pilot.pause()
             assert isinstance(app.screen, AskScreen)
             with pytest.raises(AccessError, match="bundles.manage needs the role"):  # the service refuses too
-                verify_bundle(appliance, app.account, media, "northgate")
+                updates.verify(appliance, app.account, media)
             await pilot.press("ctrl+l")
             await pilot.pause()
         await login(app, pilot, "root")  # administrators may
@@ -639,10 +729,8 @@ def test_only_officers_and_admins_reach_updates(appliance: Services, tmp_path: P
 def specialist_services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore, generator) -> Services:
     """An appliance whose model store (a hard-linked copy of the test models) has a classifier and an extractor."""
     from tests.test_specialist_serve import LABELS, TYPES, _adapter
-    from tests.test_update_real import _store_copy
-
     root = tmp_path_factory.mktemp("tui-specialists")
-    store = _store_copy(model_store, root / "models")
+    store = store_copy(model_store, root / "models")
     for name, task, labels, seed in (("intent", "classify", LABELS, 1), ("ner", "extract", TYPES, 2)):
         store.add_file(_adapter(generator.path, root / f"{name}.gguf", task, labels, seed), name=name,
                        kind="adapter", source="test", base_sha256=generator.sha256)

@@ -1,8 +1,8 @@
 """Snapshots of each screen (pytest-textual-snapshot): what the user sees, kept under review.
 
 Run `pytest tests/test_tui_snapshots.py --snapshot-update` after an intended change of
-look, and review the SVGs in tests/__snapshots__/. Times, disk figures and speeds are
-pinned so that a snapshot changes only when the screen does.
+look, and review the SVGs in tests/__snapshots__/. Times, disk figures, speeds and the air
+gap's state are pinned so that a snapshot changes only when the screen does.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from appliance.tui.app import ApplianceApp
 
 PASS = "a long enough passphrase"
 SIZE = (100, 30)
+AIRGAP = {"guard_installed": False, "guard_enabled": False, "blocked_attempts": 0, "offline_env": False,
+          "interfaces": ["eth0", "ifb0", "ifb1", "lo"], "network_isolated": False}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,9 @@ def _steady(monkeypatch: pytest.MonkeyPatch) -> None:
         "latency": {"p50_ms": 812.0, "p95_ms": 2140.0}, "retrieval": {"hit_rate": 0.75, "searches": 16},
         "steps": {"synthesize": {"p95_ms": 1300.0}, "retrieve": {"p95_ms": 30.0}, "verify": {"p95_ms": 25.0}}})
     monkeypatch.setattr("appliance.audit.log._now", lambda: "2026-11-24T08:00:00.000Z")
+    # the guard's state depends on what the process built before (build_services installs it), the interfaces on
+    # the machine: pinned, as recorded
+    monkeypatch.setattr("appliance.airgap.airgap_status", lambda: AIRGAP)
     assert _shutil  # the real module is untouched elsewhere
 
 
@@ -184,11 +189,11 @@ def test_updates_screen_with_a_verified_plan(snap_compare, services: Services, t
     from appliance.updates.build import build_bundle, load_spec
     from appliance.updates.check import trust_root
     from appliance.updates.keys import init_keys
-    from tests.test_update_build import PASS as BUILD_PASS
-    from tests.test_update_build import _spec
+    from tests.helpers import BUILD_PASS, bundle_spec
 
     init_keys(tmp_path / "keys", BUILD_PASS)
-    build_bundle(load_spec(_spec(tmp_path, 1)), tmp_path / "keys", BUILD_PASS, tmp_path / "state", tmp_path / "b1")
+    build_bundle(load_spec(bundle_spec(tmp_path, 1)), tmp_path / "keys", BUILD_PASS, tmp_path / "state",
+                 tmp_path / "b1")
     trust_root(services, services.accounts().get("root"), tmp_path / "b1" / "metadata" / "1.root.json")
     monkeypatch.chdir(tmp_path)  # a relative bundle path: the snapshot does not show the tmp directory
 
@@ -207,11 +212,11 @@ def test_updates_screen_with_a_verified_plan(snap_compare, services: Services, t
 @pytest.fixture(scope="module")
 def specialist_services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore, generator) -> Services:
     """A classifier and an extractor in a hard-linked copy of the test models (as in tests/test_tui.py)."""
+    from tests.helpers import store_copy
     from tests.test_specialist_serve import LABELS, TYPES, _adapter
-    from tests.test_update_real import _store_copy
 
     root = tmp_path_factory.mktemp("snap-specialists")
-    store = _store_copy(model_store, root / "models")
+    store = store_copy(model_store, root / "models")
     for name, task, labels, seed in (("intent", "classify", LABELS, 1), ("ner", "extract", TYPES, 2)):
         store.add_file(_adapter(generator.path, root / f"{name}.gguf", task, labels, seed), name=name,
                        kind="adapter", source="test", base_sha256=generator.sha256)

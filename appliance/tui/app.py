@@ -1,8 +1,9 @@
 """The application: takes the services, logs a user in, shows the screens their role allows.
 
-Long work (the engine, the index, the audit log, bundle updates, specialists) runs in
-``@work(thread=True)`` workers that only post messages; one handler
-(:meth:`ApplianceApp.on_failed`) turns any failure into a readable notice. The services
+Long work and every database call (the engine, the index, the audit log, bundle updates,
+specialists, sessions) runs in thread workers (:func:`appliance.tui.workers.in_thread`) that
+only post typed messages; one handler (:class:`appliance.tui.workers.ReportsFailures`, a base
+of the app and of every screen) turns any failure into a readable notice. The services
 refuse anything a role may not do; the UI also leaves such screens and actions out.
 """
 
@@ -13,16 +14,16 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
-from textual import events, work
+from textual import events
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
 from appliance.access.accounts import Account, LoginSession
 from appliance.access.authz import ACTIONS
 from appliance.access.labels import Principal
-from appliance.errors import ApplianceError, AuditWriteError, SessionExpiredError
+from appliance.errors import ApplianceError, SessionExpiredError
 from appliance.services import Services
-from appliance.tui.messages import Failed
+from appliance.tui.workers import ReportsFailures, in_thread
 
 __all__ = ["ApplianceApp", "SCREENS_BY_ROLE"]
 
@@ -42,7 +43,7 @@ def clearance(account: Account) -> str:
     return account.level + (f":{comps}" if comps else "")
 
 
-class ApplianceApp(App[None]):
+class ApplianceApp(ReportsFailures, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "Appliance"
     BINDINGS = [
@@ -82,15 +83,13 @@ class ApplianceApp(App[None]):
         if self.warm_engine:
             self._warm_engine()
 
-    @work(thread=True, exclusive=True, group="warm")
+    @in_thread("loading the models", exclusive=True, group="warm")
     def _warm_engine(self) -> None:
         """Load the models while the user logs in, so the first answer does not wait for them."""
         try:
             self.services.agent()
-        except ApplianceError as exc:
-            self.post_message(Failed(exc, "loading the models"))
         finally:
-            self.engine_ready.set()
+            self.engine_ready.set()  # a failure is reported; the first answer tries again (and says why)
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, events.Key | events.MouseDown):
@@ -144,13 +143,17 @@ class ApplianceApp(App[None]):
     def to_login(self, message: str = "") -> None:
         """End the session and show the login screen; the last user's screens (and what they showed) go."""
         if self.token:
-            try:
-                self.services.accounts().logout(self.token)
-            except ApplianceError:
-                pass
+            self._logout_worker(self.token)
         names = self.allowed_screens()
         self.account, self.token, self.session_marking = None, None, ""
         self.call_later(self._swap_to_login, message, names)
+
+    @in_thread("logging out", group="logout")
+    def _logout_worker(self, token: str) -> None:
+        try:
+            self.services.accounts().logout(token)
+        except ApplianceError:
+            pass  # the login is gone already (expired, or ended elsewhere): nothing is left to end
 
     async def _swap_to_login(self, message: str, names: tuple[str, ...]) -> None:
         from appliance.tui.screens.login import LoginScreen
@@ -203,18 +206,3 @@ class ApplianceApp(App[None]):
         if self.account is not None:
             yield SystemCommand("Log out", "End the session and return to the login screen", self.action_logout)
         yield from getattr(screen, "commands", lambda: [])()
-
-    # -- the one place failures become notices ------------------------------------------
-
-    def on_failed(self, message: Failed) -> None:
-        exc = message.error
-        if isinstance(exc, SessionExpiredError):
-            self.to_login(f"{exc}")
-            return
-        if isinstance(exc, AuditWriteError):
-            text = f"Refused: {exc}"
-        elif isinstance(exc, ApplianceError):
-            text = f"{message.what.capitalize()} failed: {exc}"
-        else:
-            text = f"{message.what.capitalize()} failed unexpectedly: {type(exc).__name__}: {exc}"
-        self.notify(text, title="Problem", severity="error", timeout=10)

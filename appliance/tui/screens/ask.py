@@ -1,34 +1,105 @@
-"""Ask: a conversation with streamed answers, their sources, marking, steps and feedback."""
+"""Ask: a conversation with streamed answers, their sources, marking, steps and feedback.
+
+Everything that reads or writes the stores (the answer, the source in context, the steps of
+a trace, the sessions and their turns, feedback) runs in a worker that posts one of the
+messages below; the event handlers only start workers and show what they post.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, ListItem, ListView, Static
 
 from appliance.agent.loop import Answer, Citation, marking_of
-from appliance.tui.messages import Answered, Done, Failed, Token
 from appliance.tui.widgets import AppHeader
+from appliance.tui.workers import ReportsFailures, in_thread
 
-__all__ = ["AskScreen"]
+if TYPE_CHECKING:
+    from appliance.agent.store import Turn
+    from appliance.knowledge.catalog import ChunkRow
+
+__all__ = ["AskScreen", "Token", "SessionStarted", "Answered", "SourceOpened", "StepsRead", "SessionsListed",
+           "SessionResumed", "FeedbackSaved"]
+
+ANSWERING = "answering"  # the workers' names: the notice says "<Name> failed: ..."
+OPENING_SOURCE = "opening the source"
+READING_STEPS = "reading the steps"
+LISTING_SESSIONS = "listing your sessions"
+RESUMING = "resuming the session"
+SAVING_FEEDBACK = "saving your feedback"
+CANCELLING = "cancelling the answer"
 
 OUTCOME = {"answered": "VERIFIED ANSWER", "quoted": "QUOTED FROM THE SOURCES", "specialist": "SPECIALIST RESULT",
            "abstained": "NOT IN THE DOCUMENTS", "cancelled": "CANCELLED"}
+
+
+@dataclass
+class Token(Message):
+    """One streamed piece of the answer's draft."""
+
+    text: str
+    at: float  # time.perf_counter() when the engine's piece reached the worker
+
+
+@dataclass
+class SessionStarted(Message):
+    """The first question of a conversation opened a session; the next questions continue it."""
+
+    session_id: str
+
+
+@dataclass
+class Answered(Message):
+    answer: Answer
+
+
+@dataclass
+class SourceOpened(Message):
+    """A cited document's chunks (of the cited version), as the user may read it now."""
+
+    citation: Citation
+    chunks: list[ChunkRow]
+
+
+@dataclass
+class StepsRead(Message):
+    """The trace of an answer: its steps and where the time went."""
+
+    trace: dict[str, Any]
+
+
+@dataclass
+class SessionsListed(Message):
+    sessions: list[dict[str, Any]]
+
+
+@dataclass
+class SessionResumed(Message):
+    session_id: str
+    turns: list[Turn]
+
+
+@dataclass
+class FeedbackSaved(Message):
+    verdict: str
 
 
 def where(c: Citation) -> str:
     return ", ".join(x for x in (f"p. {c.page}" if c.page else "", " > ".join(c.heading)) if x)
 
 
-class AskScreen(Screen[None]):
+class AskScreen(ReportsFailures, Screen[None]):
     AUTO_FOCUS = "#question"
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
@@ -96,22 +167,25 @@ class AskScreen(Screen[None]):
         self.busy = threading.Event()
         self._ask_worker(question, self.session_id, self.busy)
 
-    @work(thread=True, exclusive=True, group="ask")
+    @in_thread(ANSWERING, exclusive=True, group="ask")
     def _ask_worker(self, question: str, session_id: str | None, cancel: threading.Event) -> None:
         app: Any = self.app
-        try:
-            principal = app.principal()
-            app.engine_ready.wait(timeout=300)
-            agent = app.services.agent()
-            if session_id is None:
-                session_id = agent.store.new_session(principal.name)
-                self.post_message(Done("session", session_id))
-            answer = agent.ask(question, principal, session_id=session_id, cancel=cancel,
-                               on_token=lambda piece: self.post_message(Token(piece, time.perf_counter())))
-            self.post_message(Answered(answer))
-        except Exception as exc:  # noqa: BLE001 - every failure goes to the central handler
-            self.post_message(Failed(exc, "answering"))
-            self.post_message(Done("ask-ended", None))
+        principal = app.principal()
+        app.engine_ready.wait(timeout=300)
+        agent = app.services.agent()
+        if session_id is None:
+            session_id = agent.store.new_session(principal.name)
+            self.post_message(SessionStarted(session_id))
+        answer = agent.ask(question, principal, session_id=session_id, cancel=cancel,
+                           on_token=lambda piece: self.post_message(Token(piece, time.perf_counter())))
+        self.post_message(Answered(answer))
+
+    def worker_failed(self, what: str, error: BaseException) -> None:
+        """An answer that failed ends here (the notice says why); the screen is ready for the next question."""
+        if what == ANSWERING:
+            self.busy = None
+            if self.draft is not None:
+                self.draft.update(Text("(no answer)", style="dim"))
 
     def on_token(self, message: Token) -> None:
         if self.draft is None:
@@ -124,20 +198,8 @@ class AskScreen(Screen[None]):
         self.draft.update(Text("".join(self.pieces), style="dim italic"))
         self.query_one("#messages", VerticalScroll).scroll_end(animate=False)
 
-    def on_done(self, message: Done) -> None:
-        if message.what == "session":
-            self.session_id = message.result
-        elif message.what == "ask-ended":
-            self.busy = None
-            if self.draft is not None:
-                self.draft.update(Text("(no answer)", style="dim"))
-        elif message.what == "trace":
-            self._show_steps(message.result)
-        elif message.what == "context":
-            from appliance.tui.screens.dialogs import CitationScreen
-
-            citation, chunks = message.result
-            self.app.push_screen(CitationScreen(citation, chunks))
+    def on_session_started(self, message: SessionStarted) -> None:
+        self.session_id = message.session_id
 
     def on_answered(self, message: Answered) -> None:
         a = message.answer
@@ -173,9 +235,17 @@ class AskScreen(Screen[None]):
 
     def action_cancel(self) -> None:
         if self.busy is not None:
-            app: Any = self.app
-            app.services.agent().cancel(self.busy)
+            self.busy.set()  # the answer's loop stops at its next step
+            self._cancel_worker(self.busy)
             self.notify("Cancelling\u2026")
+
+    @in_thread(CANCELLING, group="cancel")
+    def _cancel_worker(self, cancel: threading.Event) -> None:
+        """The generation in progress stops now (services.agent() may wait for the models still loading)."""
+        app: Any = self.app
+        agent = app.services.agent()
+        if self.busy is cancel:  # still the answer in progress (not the next one's generation)
+            agent.cancel(cancel)
 
     # -- sources, steps, sessions, feedback ---------------------------------------------
 
@@ -195,18 +265,20 @@ class AskScreen(Screen[None]):
         if citation is not None:
             self._fetch_context(citation)
 
-    @work(thread=True, group="context")
+    @in_thread(OPENING_SOURCE, group="context")
     def _fetch_context(self, citation: Citation) -> None:
-        app: Any = self.app
-        try:
-            from appliance import operations
+        from appliance import operations
 
-            version = int(citation.chunk_id.rsplit("@", 1)[1].split("#", 1)[0])
-            # the document as it is now, checked against the user's clearance now, and only the cited version
-            _, chunks = operations.show_document(app.services, app.current(), citation.doc_id, version)
-            self.post_message(Done("context", (citation, chunks)))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "opening the source"))
+        app: Any = self.app
+        version = int(citation.chunk_id.rsplit("@", 1)[1].split("#", 1)[0])
+        # the document as it is now, checked against the user's clearance now, and only the cited version
+        _, chunks = operations.show_document(app.services, app.current(), citation.doc_id, version)
+        self.post_message(SourceOpened(citation, chunks))
+
+    def on_source_opened(self, message: SourceOpened) -> None:
+        from appliance.tui.screens.dialogs import CitationScreen
+
+        self.app.push_screen(CitationScreen(message.citation, message.chunks))
 
     def action_toggle_steps(self) -> None:
         steps = self.query_one("#steps")
@@ -219,18 +291,16 @@ class AskScreen(Screen[None]):
         if self.last is not None:
             self._trace_worker(self.last.trace_id)
 
-    @work(thread=True, group="trace")
+    @in_thread(READING_STEPS, group="trace")
     def _trace_worker(self, trace_id: str) -> None:
         app: Any = self.app
-        try:
-            me = app.current()
-            self.post_message(Done("trace", app.services.agent_store().trace(trace_id, user=me.name)))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "reading the steps"))
+        me = app.current()
+        self.post_message(StepsRead(app.services.agent_store().trace(trace_id, user=me.name)))
 
-    def _show_steps(self, trace: dict) -> None:
+    def on_steps_read(self, message: StepsRead) -> None:
         import json
 
+        trace = message.trace
         out = Text()
         for s in trace["steps"]:
             out.append(f"{s['n']:>2} {s['name']} {s['ms'] or 0:.0f} ms\n", style="bold")
@@ -251,29 +321,33 @@ class AskScreen(Screen[None]):
         app.refresh_header()
 
     def action_sessions(self) -> None:
+        self._sessions_worker()
+
+    @in_thread(LISTING_SESSIONS, exclusive=True, group="sessions")
+    def _sessions_worker(self) -> None:
+        app: Any = self.app
+        self.post_message(SessionsListed(app.services.agent_store().sessions(app.current().name)))
+
+    def on_sessions_listed(self, message: SessionsListed) -> None:
         from appliance.tui.screens.dialogs import SessionsScreen
 
-        app: Any = self.app
-        try:
-            sessions = app.services.agent_store().sessions(app.current().name)
-        except Exception as exc:  # noqa: BLE001 - a lost session goes to the central handler
-            self.post_message(Failed(exc, "listing your sessions"))
-            return
-        self.app.push_screen(SessionsScreen(sessions), self._resume)
+        self.app.push_screen(SessionsScreen(message.sessions), self._resume)
 
     def _resume(self, session_id: str | None) -> None:
-        if not session_id:
-            return
+        if session_id:
+            self._resume_worker(session_id)
+
+    @in_thread(RESUMING, exclusive=True, group="sessions")
+    def _resume_worker(self, session_id: str) -> None:
         app: Any = self.app
-        try:
-            turns = app.services.agent_store().turns(session_id, app.current().name, last=50)
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "resuming the session"))
-            return
+        self.post_message(SessionResumed(session_id,
+                                         app.services.agent_store().turns(session_id, app.current().name, last=50)))
+
+    def on_session_resumed(self, message: SessionResumed) -> None:
         self.action_new_session()
-        self.session_id = session_id
+        self.session_id = message.session_id
         messages = self.query_one("#messages", VerticalScroll)
-        for t in turns:
+        for t in message.turns:
             messages.mount(Static(Text(f"You: {t.question}"), classes="question"))
             messages.mount(Static(Text(t.answer), classes="answer"))
         messages.scroll_end(animate=False)
@@ -289,14 +363,16 @@ class AskScreen(Screen[None]):
     def _flagged(self, result: tuple[str, str, str] | None) -> None:
         if result is None or self.last is None:
             return
+        verdict, correct, source = result
+        self._feedback_worker(self.last.trace_id, verdict, correct or None, source or None)
+
+    @in_thread(SAVING_FEEDBACK, group="feedback")
+    def _feedback_worker(self, trace_id: str, verdict: str, correct: str | None, source: str | None) -> None:
         from appliance import operations
 
         app: Any = self.app
-        verdict, correct, source = result
-        try:
-            operations.record_feedback(app.services, app.current(), self.last.trace_id, verdict, correct or None,
-                                       source or None)
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "saving your feedback"))
-            return
-        self.notify(f"Thank you: the answer is marked {verdict}.")
+        operations.record_feedback(app.services, app.current(), trace_id, verdict, correct, source)
+        self.post_message(FeedbackSaved(verdict))
+
+    def on_feedback_saved(self, message: FeedbackSaved) -> None:
+        self.notify(f"Thank you: the answer is marked {message.verdict}.")

@@ -3,24 +3,52 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, ProgressBar, Static
 
-from appliance.tui.messages import Done, Failed, Progressed
 from appliance.tui.widgets import AppHeader
+from appliance.tui.workers import ReportsFailures, in_thread
 
-__all__ = ["AuditScreen"]
+__all__ = ["AuditScreen", "EntriesRead", "LogVerified", "LogExported", "ExportProgressed"]
 
 SHOWN = 500
 
 
-class AuditScreen(Screen[None]):
+@dataclass
+class EntriesRead(Message):
+    """The newest entries that match the filter: (seq, time, kind, user, details) each."""
+
+    rows: list[tuple[str, str, str, str, str]]
+
+
+@dataclass
+class LogVerified(Message):
+    """The log's check: entries, signed checkpoints and root."""
+
+    report: dict[str, Any]
+
+
+@dataclass
+class LogExported(Message):
+    manifest: dict[str, Any]
+    out: Path
+
+
+@dataclass
+class ExportProgressed(Message):
+    done: int
+    total: int | None
+
+
+class AuditScreen(ReportsFailures, Screen[None]):
     AUTO_FOCUS = "#audit-filter"
 
     def compose(self) -> ComposeResult:
@@ -38,7 +66,8 @@ class AuditScreen(Screen[None]):
 
     def commands(self) -> list[SystemCommand]:
         app: Any = self.app
-        out = [SystemCommand("Verify the audit log", "Re-hash every entry and check every checkpoint", self._verify_log),
+        out = [SystemCommand("Verify the audit log", "Re-hash every entry and check every checkpoint",
+                             self._verify_log),
                SystemCommand("Filter audit entries", "Show one user's or one kind's entries",
                              lambda: self.query_one("#audit-filter", Input).focus())]
         if app.may("audit.export"):
@@ -66,41 +95,33 @@ class AuditScreen(Screen[None]):
     def _filter_submitted(self, event: Input.Submitted) -> None:
         self._load_entries(event.value.strip())
 
-    @work(thread=True, exclusive=True, group="audit-load")
+    @in_thread("reading the audit log", exclusive=True, group="audit-load")
     def _load_entries(self, needle: str) -> None:
-        app: Any = self.app
-        try:
-            from appliance.access.authz import authorize
+        from appliance.access.authz import authorize
 
-            me = authorize(app.current(), "audit.read")
-            log = app.services.audit()
-            log.record("audit.view", me.name, filter=needle[:200])
-            rows = []
-            for e in reversed(list(log.entries(max(0, log.tree.size - 20 * SHOWN)))):
-                v = e.value()
-                if needle and needle not in (v.get("user") or "") and needle not in v.get("kind", ""):
-                    continue
-                details = {k: x for k, x in v.items() if k not in ("seq", "ts", "kind", "user")}
-                rows.append((str(e.seq), v.get("ts", "")[:19], v.get("kind", ""), v.get("user") or "",
-                             json.dumps(details)[:160]))
-                if len(rows) >= SHOWN:
-                    break
-            self.post_message(Done("entries", rows))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "reading the audit log"))
+        app: Any = self.app
+        me = authorize(app.current(), "audit.read")
+        log = app.services.audit()
+        log.record("audit.view", me.name, filter=needle[:200])
+        rows = []
+        for e in reversed(list(log.entries(max(0, log.tree.size - 20 * SHOWN)))):
+            v = e.value()
+            if needle and needle not in (v.get("user") or "") and needle not in v.get("kind", ""):
+                continue
+            details = {k: x for k, x in v.items() if k not in ("seq", "ts", "kind", "user")}
+            rows.append((str(e.seq), v.get("ts", "")[:19], v.get("kind", ""), v.get("user") or "",
+                         json.dumps(details)[:160]))
+            if len(rows) >= SHOWN:
+                break
+        self.post_message(EntriesRead(rows))
 
     @on(Button.Pressed, "#verify")
-    @work(thread=True, exclusive=True, group="audit-verify")
+    @in_thread("verifying the log", exclusive=True, group="audit-verify")
     def _verify_log(self) -> None:
-        app: Any = self.app
-        try:
-            from appliance import operations
+        from appliance import operations
 
-            report = operations.check_audit(app.services, app.current())
-            self.post_message(Done("status", f"Log verified: {report['entries']} entries, {report['checkpoints']} "
-                                             f"signed checkpoints, root {report['root'][:16]}\u2026"))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "verifying the log"))
+        app: Any = self.app
+        self.post_message(LogVerified(operations.check_audit(app.services, app.current())))
 
     @on(Button.Pressed, "#export")
     def _export_pressed(self) -> None:
@@ -110,31 +131,39 @@ class AuditScreen(Screen[None]):
             return
         self._export_worker(Path(target))
 
-    @work(thread=True, exclusive=True, group="audit-export")
+    @in_thread("exporting the log", exclusive=True, group="audit-export")
     def _export_worker(self, out: Path) -> None:
+        from appliance import operations
+
         app: Any = self.app
-        try:
-            from appliance import operations
+        manifest = operations.export_audit(app.services, app.current(), out,
+                                           progress=lambda done, total: self.post_message(ExportProgressed(done,
+                                                                                                           total)))
+        self.post_message(LogExported(manifest, out))
 
-            manifest = operations.export_audit(app.services, app.current(), out,
-                                               progress=lambda done, total: self.post_message(Progressed(done, total)))
-            self.post_message(Done("status", f"Exported {manifest['entries']} entries to {out}; keep "
-                                             f"{out / 'checkpoint'} for the next export."))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "exporting the log"))
-
-    def on_progressed(self, message: Progressed) -> None:
+    def on_export_progressed(self, message: ExportProgressed) -> None:
         bar = self.query_one("#export-progress", ProgressBar)
         bar.display = True
         bar.update(total=message.total, progress=message.done)
 
-    def on_done(self, message: Done) -> None:
-        if message.what == "entries":
-            table = self.query_one("#entries", DataTable)
-            table.clear()
-            for row in message.result:
-                table.add_row(*row)
-        elif message.what == "status":
-            self.query_one("#audit-status", Static).update(message.result)
-            self.notify(message.result)
+    def on_entries_read(self, message: EntriesRead) -> None:
+        table = self.query_one("#entries", DataTable)
+        table.clear()
+        for row in message.rows:
+            table.add_row(*row)
+
+    def on_log_verified(self, message: LogVerified) -> None:
+        r = message.report
+        self._status(f"Log verified: {r['entries']} entries, {r['checkpoints']} signed checkpoints, "
+                     f"root {r['root'][:16]}\u2026")
+
+    def on_log_exported(self, message: LogExported) -> None:
+        out = message.out
+        self._status(f"Exported {message.manifest['entries']} entries to {out}; keep {out / 'checkpoint'} for the "
+                     "next export.")
+
+    def _status(self, text: str) -> None:
+        self.query_one("#audit-status", Static).update(text)
+        self.notify(text)
+        if self.query("#audit-filter"):  # absent for admins, who verify but do not read the entries
             self._load_entries(self.query_one("#audit-filter", Input).value.strip())

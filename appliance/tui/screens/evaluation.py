@@ -10,27 +10,60 @@ a directory. Work runs in worker threads that only post messages.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Static
 
 from appliance.evaluation.report import rich_report
-from appliance.tui.messages import Done, Failed, PhaseProgressed
-from appliance.tui.widgets import AppHeader
+from appliance.tui.messages import PhaseProgressed
+from appliance.tui.widgets import AppHeader, fill_table
+from appliance.tui.workers import ReportsFailures, in_thread
 
-__all__ = ["EvaluationScreen"]
+__all__ = ["EvaluationScreen", "SetsListed", "LastRunRead", "EvaluationRan", "ReportWritten"]
+
+RUNNING = "running the evaluation"  # the run's worker name
+COLUMNS = (("set", None), ("items", None), ("kinds", None), ("origin", None), ("last run", None))
 
 EMPTY = ("No evaluation sets yet. An officer makes one from analysts' flagged answers "
          "(`appliance evalset from-feedback NAME`) or imports one (`appliance evalset import NAME FILE`).")
 
 
-class EvaluationScreen(Screen[None]):
+@dataclass
+class SetsListed(Message):
+    """The evaluation sets (name, n_items, kinds, origin, last_run each)."""
+
+    sets: list[dict[str, Any]]
+
+
+@dataclass
+class LastRunRead(Message):
+    """The last run's report of the set ``name``, or None if it has not been run."""
+
+    name: str
+    report: dict[str, Any] | None
+
+
+@dataclass
+class EvaluationRan(Message):
+    report: dict[str, Any]
+
+
+@dataclass
+class ReportWritten(Message):
+    """The files written (report.json, report.md, one chart per kind), all in one directory."""
+
+    paths: list[Path]
+
+
+class EvaluationScreen(ReportsFailures, Screen[None]):
     AUTO_FOCUS = "#eval-sets"
 
     def __init__(self) -> None:
@@ -59,7 +92,7 @@ class EvaluationScreen(Screen[None]):
                 SystemCommand("Refresh the evaluation sets", "Read the sets and their last runs again", self._load)]
 
     def on_mount(self) -> None:
-        self.query_one("#eval-sets", DataTable).add_columns("set", "items", "kinds", "origin", "last run")
+        self.query_one("#eval-sets", DataTable).add_columns(*(label for label, _ in COLUMNS))
         self.query_one("#eval-empty").display = False
         app: Any = self.app
         may_run = app.may("evaluation.manage")
@@ -80,47 +113,34 @@ class EvaluationScreen(Screen[None]):
 
     # -- workers (they only post messages) ------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="eval-sets")
+    @in_thread("reading the evaluation sets", exclusive=True, group="eval-sets")
     def _load(self) -> None:
+        from appliance.access.authz import authorize
+
         app: Any = self.app
-        try:
-            from appliance.access.authz import authorize
+        authorize(app.services.accounts().get(app.current().name), "evaluation.read")
+        self.post_message(SetsListed(app.services.eval_store().list()))
 
-            authorize(app.services.accounts().get(app.current().name), "evaluation.read")
-            self.post_message(Done("eval-sets", app.services.eval_store().list()))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "reading the evaluation sets"))
-
-    @work(thread=True, exclusive=True, group="eval-last")
+    @in_thread("reading the last run", exclusive=True, group="eval-last")
     def _load_last(self, name: str) -> None:
         app: Any = self.app
-        try:
-            runs = app.services.eval_store().runs(name, limit=1)
-            self.post_message(Done("eval-last", (name, runs[0]["report"] if runs else None)))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "reading the last run"))
+        runs = app.services.eval_store().runs(name, limit=1)
+        self.post_message(LastRunRead(name, runs[0]["report"] if runs else None))
 
-    @work(thread=True, group="eval-run")
+    @in_thread(RUNNING, group="eval-run")
     def _run_worker(self, name: str) -> None:
+        from appliance.evaluation.operations import run_set
+
         app: Any = self.app
-        try:
-            from appliance.evaluation.operations import run_set
+        report = run_set(app.services, app.current(), name,
+                         progress=lambda done, total: self.post_message(PhaseProgressed("evaluating", done, total)))
+        self.post_message(EvaluationRan(report))
 
-            report = run_set(app.services, app.current(), name,
-                             progress=lambda done, total: self.post_message(PhaseProgressed("evaluating", done,
-                                                                                            total)))
-            self.post_message(Done("eval-ran", report))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "running the evaluation"))
-
-    @work(thread=True, group="eval-write")
+    @in_thread("writing the report", group="eval-write")
     def _write_worker(self, report: dict, out: Path) -> None:
-        try:
-            from appliance.evaluation.report import write_report
+        from appliance.evaluation.report import write_report
 
-            self.post_message(Done("eval-written", write_report(report, out)))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "writing the report"))
+        self.post_message(ReportWritten(write_report(report, out)))
 
     # -- user actions ----------------------------------------------------------------------
 
@@ -165,38 +185,39 @@ class EvaluationScreen(Screen[None]):
         if message.total > 0:
             self.query_one("#eval-progress", ProgressBar).update(total=message.total, progress=message.done)
 
-    def on_done(self, message: Done) -> None:
-        result = self.query_one("#eval-result", Static)
-        if message.what == "eval-sets":
-            table = self.query_one("#eval-sets", DataTable)
-            keep = self._chosen()
-            table.clear()
-            for s in message.result:
-                table.add_row(s["name"], str(s["n_items"]), ", ".join(f"{k} {n}" for k, n in s["kinds"].items()),
-                              s["origin"], (s["last_run"] or "never")[:16].replace("T", " "), key=s["name"])
-            self.query_one("#eval-empty").display = not message.result
-            if keep and keep in {s["name"] for s in message.result}:
-                table.move_cursor(row=table.get_row_index(keep))
-        elif message.what == "eval-last":
-            name, report = message.result
-            if name != self._chosen():
-                return
-            self.report = report
-            result.update(rich_report(report) if report else Text(f"{name} has not been run yet.", style="dim"))
-        elif message.what == "eval-ran":
-            self.running = False
-            app: Any = self.app
-            self.query_one("#eval-run", Button).disabled = not app.may("evaluation.manage")
-            self.query_one("#eval-phase", Label).update(f"done in {message.result['seconds']:.0f} s")
-            self.report = message.result
-            result.update(rich_report(message.result))
-            self._load()
-        elif message.what == "eval-written":
-            self.notify("Wrote " + ", ".join(p.name for p in message.result) + f" to {message.result[0].parent}")
+    def on_sets_listed(self, message: SetsListed) -> None:
+        table = self.query_one("#eval-sets", DataTable)
+        keep = self._chosen()
+        rows = [((s["name"], str(s["n_items"]), ", ".join(f"{k} {n}" for k, n in s["kinds"].items()), s["origin"],
+                  (s["last_run"] or "never")[:16].replace("T", " ")), s["name"]) for s in message.sets]
+        fill_table(table, COLUMNS, rows)
+        self.query_one("#eval-empty").display = not message.sets
+        if keep and keep in {s["name"] for s in message.sets}:
+            table.move_cursor(row=table.get_row_index(keep))
 
-    def on_failed(self, message: Failed) -> None:
-        if message.what == "running the evaluation":
-            self.running = False
-            app: Any = self.app
-            self.query_one("#eval-run", Button).disabled = not app.may("evaluation.manage")
-            self.query_one("#eval-phase", Label).update("")
+    def on_last_run_read(self, message: LastRunRead) -> None:
+        if message.name != self._chosen():
+            return
+        self.report = message.report
+        self.query_one("#eval-result", Static).update(
+            rich_report(message.report) if message.report
+            else Text(f"{message.name} has not been run yet.", style="dim"))
+
+    def on_evaluation_ran(self, message: EvaluationRan) -> None:
+        self._run_ended(f"done in {message.report['seconds']:.0f} s")
+        self.report = message.report
+        self.query_one("#eval-result", Static).update(rich_report(message.report))
+        self._load()
+
+    def on_report_written(self, message: ReportWritten) -> None:
+        self.notify("Wrote " + ", ".join(p.name for p in message.paths) + f" to {message.paths[0].parent}")
+
+    def worker_failed(self, what: str, error: BaseException) -> None:
+        if what == RUNNING:
+            self._run_ended("")
+
+    def _run_ended(self, phase: str) -> None:
+        self.running = False
+        app: Any = self.app
+        self.query_one("#eval-run", Button).disabled = not app.may("evaluation.manage")
+        self.query_one("#eval-phase", Label).update(phase)

@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Select
 
-from appliance.tui.messages import Done, Failed
 from appliance.tui.widgets import AppHeader
+from appliance.tui.workers import ReportsFailures, in_thread
 
-__all__ = ["LibraryScreen"]
+if TYPE_CHECKING:
+    from appliance.knowledge.catalog import DocumentRow
+    from appliance.knowledge.retrieval import Hit
+
+__all__ = ["LibraryScreen", "DocumentsListed", "SearchFound"]
 
 MODES = [("Full text and meaning", "hybrid"), ("Full text", "bm25"), ("Meaning (semantic)", "dense")]
 
 
-class LibraryScreen(Screen[None]):
+@dataclass
+class DocumentsListed(Message):
+    """The documents the user may read."""
+
+    docs: list[DocumentRow]
+
+
+@dataclass
+class SearchFound(Message):
+    """A search's hits, best first (possibly none)."""
+
+    hits: list[Hit]
+
+
+class LibraryScreen(ReportsFailures, Screen[None]):
     AUTO_FOCUS = "#search"
 
     def compose(self) -> ComposeResult:
@@ -46,51 +66,43 @@ class LibraryScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self._load_docs()
 
-    @work(thread=True, exclusive=True, group="library")
+    @in_thread("listing the documents", exclusive=True, group="library")
     def _load_docs(self) -> None:
-        app: Any = self.app
-        try:
-            from appliance import operations
+        from appliance import operations
 
-            self.post_message(Done("docs", operations.list_documents(app.services, app.current())))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "listing the documents"))
+        app: Any = self.app
+        self.post_message(DocumentsListed(operations.list_documents(app.services, app.current())))
 
     @on(Input.Submitted, "#search")
     def _search_submitted(self, event: Input.Submitted) -> None:
         if event.value.strip():
             self._search_worker(event.value.strip(), str(self.query_one("#mode", Select).value))
 
-    @work(thread=True, exclusive=True, group="search")
+    @in_thread("searching", exclusive=True, group="search")
     def _search_worker(self, query: str, mode: str) -> None:
+        from appliance import operations
+
         app: Any = self.app
-        try:
-            from appliance import operations
+        app.engine_ready.wait(timeout=300)
+        self.post_message(SearchFound(operations.search(app.services, app.current(), query, k=20, mode=mode)))
 
-            app.engine_ready.wait(timeout=300)
-            hits = operations.search(app.services, app.current(), query, k=20, mode=mode)
-            self.post_message(Done("hits", hits))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "searching"))
+    def on_documents_listed(self, message: DocumentsListed) -> None:
+        table = self.query_one("#docs", DataTable)
+        table.clear()
+        docs = sorted(message.docs, key=lambda d: (d.collection or "", d.title))
+        for d in docs:
+            table.add_row(d.collection or "-", d.doc_id[:40], d.title[:50], str(d.labels), str(d.version),
+                          str(d.n_chunks), d.source_name[:30], d.ingested_by or "")
+        collections = sorted({d.collection or "-" for d in docs})
+        self.query_one("#docs-title", Label).update(f"Documents you may read: {len(docs)} in "
+                                                    f"{len(collections)} collection(s): {', '.join(collections)}")
 
-    def on_done(self, message: Done) -> None:
-        if message.what == "docs":
-            table = self.query_one("#docs", DataTable)
-            table.clear()
-            docs = sorted(message.result, key=lambda d: (d.collection or "", d.title))
-            for d in docs:
-                table.add_row(d.collection or "-", d.doc_id[:40], d.title[:50], str(d.labels), str(d.version),
-                              str(d.n_chunks), d.source_name[:30], d.ingested_by or "")
-            collections = sorted({d.collection or "-" for d in docs})
-            self.query_one("#docs-title", Label).update(f"Documents you may read: {len(docs)} in "
-                                                        f"{len(collections)} collection(s): {', '.join(collections)}")
-        elif message.what == "hits":
-            table = self.query_one("#results", DataTable)
-            table.clear()
-            for i, h in enumerate(message.result, 1):
-                c = h.chunk
-                place = ", ".join(x for x in (f"p. {c.page}" if c.page else "", " > ".join(c.heading)) if x)
-                table.add_row(str(i), h.document.title[:40], str(h.labels), place[:30],
-                              " ".join(c.text.split())[:120])
-            if not message.result:
-                self.notify("No readable document matches.")
+    def on_search_found(self, message: SearchFound) -> None:
+        table = self.query_one("#results", DataTable)
+        table.clear()
+        for i, h in enumerate(message.hits, 1):
+            c = h.chunk
+            place = ", ".join(x for x in (f"p. {c.page}" if c.page else "", " > ".join(c.heading)) if x)
+            table.add_row(str(i), h.document.title[:40], str(h.labels), place[:30], " ".join(c.text.split())[:120])
+        if not message.hits:
+            self.notify("No readable document matches.")

@@ -12,27 +12,34 @@ dropped because the text does not contain it.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from appliance.specialists.serve import MAX_INPUT_CHARS
-from appliance.tui.messages import Done, Failed
-from appliance.tui.widgets import AppHeader
+from appliance.tui.widgets import AppHeader, fill_table
+from appliance.tui.workers import ReportsFailures, in_thread
 
-__all__ = ["SpecialistsScreen", "classification_text", "extraction_text", "latency"]
+if TYPE_CHECKING:
+    from appliance.specialists.serve import Classification, Extraction, SpecialistInfo
+
+__all__ = ["SpecialistsScreen", "SpecialistsListed", "SpecialistRan", "classification_text", "extraction_text",
+           "latency"]
 
 WHICH_WIDTH = 34  # the table's column of labels or entity types (all are counted in the column before)
 SHOWN_CHOSEN = 12  # labels or types named under the table for the chosen specialist
 SHOWN_TEXT = 160  # characters of a classified text repeated above its result
 EMPTY = ("No specialists are installed. Specialists arrive in signed bundles; an officer applies them on the "
          "Updates screen.")
-RUNNING = "running the specialist"  # the Failed message's `what` for a run
+COLUMNS = (("name", None), ("task", 8), ("labels/types", 12), ("which", WHICH_WIDTH), ("metrics", None))
+RUNNING = "running the specialist"  # the run's worker name: the notice says "Running the specialist failed"
 # One style per entity type (in the order of the adapter's types); each entity also carries its type as text.
 TYPE_STYLES = ("bold black on yellow", "bold black on cyan", "bold black on magenta", "bold black on green",
                "bold white on blue", "bold white on red", "bold black on bright_yellow", "bold black on bright_cyan")
@@ -135,7 +142,22 @@ def extraction_text(text: str, e: Any, types: tuple[str, ...]) -> Text:  # appli
     return out
 
 
-class SpecialistsScreen(Screen[None]):
+@dataclass
+class SpecialistsListed(Message):
+    infos: list[SpecialistInfo]
+
+
+@dataclass
+class SpecialistRan(Message):
+    """A run's result, with what it ran on (the text, and the adapter's labels or entity types)."""
+
+    task: str
+    text: str
+    result: Classification | Extraction
+    types: tuple[str, ...]
+
+
+class SpecialistsScreen(ReportsFailures, Screen[None]):
     AUTO_FOCUS = "#specialist-text"
 
     def __init__(self) -> None:
@@ -168,7 +190,7 @@ class SpecialistsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#specialists", DataTable)
-        for label, width in (("name", None), ("task", 8), ("labels/types", 12), ("which", WHICH_WIDTH), ("metrics", None)):
+        for label, width in COLUMNS:
             table.add_column(label, width=width)
         self.query_one("#specialists-empty").display = False
 
@@ -179,23 +201,19 @@ class SpecialistsScreen(Screen[None]):
 
     # -- listing -------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="specialists-list")
+    @in_thread("listing the specialists", exclusive=True, group="specialists-list")
     def _load(self) -> None:
         app: Any = self.app
-        try:
-            app.current()
-            self.post_message(Done("specialists", [s.info for s in app.services.specialists().values()]))
-        except Exception as exc:  # noqa: BLE001 - every failure goes to the central handler
-            self.post_message(Failed(exc, "listing the specialists"))
+        app.current()
+        self.post_message(SpecialistsListed([s.info for s in app.services.specialists().values()]))
 
-    def _show_list(self, infos: list[Any]) -> None:
+    def on_specialists_listed(self, message: SpecialistsListed) -> None:
+        infos = message.infos
         self.infos = {i.name: i for i in infos}
         table = self.query_one("#specialists", DataTable)
         keep = self.chosen
-        table.clear()
-        for i in infos:
-            table.add_row(i.name, i.task, str(len(i.labels)), labels_text(i.labels), metrics_text(i.metrics),
-                          key=i.name)
+        fill_table(table, COLUMNS, [((i.name, i.task, str(len(i.labels)), labels_text(i.labels),
+                                      metrics_text(i.metrics)), i.name) for i in infos])
         empty = not infos
         table.display = not empty
         self.query_one("#specialists-empty").display = empty
@@ -251,38 +269,34 @@ class SpecialistsScreen(Screen[None]):
         result.update(Text(f"Running {info.name} ({info.task})\u2026", style="dim"))
         self._run_worker(info.name, info.task, text, tuple(info.labels))
 
-    @work(thread=True, exclusive=True, group="specialist-run")
+    @in_thread(RUNNING, exclusive=True, group="specialist-run")
     def _run_worker(self, name: str, task: str, text: str, types: tuple[str, ...]) -> None:
+        from appliance import operations
+
         app: Any = self.app
-        try:
-            from appliance import operations
+        app.engine_ready.wait(timeout=300)  # the models may still be loading in the background
+        [result] = operations.run_specialist(app.services, app.current(), name, task, [text])
+        self.post_message(SpecialistRan(task, text, result, types))
 
-            app.engine_ready.wait(timeout=300)  # the models may still be loading in the background
-            [result] = operations.run_specialist(app.services, app.current(), name, task, [text])
-            self.post_message(Done("specialist-result", (task, text, result, types)))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, RUNNING))
+    # -- what the workers post, and a failed run (main thread) ----------------------------
 
-    # -- what the workers post (main thread) ----------------------------------------------
+    def on_specialist_ran(self, message: SpecialistRan) -> None:
+        self.last = message.result
+        if message.task == "classify":
+            shown = classification_text(message.text, message.result)
+        else:
+            shown = extraction_text(message.text, message.result, message.types)
+        self.query_one("#specialist-result", Static).update(shown)
+        self._finished()
 
-    def on_done(self, message: Done) -> None:
-        if message.what == "specialists":
-            self._show_list(message.result)
-        elif message.what == "specialist-result":
-            task, text, result, types = message.result
-            self.last = result
-            shown = classification_text(text, result) if task == "classify" else extraction_text(text, result, types)
-            self.query_one("#specialist-result", Static).update(shown)
-            self._finished()
-
-    def on_failed(self, message: Failed) -> None:
-        """Show a failed run here; the message goes on to the app's handler (not stopped)."""
-        if message.what != RUNNING or self.running is None:
+    def worker_failed(self, what: str, error: BaseException) -> None:
+        """Show a failed run here (the notice follows from the one handler)."""
+        if what != RUNNING or self.running is None:
             return
         out = Text()
         out.append(" FAILED ", style="bold reverse")
         out.append(f" Running {self.running} failed.\n", style="bold")
-        out.append(str(message.error) or type(message.error).__name__)
+        out.append(str(error) or type(error).__name__)
         result = self.query_one("#specialist-result", Static)
         result.update(out)
         result.add_class("refused")

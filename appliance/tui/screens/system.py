@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textual import work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
 from appliance.agent.metrics import request_metrics, since_iso
-from appliance.tui.messages import Done, Failed
 from appliance.tui.widgets import AppHeader
+from appliance.tui.workers import ReportsFailures, in_thread
 
-__all__ = ["SystemScreen"]
+__all__ = ["SystemScreen", "SystemRead"]
 
 
 def _size(path: Path) -> int:
@@ -49,7 +50,14 @@ def metric_rows(m: dict, whose: str = "requests") -> list[tuple[str, str]]:
     return rows
 
 
-class SystemScreen(Screen[None]):
+@dataclass
+class SystemRead(Message):
+    """The system view's rows: (what, value)."""
+
+    rows: list[tuple[str, str]]
+
+
+class SystemScreen(ReportsFailures, Screen[None]):
     BINDINGS = [Binding("r", "refresh", "Refresh")]
 
     def compose(self) -> ComposeResult:
@@ -68,47 +76,44 @@ class SystemScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self.action_refresh()
 
-    @work(thread=True, exclusive=True, group="system")
+    @in_thread("reading the system state", exclusive=True, group="system")
     def action_refresh(self) -> None:
+        from appliance.airgap import airgap_status
+
         app: Any = self.app
-        try:
-            from appliance.airgap import airgap_status
+        app.current()
+        s = app.services.settings
+        rows: list[tuple[str, str]] = []
+        for m in app.services.store.list():
+            in_use = {s.runtime.generator, s.runtime.embedder,
+                      s.runtime.reranker if s.knowledge.rerank else "",
+                      s.runtime.verifier if s.agent.entailment else ""} - {""}
+            loaded = m.name in in_use or m.kind == "adapter"
+            rows.append((f"{m.kind} {m.name}", f"{_mb(m.size)}{' (in use)' if loaded else ''}"))
+        rows.append(("GPU offload layers", str(s.runtime.n_gpu_layers) + (" (CPU only)" if not
+                                                                           s.runtime.n_gpu_layers else "")))
+        speeds = [v for _, v in app.answer_speeds]
+        rows.append(("tokens/s of the last answers",
+                     ", ".join(f"{v:.0f}" for v in speeds) if speeds else "no answer yet"))
+        if app.may("metrics.read"):  # the appliance's requests; anyone else sees their own
+            rows += metric_rows(request_metrics(app.services.agent_store(), since=since_iso(24)))
+        else:
+            rows += metric_rows(request_metrics(app.services.agent_store(), since=since_iso(24),
+                                                user=app.current().name), "your requests")
+        kb = app.services.knowledge()
+        st = kb.stats()
+        rows += [(f"index {k}", str(v)) for k, v in st.items()]
+        air = airgap_status()
+        rows.append(("air gap", ", ".join(f"{k}: {v}" for k, v in air.items()) if isinstance(air, dict)
+                     else str(air)))
+        du = shutil.disk_usage(s.data_dir)
+        rows.append(("disk free", f"{_mb(du.free)} of {_mb(du.total)}"))
+        for part in ("knowledge", "audit", "agent.db", "access.db"):
+            rows.append((f"data {part}", _mb(_size(s.data_dir / part))))
+        self.post_message(SystemRead(rows))
 
-            app.current()
-            s = app.services.settings
-            rows: list[tuple[str, str]] = []
-            for m in app.services.store.list():
-                in_use = {s.runtime.generator, s.runtime.embedder,
-                          s.runtime.reranker if s.knowledge.rerank else "",
-                          s.runtime.verifier if s.agent.entailment else ""} - {""}
-                loaded = m.name in in_use or m.kind == "adapter"
-                rows.append((f"{m.kind} {m.name}", f"{_mb(m.size)}{' (in use)' if loaded else ''}"))
-            rows.append(("GPU offload layers", str(s.runtime.n_gpu_layers) + (" (CPU only)" if not
-                                                                               s.runtime.n_gpu_layers else "")))
-            speeds = [v for _, v in app.answer_speeds]
-            rows.append(("tokens/s of the last answers",
-                         ", ".join(f"{v:.0f}" for v in speeds) if speeds else "no answer yet"))
-            if app.may("metrics.read"):  # the appliance's requests; anyone else sees their own
-                rows += metric_rows(request_metrics(app.services.agent_store(), since=since_iso(24)))
-            else:
-                rows += metric_rows(request_metrics(app.services.agent_store(), since=since_iso(24),
-                                                    user=app.current().name), "your requests")
-            kb = app.services.knowledge()
-            st = kb.stats()
-            rows += [(f"index {k}", str(v)) for k, v in st.items()]
-            air = airgap_status()
-            rows.append(("air gap", ", ".join(f"{k}: {v}" for k, v in air.items()) if isinstance(air, dict)
-                         else str(air)))
-            du = shutil.disk_usage(s.data_dir)
-            rows.append(("disk free", f"{_mb(du.free)} of {_mb(du.total)}"))
-            for part in ("knowledge", "audit", "agent.db", "access.db"):
-                rows.append((f"data {part}", _mb(_size(s.data_dir / part))))
-            self.post_message(Done("rows", rows))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "reading the system state"))
-
-    def on_done(self, message: Done) -> None:
+    def on_system_read(self, message: SystemRead) -> None:
         table = self.query_one("#system", DataTable)
         table.clear()
-        for k, v in message.result:
+        for k, v in message.rows:
             table.add_row(k, v)

@@ -4,7 +4,8 @@ The same steps as ``appliance bundle verify / apply / history / rollback``, over
 service functions, which check the role themselves. Verify is a dry run that shows what
 applying would add, replace, revoke and install; apply and rollback ask first. The work
 runs in worker threads that only post messages; a refusal is shown here with its reason
-and, like every failure, reported by the app's one handler.
+(:meth:`UpdatesScreen.worker_failed`) and, like every failure, reported by the one handler
+(:class:`appliance.tui.workers.ReportsFailures`).
 """
 
 from __future__ import annotations
@@ -12,21 +13,29 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Static
 
 from appliance.evaluation.gate import gate_text
-from appliance.tui.messages import Done, Failed, PhaseProgressed
+from appliance.tui.messages import PhaseProgressed
 from appliance.tui.widgets import AppHeader
+from appliance.tui.workers import ReportsFailures, in_thread
 
-__all__ = ["UpdatesScreen"]
+if TYPE_CHECKING:
+    from appliance.evaluation.gate import GateResult
+    from appliance.updates.apply import ApplyResult
+    from appliance.updates.generations import GenerationInfo
+
+__all__ = ["UpdatesScreen", "BundleVerified", "BundleApplied", "BundleRolledBack", "GenerationsRead"]
 
 BYTES_PHASES = ("staging", "checking payloads")  # their counts are bytes, not steps
 SHOWN_NAMES = 10  # document names listed per kind of change
@@ -80,7 +89,38 @@ def refused_text(what: str, error: BaseException) -> Text:
     return out
 
 
-class UpdatesScreen(Screen[None]):
+@dataclass
+class BundleVerified(Message):
+    """The dry run passed: what applying the bundle on ``media`` would change."""
+
+    media: str
+    plan: dict[str, Any]
+
+
+@dataclass
+class BundleApplied(Message):
+    result: ApplyResult
+    gate: GateResult | None = None
+
+
+@dataclass
+class BundleRolledBack(Message):
+    """The generation that serves now."""
+
+    info: GenerationInfo
+
+
+@dataclass
+class GenerationsRead(Message):
+    """The kept generations (oldest first), the serving one, the high-water state and a held one, if any."""
+
+    serving: int
+    kept: list[GenerationInfo]
+    state: dict[str, Any]
+    holding: dict[str, Any] | None = None
+
+
+class UpdatesScreen(ReportsFailures, Screen[None]):
     AUTO_FOCUS = "#bundle-dir"
 
     def __init__(self) -> None:
@@ -132,7 +172,7 @@ class UpdatesScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         """Another process may have applied or rolled back meanwhile (not on closing this screen's dialog)."""
-        if self.busy is None and not self.asking and self.app.may("bundles.manage"):  # type: ignore[attr-defined]
+        if self.busy is None and not self.asking and self.app.may("bundles.manage"):
             self._load_history()
 
     # -- starting a step (main thread) --------------------------------------------------
@@ -255,59 +295,46 @@ class UpdatesScreen(Screen[None]):
                 self.post_message(PhaseProgressed(phase, done, total))
         return progress
 
-    @work(thread=True, group="bundle")
+    @in_thread(WHAT["verify"], group="bundle")
     def _verify_worker(self, media: Path) -> None:
+        from appliance.updates.check import verify_bundle
+
         app: Any = self.app
-        try:
-            from appliance.updates.check import verify_bundle
+        plan = verify_bundle(app.services, app.current(), media, app.services.settings.updates.appliance_class,
+                             self._reporter())
+        if plan.work is not None:
+            shutil.rmtree(plan.work, ignore_errors=True)  # a dry run keeps nothing
+        self.post_message(BundleVerified(str(media), plan.summary()))
 
-            plan = verify_bundle(app.services, app.current(), media, app.services.settings.updates.appliance_class,
-                                 self._reporter())
-            if plan.work is not None:
-                shutil.rmtree(plan.work, ignore_errors=True)  # a dry run keeps nothing
-            self.post_message(Done("bundle-verified", (str(media), plan.summary())))
-        except Exception as exc:  # noqa: BLE001 - every failure goes to the central handler
-            self.post_message(Failed(exc, WHAT["verify"]))
-
-    @work(thread=True, group="bundle")
+    @in_thread(WHAT["apply"], group="bundle")
     def _apply_worker(self, media: Path) -> None:
+        from appliance.evaluation.gate import apply_with_gate
+
         app: Any = self.app
-        try:
-            from appliance.evaluation.gate import apply_with_gate
+        self.post_message(BundleApplied(*apply_with_gate(app.services, app.current(), media, self._reporter())))
 
-            result = apply_with_gate(app.services, app.current(), media, self._reporter())
-            self.post_message(Done("bundle-applied", result))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, WHAT["apply"]))
-
-    @work(thread=True, group="bundle")
+    @in_thread(WHAT["rollback"], group="bundle")
     def _rollback_worker(self, to: int | None) -> None:
+        from appliance.evaluation.gate import accept_held, held
+        from appliance.updates.apply import rollback
+
         app: Any = self.app
-        try:
-            from appliance.evaluation.gate import accept_held, held
-            from appliance.updates.apply import rollback
+        holding = held(app.services)
+        if holding and to == holding["generation"]:  # serving what the drift gate held: the officer accepts it
+            accept_held(app.services, app.current(), to)
+            self.post_message(BundleRolledBack(app.services.generation()))
+        else:
+            self.post_message(BundleRolledBack(rollback(app.services, app.current(), to)))
 
-            holding = held(app.services)
-            if holding and to == holding["generation"]:  # serving what the drift gate held: the officer accepts it
-                accept_held(app.services, app.current(), to)
-                self.post_message(Done("bundle-rolled-back", app.services.generation()))
-            else:
-                self.post_message(Done("bundle-rolled-back", rollback(app.services, app.current(), to)))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, WHAT["rollback"]))
-
-    @work(thread=True, exclusive=True, group="bundle-history")
+    @in_thread("reading the generations", exclusive=True, group="bundle-history")
     def _load_history(self) -> None:
+        from appliance.evaluation.gate import held
+        from appliance.updates.apply import history
+
         app: Any = self.app
-        try:
-            from appliance.evaluation.gate import held
-            from appliance.updates.apply import history
+        self.post_message(GenerationsRead(*history(app.services, app.current()), held(app.services)))
 
-            self.post_message(Done("generations", (*history(app.services, app.current()), held(app.services))))
-        except Exception as exc:  # noqa: BLE001
-            self.post_message(Failed(exc, "reading the generations"))
-
-    # -- what the workers post (main thread) ----------------------------------------------
+    # -- what the workers post, and their failures (main thread) ------------------------
 
     def on_phase_progressed(self, message: PhaseProgressed) -> None:
         if not self.phases or self.phases[-1] != message.phase:
@@ -324,38 +351,38 @@ class UpdatesScreen(Screen[None]):
         else:
             bar.update(total=None)
 
-    def on_done(self, message: Done) -> None:
-        if message.what == "generations":
-            self._show_generations(*message.result)
-            return
-        result = self.query_one("#bundle-result", Static)
-        if message.what == "bundle-verified":
-            self.verified = message.result
-            result.update(plan_text(message.result[1]))
-            self._finished("verify")
-        elif message.what == "bundle-applied":
-            self.verified = None
-            result.update(applied_text(*message.result))
-            self._finished("apply")
-            self._load_history()
-        elif message.what == "bundle-rolled-back":
-            info = message.result
-            text = Text()
-            text.append(" ROLLED BACK ", style="bold reverse")
-            text.append(f" generation {info.generation} serves again ({info.bundle or 'initial'} release "
-                        f"{info.release})\n", style="bold")
-            result.update(text)
-            self.verified = None
-            self._finished("rollback")
-            self._load_history()
+    def on_generations_read(self, message: GenerationsRead) -> None:
+        self._show_generations(message.serving, message.kept, message.state, message.holding)
 
-    def on_failed(self, message: Failed) -> None:
-        """Show a refused step here; the message goes on to the app's handler (not stopped)."""
-        step = next((k for k, v in WHAT.items() if v == message.what), None)
+    def on_bundle_verified(self, message: BundleVerified) -> None:
+        self.verified = (message.media, message.plan)
+        self.query_one("#bundle-result", Static).update(plan_text(message.plan))
+        self._finished("verify")
+
+    def on_bundle_applied(self, message: BundleApplied) -> None:
+        self.verified = None
+        self.query_one("#bundle-result", Static).update(applied_text(message.result, message.gate))
+        self._finished("apply")
+        self._load_history()
+
+    def on_bundle_rolled_back(self, message: BundleRolledBack) -> None:
+        info = message.info
+        text = Text()
+        text.append(" ROLLED BACK ", style="bold reverse")
+        text.append(f" generation {info.generation} serves again ({info.bundle or 'initial'} release "
+                    f"{info.release})\n", style="bold")
+        self.query_one("#bundle-result", Static).update(text)
+        self.verified = None
+        self._finished("rollback")
+        self._load_history()
+
+    def worker_failed(self, what: str, error: BaseException) -> None:
+        """Show a refused step here (the notice follows from the one handler)."""
+        step = next((k for k, v in WHAT.items() if v == what), None)
         if step is None or self.busy != step:
             return
         result = self.query_one("#bundle-result", Static)
-        result.update(refused_text(message.what, message.error))
+        result.update(refused_text(what, error))
         result.add_class("refused")
         if step != "rollback":
             last = self.phases[-1] if self.phases else "starting"
