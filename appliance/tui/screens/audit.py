@@ -135,10 +135,11 @@ class AuditScreen(ReportsFailures, Screen[None]):
     def _export_worker(self, out: Path) -> None:
         from appliance import operations
 
+        def progress(done: int, total: int | None) -> None:
+            self.post_message(ExportProgressed(done, total))
+
         app: Any = self.app
-        manifest = operations.export_audit(app.services, app.current(), out,
-                                           progress=lambda done, total: self.post_message(ExportProgressed(done,
-                                                                                                           total)))
+        manifest = operations.export_audit(app.services, app.current(), out, progress=progress)
         self.post_message(LogExported(manifest, out))
 
     def on_export_progressed(self, message: ExportProgressed) -> None:

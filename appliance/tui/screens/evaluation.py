@@ -131,9 +131,11 @@ class EvaluationScreen(ReportsFailures, Screen[None]):
     def _run_worker(self, name: str) -> None:
         from appliance.evaluation.operations import run_set
 
+        def progress(done: int, total: int) -> None:
+            self.post_message(PhaseProgressed("evaluating", done, total))
+
         app: Any = self.app
-        report = run_set(app.services, app.current(), name,
-                         progress=lambda done, total: self.post_message(PhaseProgressed("evaluating", done, total)))
+        report = run_set(app.services, app.current(), name, progress=progress)
         self.post_message(EvaluationRan(report))
 
     @in_thread("writing the report", group="eval-write")

@@ -220,10 +220,10 @@ class UpdatesScreen(ReportsFailures, Screen[None]):
             info = next((g for g in self.generations if g.generation == target), None)
             made = f"{info.bundle} release {info.release}" if info and info.bundle else "the initial state"
             verb = "Roll forward" if self.serving is not None and target > self.serving else "Roll back"
-            body = (f"Generation {target} ({made}) will serve again instead of generation {self.serving}. "
+            question = (f"Generation {target} ({made}) will serve again instead of generation {self.serving}. "
                     "The release high-water mark stays: a bundle rolled away from cannot be applied again, "
                     "but its kept generation can be chosen in the table (Enter) and served again.")
-            self._ask(ConfirmScreen(f"{verb} to generation {target}?", body, verb), "rollback", target)
+            self._ask(ConfirmScreen(f"{verb} to generation {target}?", question, verb), "rollback", target)
             return
         media = self._media()
         if media is None:
@@ -320,7 +320,7 @@ class UpdatesScreen(ReportsFailures, Screen[None]):
 
         app: Any = self.app
         holding = held(app.services)
-        if holding and to == holding["generation"]:  # serving what the drift gate held: the officer accepts it
+        if holding and to is not None and to == holding["generation"]:  # the drift gate held it: the officer accepts
             accept_held(app.services, app.current(), to)
             self.post_message(BundleRolledBack(app.services.generation()))
         else:
