@@ -16,7 +16,7 @@ from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITES = ("build", "runtime", "knowledge", "agent", "audit", "tui", "updates", "specialists", "evaluation",
-          "verification", "rerank", "answers")
+          "verification", "rerank", "answers", "concurrency")
 
 
 def main() -> None:
