@@ -55,7 +55,7 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
                                 agent=dataclasses.replace(base.agent, entailment=False, contrast=False))
     reranker_only = dataclasses.replace(base, agent=dataclasses.replace(base.agent, contrast=False))
     reports: dict[str, dict] = {}
-    from appliance.evaluation.operations import run_set
+    from appliance.app.evaluation import run_set
 
     for label, settings in (("today", today), ("with the reranker", reranker_only),
                             ("new default (reranker + contrast check)", base)):

@@ -106,7 +106,7 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
         with console.status("installing the demo accounts and applying the demo bundle…"):
             install_demo(services, accounts_only=True)
             demo_bundle(services)
-        from appliance.evaluation.operations import run_set
+        from appliance.app.evaluation import run_set
 
         officer = services.accounts().get("demo-officer")
         n = 10 if quick else 100

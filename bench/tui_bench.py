@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from appliance import operations
+from appliance.app import documents
 from appliance.access.labels import Labels
 from appliance.config import load_settings
 from appliance.services import Services, build_services
@@ -53,7 +53,7 @@ def _services() -> Services:
             "badges.txt": "Visitor badges are grey. Contractor badges are orange.\n"}
     for name, text in docs.items():
         (WORK / name).write_text(text)
-        operations.ingest(s, admin, [WORK / name], Labels("UNCLASSIFIED"))
+        documents.ingest(s, admin, [WORK / name], Labels("UNCLASSIFIED"))
     return s
 
 

@@ -41,7 +41,7 @@ CHILD = textwrap.dedent("""
     from appliance.access.labels import Labels
     from appliance.config import load_settings
     from appliance.services import build_services
-    from appliance.app import documents as operations
+    from appliance.app import documents
     from tests.helpers import ScriptedEngine
 
     s = build_services(load_settings({{"APPLIANCE_DATA_DIR": data}}), engine=ScriptedEngine())
@@ -50,16 +50,16 @@ CHILD = textwrap.dedent("""
         olga = s.accounts().get("olga")
         files = sorted(Path(arg).iterdir())
         for i, f in enumerate(files):
-            report = operations.ingest(s, olga, [f], Labels("UNCLASSIFIED"), collection="incoming")
+            report = documents.ingest(s, olga, [f], Labels("UNCLASSIFIED"), collection="incoming")
             assert report.count("added") == 1, report.as_dict()
             if i % 5 == 0:
-                operations.delete_document(s, olga, f"old-{{i // 5}}.txt")
+                documents.delete_document(s, olga, f"old-{{i // 5}}.txt")
         out["ingested"] = len(files)
     elif role == "reader":
         ann = s.accounts().get("ann")
         found = 0
         for i in range(int(arg)):
-            found += len(operations.search(s, ann, f"incoming note number {{i}}", k=5))
+            found += len(documents.search(s, ann, f"incoming note number {{i}}", k=5))
         out["found"] = found
     elif role == "apply":
         from appliance.app import updates

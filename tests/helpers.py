@@ -34,13 +34,16 @@ from appliance.runtime.model_store import ModelStore
 from appliance.runtime.protocol import GenerateRequest, GenerateResult
 
 __all__ = ["REPO", "PASS", "BUILD_PASS", "KEY_PASS", "SAMPLE_DOCS", "DIM", "cli_bundle", "ScriptedEngine",
+           "SPECIALIST_LABELS", "ENTITY_TYPES", "specialist_adapter",
            "hashed_embed", "letters_embed", "fake_kb",
            "run_cli", "run_cli_env", "make_accounts", "login", "bundle_spec", "store_copy"]
 
 REPO = Path(__file__).resolve().parent.parent
 PASS = "a long enough passphrase"  # every test account's
 BUILD_PASS = "build station passphrase"  # the bundle signing keys' (made in-process)
-KEY_PASS = "a build-station key passphrase"  # the bundle signing keys' (made with `appliance keys init`)
+KEY_PASS = "a build-station key passphrase"
+SPECIALIST_LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "reverted_card_payment?"]
+ENTITY_TYPES = ["person", "location", "corporation"]  # the bundle signing keys' (made with `appliance keys init`)
 SAMPLE_DOCS = {
     "kiosk.md": "# Media kiosk\n\nEvery USB drive brought into the facility is scanned at the media kiosk "
                 "before it may be connected to any workstation.\n",
@@ -241,6 +244,27 @@ def cli_bundle(tmp: Path, spec: Path, out: str, store: ModelStore) -> Path:
                     "--password-stdin"], tmp, store, input=KEY_PASS + "\n")
     assert proc.returncode == 0, proc.stderr
     return tmp / out
+
+
+def specialist_adapter(base: Path, out: Path, task: str, labels: list[str], seed: int) -> Path:
+    """A random (untrained) LoRA specialist for ``base``: the task and labels in its GGUF metadata."""
+    import json
+
+    from appliance.runtime.gguf_check import validate_gguf
+    from appliance.runtime.lora_gguf import write_lora_adapter
+
+    info = validate_gguf(base)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for t in info.tensors:
+        parts = t.name.split(".")
+        if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" and parts[2] in ("attn_q", "attn_v"):
+            tensors[t.name] = (rng.normal(0, 0.02, size=(4, t.shape[0])).astype(np.float32),
+                               rng.normal(0, 0.02, size=(t.shape[1], 4)).astype(np.float32))
+    write_lora_adapter(out, architecture=info.architecture, alpha=4.0, tensors=tensors, name=out.stem,
+                       metadata={"appliance.task": task, "appliance.labels": json.dumps(labels),
+                                 "appliance.metrics": json.dumps({"accuracy": 0.5})})
+    return out
 
 
 def store_copy(store: ModelStore, dest: Path) -> ModelStore:

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from tests.test_knowledge_real import PASS, _login, _run
+from tests.helpers import PASS, login, run_cli
 
 
 def run(args: list[str], home: Path, token: str | None = None, input: str | None = None):
-    return _run(args, home, SimpleNamespace(root=home / "models"), token=token, input=input)  # type: ignore[arg-type]
+    return run_cli(args, home, SimpleNamespace(root=home / "models"), token=token, input=input)  # type: ignore[arg-type]
 
 
 def test_bootstrap_login_and_user_administration(tmp_path: Path) -> None:
@@ -29,11 +29,11 @@ def test_bootstrap_login_and_user_administration(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "wrong user name or passphrase" in bad.stderr
     assert run(["login", "root", "--password-stdin"], tmp_path, input=PASS + "\n").returncode == 0
     assert json.loads(run(["whoami"], tmp_path).stdout)["name"] == "root"  # the session file
-    root = _login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "root")  # type: ignore[arg-type]
+    root = login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "root")  # type: ignore[arg-type]
     add = run(["users", "add", "ann", "--role", "analyst", "--level", "CONFIDENTIAL", "--password-stdin"], tmp_path,
               token=root, input=PASS + "\n")
     assert add.returncode == 0, add.stderr
-    ann = _login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "ann")  # type: ignore[arg-type]
+    ann = login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "ann")  # type: ignore[arg-type]
     refused = run(["users", "list"], tmp_path, token=ann)
     assert refused.returncode == 2 and "needs the role admin" in refused.stderr
     assert run(["users", "grant", "ann", "--level", "SECRET", "--compartments", "CRYPTO"], tmp_path,
@@ -53,7 +53,7 @@ def test_bootstrap_login_and_user_administration(tmp_path: Path) -> None:
 def test_policy_file_applies_whole_or_not_at_all(tmp_path: Path) -> None:
     assert run(["users", "add", "root", "--role", "admin", "--level", "TOP SECRET", "--password-stdin"], tmp_path,
                input=PASS + "\n").returncode == 0
-    root = _login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "root")  # type: ignore[arg-type]
+    root = login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "root")  # type: ignore[arg-type]
     assert run(["users", "add", "old", "--role", "analyst", "--level", "SECRET", "--password-stdin"], tmp_path,
                token=root, input=PASS + "\n").returncode == 0
     bad = tmp_path / "bad.toml"
@@ -79,12 +79,12 @@ def test_policy_file_applies_whole_or_not_at_all(tmp_path: Path) -> None:
 def test_audit_export_and_offline_verify(tmp_path: Path) -> None:
     assert run(["users", "add", "root", "--role", "admin", "--level", "SECRET", "--password-stdin"], tmp_path,
                input=PASS + "\n").returncode == 0
-    root = _login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "root")  # type: ignore[arg-type]
+    root = login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "root")  # type: ignore[arg-type]
     for name, role in (("olga", "officer"), ("ann", "analyst")):
         assert run(["users", "add", name, "--role", role, "--level", "SECRET", "--password-stdin"], tmp_path,
                    token=root, input=PASS + "\n").returncode == 0
-    olga = _login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "olga")  # type: ignore[arg-type]
-    ann = _login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "ann")  # type: ignore[arg-type]
+    olga = login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "olga")  # type: ignore[arg-type]
+    ann = login(tmp_path, SimpleNamespace(root=tmp_path / "models"), "ann")  # type: ignore[arg-type]
     refused = run(["audit", "export", "--out", str(tmp_path / "x")], tmp_path, token=ann)
     assert refused.returncode == 2 and "officer or auditor" in refused.stderr
     out1 = tmp_path / "media" / "export1"

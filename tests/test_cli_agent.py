@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.runtime.model_store import ModelStore
-from tests.test_knowledge_real import _accounts, _run
+from tests.helpers import make_accounts, run_cli
 
 DOCS = {
     "kiosk.md": "# Media kiosk\n\nEvery USB drive brought into the facility is scanned at the media kiosk "
@@ -26,17 +26,17 @@ def home(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> P
     root = tmp_path_factory.mktemp("cli-agent")
     for name, text in DOCS.items():
         (root / name).write_text(text)
-    TOKENS.update(_accounts(root, model_store, {"alice": ("analyst", "UNCLASSIFIED"),
+    TOKENS.update(make_accounts(root, model_store, {"alice": ("analyst", "UNCLASSIFIED"),
                                                 "carol": ("analyst", "SECRET:CRYPTO")}))
-    assert _run(["ingest", str(root / "kiosk.md"), str(root / "canteen.txt"), "--labels", "UNCLASSIFIED"], root,
+    assert run_cli(["ingest", str(root / "kiosk.md"), str(root / "canteen.txt"), "--labels", "UNCLASSIFIED"], root,
                 model_store, token=TOKENS["root"]).returncode == 0
-    assert _run(["ingest", str(root / "ciphers.txt"), "--labels", "SECRET:CRYPTO"], root, model_store,
+    assert run_cli(["ingest", str(root / "ciphers.txt"), "--labels", "SECRET:CRYPTO"], root, model_store,
                 token=TOKENS["root"]).returncode == 0
     return root
 
 
 def _as(user: str, args: list[str], home: Path, store: ModelStore):
-    return _run(args, home, store, token=TOKENS[user])
+    return run_cli(args, home, store, token=TOKENS[user])
 
 
 def test_ask_streams_then_prints_sources(home: Path, model_store: ModelStore) -> None:

@@ -13,7 +13,7 @@ from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.retrieval import Retriever
 from appliance.runtime.client import EngineClient
 from appliance.runtime.model_store import ModelStore
-from tests.helpers import PASS, SAMPLE_DOCS, login, make_accounts, run_cli  # noqa: F401 - PASS, login: imported from here by test_cli*, test_tui_tmux
+from tests.helpers import SAMPLE_DOCS, make_accounts, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SCIFACT = REPO.parent / "shared" / "data" / "scifact"
@@ -133,7 +133,3 @@ def test_eval_claims_compares_agent_and_single_shot(tmp_path: Path, model_store:
             assert 0.0 <= metrics[name] <= 1.0
     agent = result["systems"]["agent"]
     assert agent["groundedness"] == 1.0 or agent["abstention_rate"] == 1.0  # block policy: only verified sentences
-
-
-# the names other test modules (test_cli*, test_tui_tmux) still import from here
-_run, _accounts, _login = run_cli, make_accounts, login

@@ -7,33 +7,16 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from appliance.runtime.client import EngineClient
-from appliance.runtime.gguf_check import validate_gguf
-from appliance.runtime.lora_gguf import write_lora_adapter
 from appliance.runtime.model_store import ModelStore
 from appliance.runtime.protocol import EngineSpec
 from appliance.specialists.serve import AdapterSpecialist, SpecialistError, read_specialist
+from tests.helpers import ENTITY_TYPES, SPECIALIST_LABELS, specialist_adapter
 
-LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "reverted_card_payment?"]
-TYPES = ["person", "location", "corporation"]
-
-
-def _adapter(base: Path, out: Path, task: str, labels: list[str], seed: int) -> Path:
-    info = validate_gguf(base)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for t in info.tensors:
-        parts = t.name.split(".")
-        if len(parts) == 4 and parts[0] == "blk" and parts[3] == "weight" and parts[2] in ("attn_q", "attn_v"):
-            tensors[t.name] = (rng.normal(0, 0.02, size=(4, t.shape[0])).astype(np.float32),
-                               rng.normal(0, 0.02, size=(t.shape[1], 4)).astype(np.float32))
-    write_lora_adapter(out, architecture=info.architecture, alpha=4.0, tensors=tensors, name=out.stem,
-                       metadata={"appliance.task": task, "appliance.labels": json.dumps(labels),
-                                 "appliance.metrics": json.dumps({"accuracy": 0.5})})
-    return out
+LABELS, TYPES = SPECIALIST_LABELS, ENTITY_TYPES
+_adapter = specialist_adapter
 
 
 @pytest.fixture(scope="module")

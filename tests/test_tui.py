@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input, ListView, Static
 
-from appliance import operations
-from appliance.access.labels import Labels
+from appliance.app import answers, documents
+from appliance.app import audit as audit_use
 from appliance.audit.verify import verify_export
 from appliance.config import load_settings
 from appliance.runtime.model_store import ModelStore
@@ -37,70 +35,14 @@ from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import trust_root
 from appliance.updates.keys import init_keys
 from tests.helpers import BUILD_PASS, ScriptedEngine, bundle_spec, store_copy
-
-PASS = "a long enough passphrase"
-DOCS = {
-    "kiosk.md": ("UNCLASSIFIED", "# Media kiosk\n\nEvery USB drive brought into the facility is scanned at the "
-                 "media kiosk before it may be connected to any workstation. The kiosk is staffed from 07:00 to "
-                 "19:00.\n"),
-    "canteen.txt": ("UNCLASSIFIED", "The canteen serves lunch from noon until two in the afternoon on weekdays.\n"),
-    "keys.txt": ("SECRET:CRYPTO", "Cipher keys for the secure link are rotated on the first Monday of each month.\n"),
-}
+from tests.pilot import PASS, login, notices, run, settle, tui_appliance
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Services:
-    root = tmp_path_factory.mktemp("tui")
-    settings = load_settings({"APPLIANCE_DATA_DIR": str(root / "data"), "APPLIANCE_MODELS_DIR": str(model_store.root)})
-    s = build_services(settings)
-    acc = s.accounts()
-    acc.add("root", role="admin", level="TOP SECRET", compartments=["CRYPTO"], passphrase=PASS, by=None)
-    admin = acc.get("root")
-    for name, role, level, comps in (("ann", "analyst", "UNCLASSIFIED", []), ("olga", "officer", "SECRET", ["CRYPTO"]),
-                                     ("aud", "auditor", "CONFIDENTIAL", [])):
-        acc.add(name, role=role, level=level, compartments=comps, passphrase=PASS, by=admin)
-    for name, (labels, text) in DOCS.items():
-        (root / name).write_text(text)
-        level, _, comps = labels.partition(":")
-        operations.ingest(s, admin, [root / name], Labels(level, frozenset(filter(None, comps.split(",")))))
+def services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Iterator[Services]:
+    s = tui_appliance(tmp_path_factory.mktemp("tui"), model_store)
     yield s
     s.close()
-
-
-def run(services: Services, body: Callable, size: tuple[int, int] = (120, 40), **kw) -> None:
-    async def main() -> None:
-        app = ApplianceApp(services, **kw)
-        async with app.run_test(size=size) as pilot:
-            await body(app, pilot)
-    asyncio.run(main())
-
-
-async def login(app: ApplianceApp, pilot, name: str, passphrase: str = PASS) -> None:
-    await pilot.pause()
-    assert isinstance(app.screen, LoginScreen)
-    app.screen.query_one("#name", Input).value = name
-    app.screen.query_one("#passphrase", Input).value = passphrase
-    await pilot.click("#login")
-    await settle(app, pilot)
-
-
-def notices(app: ApplianceApp) -> list[str]:
-    """The notices the app has shown (toasts), oldest first."""
-    return [n.message for n in app._notifications]
-
-
-async def settle(app: ApplianceApp, pilot, until: Callable[[], bool] | None = None, timeout: float = 60) -> None:
-    """Wait for the workers (or ``until``), with a deadline well inside the 120 s per-test timeout."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        await pilot.pause(0.05)
-        if until is None:
-            if not [w for w in app.workers if w.is_running and w.group != "warm"]:
-                await pilot.pause()
-                return
-        elif until():
-            return
-    raise AssertionError(f"the UI did not settle in {timeout:.0f} s; notices: {notices(app)}")
 
 
 async def ask(app: ApplianceApp, pilot, question: str) -> AskScreen:
@@ -327,7 +269,7 @@ def test_role_gating_hides_and_refuses(services: Services) -> None:
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Go to Audit" not in titles and "Go to Ask" in titles
         with pytest.raises(Exception, match="audit.export needs the role"):
-            operations.export_audit(services, app.account, Path("/tmp/never"))  # the service refuses too
+            audit_use.export_audit(services, app.account, Path("/tmp/never"))  # the service refuses too
         await pilot.press("ctrl+l")
         await pilot.pause()
         await login(app, pilot, "root")
@@ -448,8 +390,8 @@ def test_steps_sessions_sources_feedback_and_logout_reach_the_stores_off_the_ui_
     store, accounts = services.agent_store(), services.accounts()
     for name in ("trace", "sessions", "turns"):
         monkeypatch.setattr(store, name, watched(name, getattr(store, name)))
-    for name in ("show_document", "record_feedback"):
-        monkeypatch.setattr(operations, name, watched(name, getattr(operations, name)))
+    monkeypatch.setattr(documents, "show_document", watched("show_document", documents.show_document))
+    monkeypatch.setattr(answers, "record_feedback", watched("record_feedback", answers.record_feedback))
     monkeypatch.setattr(accounts, "logout", watched("logout", accounts.logout))
     ui: list[int] = []
 
@@ -728,7 +670,9 @@ def test_only_officers_and_admins_reach_updates(appliance: Services, tmp_path: P
 @pytest.fixture(scope="module")
 def specialist_services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore, generator) -> Services:
     """An appliance whose model store (a hard-linked copy of the test models) has a classifier and an extractor."""
-    from tests.test_specialist_serve import LABELS, TYPES, _adapter
+    from tests.helpers import ENTITY_TYPES as TYPES
+    from tests.helpers import SPECIALIST_LABELS as LABELS
+    from tests.helpers import specialist_adapter as _adapter
     root = tmp_path_factory.mktemp("tui-specialists")
     store = store_copy(model_store, root / "models")
     for name, task, labels, seed in (("intent", "classify", LABELS, 1), ("ner", "extract", TYPES, 2)):
@@ -770,7 +714,7 @@ async def _run_specialist(app: ApplianceApp, pilot, screen: SpecialistsScreen, n
 
 
 def test_an_analyst_lists_and_classifies_with_a_specialist(specialist_services: Services) -> None:
-    from tests.test_specialist_serve import LABELS
+    from tests.helpers import SPECIALIST_LABELS as LABELS
 
     async def body(app: ApplianceApp, pilot) -> None:
         await login(app, pilot, "ann")
@@ -803,7 +747,7 @@ def test_an_analyst_lists_and_classifies_with_a_specialist(specialist_services: 
 
 
 def test_an_analyst_extracts_entities_anchored_in_the_text(specialist_services: Services) -> None:
-    from tests.test_specialist_serve import TYPES
+    from tests.helpers import ENTITY_TYPES as TYPES
 
     # Short texts (the random adapter tends to echo a text back: the first as it is, a span; the second with
     # its last character changed, which the text does not contain, so dropped). What holds for any model:

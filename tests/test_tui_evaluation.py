@@ -5,14 +5,23 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from textual.widgets import Button, DataTable, Input, Static
 
 from appliance.evaluation.sets import EvalItem
+from appliance.runtime.model_store import ModelStore
 from appliance.services import Services
 from appliance.tui.app import SCREENS_BY_ROLE, ApplianceApp
 from appliance.tui.screens.evaluation import EvaluationScreen
-from tests.test_tui import login, run, services, settle  # noqa: F401 - the module's appliance
+from tests.pilot import login, run, settle, tui_appliance
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore):  # noqa: ANN201 - Services
+    s = tui_appliance(tmp_path_factory.mktemp("tui-evaluation"), model_store)
+    yield s
+    s.close()
 
 ITEMS = [EvalItem("qa", "Where is every USB drive scanned?", {"answers": ["at the media kiosk"],
                                                              "sources": ["kiosk.md"], "unanswerable": False}),

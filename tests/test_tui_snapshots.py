@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance import operations
 from appliance.access.labels import Labels
+from appliance.app import documents
 from appliance.config import load_settings
 from appliance.runtime.model_store import ModelStore
 from appliance.services import Services, build_services
@@ -44,7 +44,7 @@ def services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) 
     for name, (labels, text) in docs.items():
         (root / name).write_text(text)
         level, _, comps = labels.partition(":")
-        operations.ingest(s, admin, [root / name], Labels(level, frozenset(filter(None, comps.split(",")))),
+        documents.ingest(s, admin, [root / name], Labels(level, frozenset(filter(None, comps.split(",")))),
                           collection="facility-handbook" if name == "canteen.txt" else "security")
     yield s
     s.close()
@@ -212,8 +212,10 @@ def test_updates_screen_with_a_verified_plan(snap_compare, services: Services, t
 @pytest.fixture(scope="module")
 def specialist_services(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore, generator) -> Services:
     """A classifier and an extractor in a hard-linked copy of the test models (as in tests/test_tui.py)."""
+    from tests.helpers import ENTITY_TYPES as TYPES
+    from tests.helpers import SPECIALIST_LABELS as LABELS
+    from tests.helpers import specialist_adapter as _adapter
     from tests.helpers import store_copy
-    from tests.test_specialist_serve import LABELS, TYPES, _adapter
 
     root = tmp_path_factory.mktemp("snap-specialists")
     store = store_copy(model_store, root / "models")
@@ -239,10 +241,10 @@ def test_specialists_screen_with_a_classification(snap_compare, specialist_servi
     """
     import dataclasses
 
-    from appliance import operations
-    from tests.test_specialist_serve import LABELS
+    from appliance.app import specialists as specialist_use
+    from tests.helpers import SPECIALIST_LABELS as LABELS
 
-    real = operations.run_specialist
+    real = specialist_use.run_specialist
     ran: list = []
 
     def pinned(services, account, name, task, texts):  # noqa: ANN001, ANN202
@@ -251,7 +253,7 @@ def test_specialists_screen_with_a_classification(snap_compare, specialist_servi
         return [dataclasses.replace(r, label="lost_or_stolen_card", best="lost_or_stolen_card", confidence=0.87)
                 for r in results]
 
-    monkeypatch.setattr(operations, "run_specialist", pinned)
+    monkeypatch.setattr(specialist_use, "run_specialist", pinned)
     monkeypatch.setattr("appliance.tui.screens.specialists.latency", lambda _seconds: "42 ms")  # pinned
 
     async def run_before(pilot) -> None:

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from appliance.runtime.model_store import ModelStore
-from tests.test_knowledge_real import PASS, _accounts, _run
+from tests.helpers import PASS, make_accounts, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,8 +35,8 @@ def test_login_and_ask_in_a_real_terminal(tmp_path: Path, model_store: ModelStor
     assert shutil.which("tmux"), "tmux is needed for this test (it is on the appliance image)"
     (tmp_path / "canteen.txt").write_text("The canteen serves lunch from noon until two in the afternoon on "
                                           "weekdays.\n")
-    tokens = _accounts(tmp_path, model_store, {"ann": ("analyst", "UNCLASSIFIED")})
-    assert _run(["ingest", str(tmp_path / "canteen.txt"), "--labels", "UNCLASSIFIED"], tmp_path, model_store,
+    tokens = make_accounts(tmp_path, model_store, {"ann": ("analyst", "UNCLASSIFIED")})
+    assert run_cli(["ingest", str(tmp_path / "canteen.txt"), "--labels", "UNCLASSIFIED"], tmp_path, model_store,
                 token=tokens["root"]).returncode == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env.update(APPLIANCE_DATA_DIR=str(tmp_path / "data"), APPLIANCE_MODELS_DIR=str(model_store.root),

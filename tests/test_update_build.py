@@ -119,7 +119,3 @@ def test_bundle_build_cli_signs_the_demo_spec(tmp_path: Path) -> None:
     client.refresh()
     info = client.get_targetinfo("knowledge/security/crypto-key-rotation-schedule.md")
     assert info is not None and info.unrecognized_fields["custom"]["labels"] == "SECRET:CRYPTO"
-
-
-# the names test_tui*.py still import from here
-PASS, _spec = BUILD_PASS, bundle_spec

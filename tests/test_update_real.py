@@ -211,7 +211,3 @@ def test_disk_full_during_staging_is_refused_and_leaves_nothing(template, model_
     assert list(staging.iterdir()) == []  # outside the namespace: nothing was left behind either
     audit = run_cli(["audit", "check"], tmp_path, model_store, token=tokens["olga"])
     assert audit.returncode == 0, audit.stdout + audit.stderr
-
-
-# the name test_tui*.py and test_specialist_serve.py still import from here
-_store_copy = store_copy

@@ -124,7 +124,7 @@ def test_bundle_trust_and_verify_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_an_officer_cannot_overwrite_a_document_above_their_clearance(appliance, tmp_path: Path) -> None:
-    from appliance import operations
+    from appliance.app import documents as operations
     from appliance.errors import KnowledgeError
 
     top = tmp_path / "top"

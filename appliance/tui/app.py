@@ -126,9 +126,9 @@ class ApplianceApp(ReportsFailures, App[None]):
         return self.account
 
     def principal(self) -> Principal:
-        from appliance import operations
+        from appliance.app import documents
 
-        return operations.principal_of(self.services, self.current())
+        return documents.principal_of(self.services, self.current())
 
     def refresh_header(self) -> None:
         self.refresh_bindings()

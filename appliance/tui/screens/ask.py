@@ -267,12 +267,12 @@ class AskScreen(ReportsFailures, Screen[None]):
 
     @in_thread(OPENING_SOURCE, group="context")
     def _fetch_context(self, citation: Citation) -> None:
-        from appliance import operations
+        from appliance.app import documents
 
         app: Any = self.app
         version = int(citation.chunk_id.rsplit("@", 1)[1].split("#", 1)[0])
         # the document as it is now, checked against the user's clearance now, and only the cited version
-        _, chunks = operations.show_document(app.services, app.current(), citation.doc_id, version)
+        _, chunks = documents.show_document(app.services, app.current(), citation.doc_id, version)
         self.post_message(SourceOpened(citation, chunks))
 
     def on_source_opened(self, message: SourceOpened) -> None:
@@ -368,10 +368,10 @@ class AskScreen(ReportsFailures, Screen[None]):
 
     @in_thread(SAVING_FEEDBACK, group="feedback")
     def _feedback_worker(self, trace_id: str, verdict: str, correct: str | None, source: str | None) -> None:
-        from appliance import operations
+        from appliance.app import answers
 
         app: Any = self.app
-        operations.record_feedback(app.services, app.current(), trace_id, verdict, correct, source)
+        answers.record_feedback(app.services, app.current(), trace_id, verdict, correct, source)
         self.post_message(FeedbackSaved(verdict))
 
     def on_feedback_saved(self, message: FeedbackSaved) -> None:

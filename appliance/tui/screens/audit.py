@@ -97,31 +97,23 @@ class AuditScreen(ReportsFailures, Screen[None]):
 
     @in_thread("reading the audit log", exclusive=True, group="audit-load")
     def _load_entries(self, needle: str) -> None:
-        from appliance.access.authz import authorize
+        from appliance.app.audit import view_entries
 
         app: Any = self.app
-        me = authorize(app.current(), "audit.read")
-        log = app.services.audit()
-        log.record("audit.view", me.name, filter=needle[:200])
         rows = []
-        for e in reversed(list(log.entries(max(0, log.tree.size - 20 * SHOWN)))):
-            v = e.value()
-            if needle and needle not in (v.get("user") or "") and needle not in v.get("kind", ""):
-                continue
+        for v in view_entries(app.services, app.current(), needle, limit=SHOWN, scan=20 * SHOWN):
             details = {k: x for k, x in v.items() if k not in ("seq", "ts", "kind", "user")}
-            rows.append((str(e.seq), v.get("ts", "")[:19], v.get("kind", ""), v.get("user") or "",
+            rows.append((str(v.get("seq", "")), v.get("ts", "")[:19], v.get("kind", ""), v.get("user") or "",
                          json.dumps(details)[:160]))
-            if len(rows) >= SHOWN:
-                break
         self.post_message(EntriesRead(rows))
 
     @on(Button.Pressed, "#verify")
     @in_thread("verifying the log", exclusive=True, group="audit-verify")
     def _verify_log(self) -> None:
-        from appliance import operations
+        from appliance.app import audit as audit_use
 
         app: Any = self.app
-        self.post_message(LogVerified(operations.check_audit(app.services, app.current())))
+        self.post_message(LogVerified(audit_use.check_audit(app.services, app.current())))
 
     @on(Button.Pressed, "#export")
     def _export_pressed(self) -> None:
@@ -133,13 +125,13 @@ class AuditScreen(ReportsFailures, Screen[None]):
 
     @in_thread("exporting the log", exclusive=True, group="audit-export")
     def _export_worker(self, out: Path) -> None:
-        from appliance import operations
+        from appliance.app import audit as audit_use
 
         def progress(done: int, total: int | None) -> None:
             self.post_message(ExportProgressed(done, total))
 
         app: Any = self.app
-        manifest = operations.export_audit(app.services, app.current(), out, progress=progress)
+        manifest = audit_use.export_audit(app.services, app.current(), out, progress=progress)
         self.post_message(LogExported(manifest, out))
 
     def on_export_progressed(self, message: ExportProgressed) -> None:

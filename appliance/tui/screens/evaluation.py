@@ -1,7 +1,7 @@
 """Evaluation (officers, auditors, admins): the sets, their last run side by side, a new run, reports.
 
 The same as ``appliance evalset list``, ``eval run`` and ``eval report``, over the same
-service functions (:func:`appliance.evaluation.operations.run_set` checks the role and
+service functions (:func:`appliance.app.evaluation.run_set` checks the role and
 audits the run). The set under the cursor shows its last run: per kind of item, each
 architecture's figures and the recommendation with its reasons. Run (officers, admins)
 evaluates it again with a progress bar; Report writes the Markdown, JSON and charts into
@@ -115,21 +115,22 @@ class EvaluationScreen(ReportsFailures, Screen[None]):
 
     @in_thread("reading the evaluation sets", exclusive=True, group="eval-sets")
     def _load(self) -> None:
-        from appliance.access.authz import authorize
+        from appliance.app.evaluation import list_sets
 
         app: Any = self.app
-        authorize(app.services.accounts().get(app.current().name), "evaluation.read")
-        self.post_message(SetsListed(app.services.eval_store().list()))
+        self.post_message(SetsListed(list_sets(app.services, app.current())))
 
     @in_thread("reading the last run", exclusive=True, group="eval-last")
     def _load_last(self, name: str) -> None:
+        from appliance.app.evaluation import runs as past_runs
+
         app: Any = self.app
-        runs = app.services.eval_store().runs(name, limit=1)
+        runs = past_runs(app.services, app.current(), name, limit=1)
         self.post_message(LastRunRead(name, runs[0]["report"] if runs else None))
 
     @in_thread(RUNNING, group="eval-run")
     def _run_worker(self, name: str) -> None:
-        from appliance.evaluation.operations import run_set
+        from appliance.app.evaluation import run_set
 
         def progress(done: int, total: int) -> None:
             self.post_message(PhaseProgressed("evaluating", done, total))

@@ -68,10 +68,10 @@ class LibraryScreen(ReportsFailures, Screen[None]):
 
     @in_thread("listing the documents", exclusive=True, group="library")
     def _load_docs(self) -> None:
-        from appliance import operations
+        from appliance.app import documents
 
         app: Any = self.app
-        self.post_message(DocumentsListed(operations.list_documents(app.services, app.current())))
+        self.post_message(DocumentsListed(documents.list_documents(app.services, app.current())))
 
     @on(Input.Submitted, "#search")
     def _search_submitted(self, event: Input.Submitted) -> None:
@@ -80,11 +80,11 @@ class LibraryScreen(ReportsFailures, Screen[None]):
 
     @in_thread("searching", exclusive=True, group="search")
     def _search_worker(self, query: str, mode: str) -> None:
-        from appliance import operations
+        from appliance.app import documents
 
         app: Any = self.app
         app.engine_ready.wait(timeout=300)
-        self.post_message(SearchFound(operations.search(app.services, app.current(), query, k=20, mode=mode)))
+        self.post_message(SearchFound(documents.search(app.services, app.current(), query, k=20, mode=mode)))
 
     def on_documents_listed(self, message: DocumentsListed) -> None:
         table = self.query_one("#docs", DataTable)

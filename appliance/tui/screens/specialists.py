@@ -1,7 +1,7 @@
 """Specialists (every role): run the fine-tuned classifiers and extractors installed on the appliance.
 
 The same as ``appliance specialists``, ``classify`` and ``extract``, over the same service
-function (:func:`appliance.operations.run_specialist`), which checks the role and audits
+function (:func:`appliance.app.specialists.run_specialist`), which checks the role and audits
 the call. The table lists the installed specialists (from their adapters' metadata); the
 one under the cursor runs on the text (Enter or Run) in a worker thread that only posts
 messages. A classification shows the label and its confidence, or the abstention with
@@ -271,11 +271,11 @@ class SpecialistsScreen(ReportsFailures, Screen[None]):
 
     @in_thread(RUNNING, exclusive=True, group="specialist-run")
     def _run_worker(self, name: str, task: str, text: str, types: tuple[str, ...]) -> None:
-        from appliance import operations
+        from appliance.app.specialists import run_specialist
 
         app: Any = self.app
         app.engine_ready.wait(timeout=300)  # the models may still be loading in the background
-        [result] = operations.run_specialist(app.services, app.current(), name, task, [text])
+        [result] = run_specialist(app.services, app.current(), name, task, [text])
         self.post_message(SpecialistRan(task, text, result, types))
 
     # -- what the workers post, and a failed run (main thread) ----------------------------

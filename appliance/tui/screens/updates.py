@@ -297,42 +297,41 @@ class UpdatesScreen(ReportsFailures, Screen[None]):
 
     @in_thread(WHAT["verify"], group="bundle")
     def _verify_worker(self, media: Path) -> None:
-        from appliance.updates.check import verify_bundle
+        from appliance.app import updates
 
         app: Any = self.app
-        plan = verify_bundle(app.services, app.current(), media, app.services.settings.updates.appliance_class,
-                             self._reporter())
+        plan = updates.verify(app.services, app.current(), media, self._reporter())
         if plan.work is not None:
             shutil.rmtree(plan.work, ignore_errors=True)  # a dry run keeps nothing
         self.post_message(BundleVerified(str(media), plan.summary()))
 
     @in_thread(WHAT["apply"], group="bundle")
     def _apply_worker(self, media: Path) -> None:
-        from appliance.evaluation.gate import apply_with_gate
+        from appliance.app import updates
 
         app: Any = self.app
-        self.post_message(BundleApplied(*apply_with_gate(app.services, app.current(), media, self._reporter())))
+        self.post_message(BundleApplied(*updates.apply(app.services, app.current(), media, self._reporter())))
 
     @in_thread(WHAT["rollback"], group="bundle")
     def _rollback_worker(self, to: int | None) -> None:
-        from appliance.evaluation.gate import accept_held, held
-        from appliance.updates.apply import rollback
+        from appliance.app import updates
+        from appliance.evaluation.gate import held
 
         app: Any = self.app
         holding = held(app.services)
         if holding and to is not None and to == holding["generation"]:  # the drift gate held it: the officer accepts
-            accept_held(app.services, app.current(), to)
+            updates.accept(app.services, app.current(), to)
             self.post_message(BundleRolledBack(app.services.generation()))
         else:
-            self.post_message(BundleRolledBack(rollback(app.services, app.current(), to)))
+            self.post_message(BundleRolledBack(updates.roll_back(app.services, app.current(), to)))
 
     @in_thread("reading the generations", exclusive=True, group="bundle-history")
     def _load_history(self) -> None:
+        from appliance.app import updates
         from appliance.evaluation.gate import held
-        from appliance.updates.apply import history
 
         app: Any = self.app
-        self.post_message(GenerationsRead(*history(app.services, app.current()), held(app.services)))
+        self.post_message(GenerationsRead(*updates.generations(app.services, app.current()), held(app.services)))
 
     # -- what the workers post, and their failures (main thread) ------------------------
 
