@@ -63,9 +63,9 @@ doctor: install
 test: test-models
 	APPLIANCE_TEST_MODELS=$(TEST_DATA)/models $(BIN)/python -m pytest -m "not slow" -q
 
-# the tier without models: logic on the scripted engine and the fakes (about a minute)
+# the in-process tier without models: logic on the scripted engine and the fakes (under 2 minutes)
 test-fast: install
-	$(BIN)/python -m pytest -m "not models and not slow" -q
+	$(BIN)/python -m pytest -m "not models and not slow and not processes" -q
 
 # ruff and mypy (configured in pyproject.toml)
 lint: install

@@ -102,6 +102,7 @@ def test_models_list_and_verify(tmp_path: Path, model_store: ModelStore) -> None
     assert {"smollm2-135m-instruct", "all-minilm-l6-v2"} <= names
 
 
+@pytest.mark.processes
 def test_models_import_verify_and_refuse(tmp_path: Path) -> None:
     src = tiny_model(tmp_path / "tiny.gguf")
     proc = run(["models", "import", str(src), "--name", "tiny", "--kind", "generator"], tmp_path)

@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from tests.helpers import PASS, login, run_cli
+
+pytestmark = pytest.mark.processes
 
 
 def run(args: list[str], home: Path, token: str | None = None, input: str | None = None):

@@ -8,9 +8,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from appliance.config import load_settings
 from appliance.services import build_services
 from tests.cross_process import first_starts, officer_scenario
+
+pytestmark = pytest.mark.processes
 
 
 def test_ingest_readers_and_apply_at_once_lose_and_revive_nothing(tmp_path: Path) -> None:

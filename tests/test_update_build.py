@@ -99,6 +99,7 @@ def test_bad_specs_refused(tmp_path: Path, extra: str, message: str) -> None:
         load_spec(bundle_spec(tmp_path, extra=extra))
 
 
+@pytest.mark.processes
 def test_bundle_build_cli_signs_the_demo_spec(tmp_path: Path) -> None:
     import os
     import subprocess

@@ -58,6 +58,7 @@ def test_rotation_makes_new_keys_and_keeps_the_old_ones_to_sign_the_handover(tmp
         rotate_role(tmp_path / "keys", "targets", "not the passphrase at all")
 
 
+@pytest.mark.processes
 def test_keys_cli(tmp_path: Path) -> None:
     import subprocess
     import sys

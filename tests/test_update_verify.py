@@ -107,6 +107,7 @@ def test_payload_one_byte_long_refused(appliance, tmp_path: Path) -> None:
     assert not list((appliance.settings.data_dir / "updates" / "staging").iterdir())  # the bad blob is not kept
 
 
+@pytest.mark.processes
 def test_bundle_trust_and_verify_through_the_cli(tmp_path: Path) -> None:
     from tests.helpers import make_accounts as _accounts
     from tests.helpers import run_cli as _run
