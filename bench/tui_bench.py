@@ -24,8 +24,8 @@ from typing import Any
 
 from rich.console import Console
 
-from appliance.app import documents
 from appliance.access.labels import Labels
+from appliance.app import documents
 from appliance.config import load_settings
 from appliance.services import Services, build_services
 from bench.runtime_bench import REPO, _store
