@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from appliance.demo import demo_bundle, install_demo
+from appliance.app.demo import demo_bundle, install_demo
 from appliance.evaluation.sets import load_items
 from appliance.services import build_services
 from bench.evaluation_bench import fresh_settings

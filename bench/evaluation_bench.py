@@ -28,8 +28,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from appliance.app.demo import demo_bundle, install_demo
 from appliance.config import EvaluationSettings, Settings, load_settings
-from appliance.demo import demo_bundle, install_demo
 from appliance.evaluation.sets import EvalItem
 from appliance.runtime.model_store import ModelStore
 from appliance.services import build_services
@@ -158,7 +158,7 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
 
         with console.status(f"the next bundle with the drift gate ({gate_n} questions)…"):
             bundle = station / "gated-bundle"
-            from appliance.demo import DEMO_KEY_PASSPHRASE
+            from appliance.app.demo import DEMO_KEY_PASSPHRASE
             from appliance.updates.build import build_bundle
 
             build_bundle(load_spec(gated_spec), WORK / "data" / "demo-station" / "keys", DEMO_KEY_PASSPHRASE,

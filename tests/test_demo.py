@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.app.demo import DEMO_ROOT, MAX_TOML_BYTES, DemoError, collection_of, install_demo, load_bundle
 from appliance.config import KnowledgeSettings, Settings
-from appliance.demo import DEMO_ROOT, MAX_TOML_BYTES, DemoError, collection_of, install_demo, load_bundle
 from appliance.errors import AccessError
 from appliance.runtime.model_store import ModelStore
 from appliance.services import Services, build_services
@@ -148,7 +148,7 @@ def make_accounts() -> list[dict]:
 def test_demo_bundle_matches_the_manifest_and_applies_once(tmp_path: Path, model_store) -> None:  # noqa: ANN001
     """The signed path `make run` takes: bundles/demo.toml lists exactly the manifest's documents and labels,
     and the demo specialists, which are served on the base model once it is applied."""
-    from appliance.demo import demo_bundle
+    from appliance.app.demo import demo_bundle
     from appliance.updates.build import load_spec
 
     calls: list[int] = []

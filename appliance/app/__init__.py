@@ -10,5 +10,6 @@ and never decide access or write audit entries themselves.
 Modules: :mod:`~appliance.app.documents` (ingest, delete, search, show, list, index check),
 :mod:`~appliance.app.audit` (export, check, view), :mod:`~appliance.app.answers` (feedback,
 request metrics, trace export), :mod:`~appliance.app.specialists`,
-:mod:`~appliance.app.evaluation` (sets and runs).
+:mod:`~appliance.app.evaluation` (sets and runs), :mod:`~appliance.app.updates` (signed bundles),
+and the two that run without a login: :mod:`~appliance.app.doctor` and :mod:`~appliance.app.demo`.
 """

@@ -33,7 +33,7 @@ def demo() -> None:
 @click.pass_context
 def demo_install(ctx: click.Context, root: Path | None, as_json: bool, accounts_only: bool) -> None:
     """Create the demo accounts and ingest the demo documents (idempotent; demo only)."""
-    from appliance.demo import DEMO_ROOT, install_demo, load_bundle
+    from appliance.app.demo import DEMO_ROOT, install_demo, load_bundle
 
     svc = services(ctx)
     s = svc.settings
@@ -54,7 +54,7 @@ def demo_install(ctx: click.Context, root: Path | None, as_json: bool, accounts_
 @click.pass_context
 def demo_bundle_command(ctx: click.Context, as_json: bool) -> None:
     """Build the demo's signed bundle (bundles/demo.toml) and apply it as the demo officer (idempotent)."""
-    from appliance.demo import demo_bundle
+    from appliance.app.demo import demo_bundle
 
     with phase_progress() as step:
         result = demo_bundle(services(ctx), step)

@@ -27,7 +27,7 @@ def register(group: click.Group) -> None:
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool, verify: bool, no_engine: bool) -> None:
     """Report models and digests, the engine build, and the air-gap status."""
-    from appliance.doctor import dumps, run_doctor
+    from appliance.app.doctor import dumps, run_doctor
 
     svc = services(ctx)
     with console.status("checking the appliance…"):

@@ -36,7 +36,7 @@ from appliance.services import Services
 __all__ = ["DEMO_ROOT", "DEMO_SPEC", "demo_bundle", "MAX_TOML_BYTES", "DemoAccount", "DemoBundle", "DemoEntry",
            "DemoError", "collection_of", "install_demo", "load_bundle"]
 
-DEMO_ROOT = Path(__file__).resolve().parent.parent / "bundles" / "demo"
+DEMO_ROOT = Path(__file__).resolve().parents[2] / "bundles" / "demo"
 MAX_TOML_BYTES = 1 << 20
 MAX_ENTRIES = 10_000
 _COLLECTION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
