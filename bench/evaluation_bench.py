@@ -154,7 +154,7 @@ def run(quick: bool = False, console: Console | None = None) -> dict[str, Any]:
             t0 = time.perf_counter()
             run_set(gated_services, officer, "gate", served=True, trigger="gate baseline")
             baseline_s = time.perf_counter() - t0
-        from appliance.evaluation.gate import apply_with_gate
+        from appliance.app.gate import apply_with_gate
 
         with console.status(f"the next bundle with the drift gate ({gate_n} questions)…"):
             bundle = station / "gated-bundle"

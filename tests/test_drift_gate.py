@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.app.gate import GateResult, drops, figures, gate_text
 from appliance.audit.log import AuditLog
-from appliance.evaluation.gate import GateResult, drops, figures, gate_text
 from appliance.runtime.model_store import ModelStore
 from tests.helpers import bundle_spec, cli_bundle, make_accounts, run_cli, run_cli_env
 

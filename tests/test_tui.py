@@ -565,7 +565,7 @@ def test_an_officer_verifies_applies_and_rolls_back_a_bundle(appliance: Services
 
 def test_a_generation_the_drift_gate_held_is_marked_and_accepted_from_updates(appliance: Services,
                                                                               tmp_path: Path) -> None:
-    from appliance.evaluation.gate import _write_held
+    from appliance.app.gate import _write_held
     from appliance.updates.apply import apply_bundle, rollback
 
     b1, b2 = _bundle(tmp_path, 1, "b1"), _bundle(tmp_path, 2, "b2", canteen="Lunch is now at one o'clock.\n")

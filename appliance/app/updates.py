@@ -9,7 +9,7 @@ from pathlib import Path
 
 from appliance.access.accounts import Account
 from appliance.app.acting import acting
-from appliance.evaluation.gate import GateResult, accept_held, apply_with_gate
+from appliance.app.gate import GateResult, accept_held, apply_with_gate
 from appliance.services import Services
 from appliance.updates.apply import ApplyResult, history, rollback
 from appliance.updates.check import Plan, Progress, trust_root, verify_bundle

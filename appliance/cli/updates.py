@@ -156,7 +156,7 @@ def bundle_apply(ctx: click.Context, directory: Path, as_json: bool) -> None:
                   f"{result.seconds:.1f} s: {c.get('added', 0)} added, {c.get('replaced', 0)} replaced, "
                   f"{c.get('unchanged', 0)} unchanged, {c.get('revoked', 0)} revoked", highlight=False)
     if gate.verdict != "not run":
-        from appliance.evaluation.gate import gate_text
+        from appliance.app.gate import gate_text
 
         console.print(gate_text(gate))
     if gate.failed:
@@ -185,7 +185,7 @@ def bundle_history(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     from appliance.app import updates
-    from appliance.evaluation.gate import held
+    from appliance.app.gate import held
 
     serving, kept, state = updates.generations(services(ctx), current_account(ctx))
     holding = held(services(ctx))

@@ -25,13 +25,13 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Static
 
-from appliance.evaluation.gate import gate_text
+from appliance.app.gate import gate_text
 from appliance.tui.messages import PhaseProgressed
 from appliance.tui.widgets import AppHeader
 from appliance.tui.workers import ReportsFailures, in_thread
 
 if TYPE_CHECKING:
-    from appliance.evaluation.gate import GateResult
+    from appliance.app.gate import GateResult
     from appliance.updates.apply import ApplyResult
     from appliance.updates.generations import GenerationInfo
 
@@ -315,7 +315,7 @@ class UpdatesScreen(ReportsFailures, Screen[None]):
     @in_thread(WHAT["rollback"], group="bundle")
     def _rollback_worker(self, to: int | None) -> None:
         from appliance.app import updates
-        from appliance.evaluation.gate import held
+        from appliance.app.gate import held
 
         app: Any = self.app
         holding = held(app.services)
@@ -328,7 +328,7 @@ class UpdatesScreen(ReportsFailures, Screen[None]):
     @in_thread("reading the generations", exclusive=True, group="bundle-history")
     def _load_history(self) -> None:
         from appliance.app import updates
-        from appliance.evaluation.gate import held
+        from appliance.app.gate import held
 
         app: Any = self.app
         self.post_message(GenerationsRead(*updates.generations(app.services, app.current()), held(app.services)))
