@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from appliance.access.labels import Labels, LevelScale
+from appliance.agent.answer import marking_of
 from appliance.agent.grounding import Grounder, novel_specifics, safe_passage, split_cited
-from appliance.agent.loop import marking_of
 from appliance.agent.planning import plan, route, standalone
 from appliance.agent.store import AgentStore, Step, Turn
 from appliance.errors import AgentError

@@ -216,7 +216,7 @@ def test_store_refuses_a_verifier_without_rank_pooling(model_store: ModelStore, 
 def test_reranker_logit_is_evidence_only_when_switched_on() -> None:
     from dataclasses import replace
 
-    from appliance.agent.loop import evidence_reason
+    from appliance.agent.answer import evidence_reason
     from appliance.config import AgentSettings
 
     off = AgentSettings()

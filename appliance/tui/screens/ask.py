@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, ListItem, ListView, Static
 
-from appliance.agent.loop import Answer, Citation, marking_of
+from appliance.agent.answer import Answer, Citation, marking_of
 from appliance.tui.widgets import AppHeader
 from appliance.tui.workers import ReportsFailures, in_thread
 
