@@ -15,6 +15,7 @@ from appliance.agent.loop import Agent
 from appliance.agent.store import AgentStore
 from appliance.audit.log import AuditLog
 from appliance.config import Settings, load_settings
+from appliance.engines import active_models, engine_spec
 from appliance.evaluation.compare import Systems
 from appliance.evaluation.sets import EvalStore
 from appliance.knowledge.base import KnowledgeBase
@@ -27,76 +28,9 @@ from appliance.runtime.model_store import ModelRecord, ModelStore
 from appliance.runtime.protocol import Engine, EngineSpec
 from appliance.runtime.selftest import SelfTest
 from appliance.updates.generations import GenerationInfo, current_path, ensure_layout, read_info
+from appliance.updates.site import UpdateSite
 
-__all__ = ["Services", "build_services", "engine_spec", "spec_for", "active_models"]
-
-
-def active_models(settings: Settings, store: ModelStore, info: GenerationInfo | None,
-                  generator: str | None = None) -> dict[str, ModelRecord]:
-    """The generator, embedder, reranker and verifier that serve: a bundle's (by digest) if it brought one,
-    else the configured. The reranker and the verifier are optional: none when switched off, or not (yet)
-    provisioned."""
-    rt = settings.runtime
-    out = {}
-    for kind, configured in (("generator", rt.generator), ("embedder", rt.embedder)):
-        chosen = (info.models.get(kind) if info else None) or None
-        out[kind] = store.by_sha256(chosen["sha256"]) if chosen else store.get(configured)
-    if generator is not None:  # an evaluation comparing generators: this one for now, whatever serves
-        out["generator"] = store.get(generator)
-    for kind, on, configured in (("reranker", settings.knowledge.rerank, rt.reranker),
-                                 ("verifier", settings.agent.entailment, rt.verifier)):
-        chosen = (info.models.get(kind) if info else None) or None
-        if not on:
-            continue
-        if chosen:
-            out[kind] = store.by_sha256(chosen["sha256"])
-        elif configured and store.has(configured):
-            out[kind] = store.get(configured)
-    return out
-
-
-def engine_spec(settings: Settings, store: ModelStore, *, generator: bool = True, embedder: bool = True,
-                info: GenerationInfo | None = None, generator_name: str | None = None) -> EngineSpec:
-    """The host's start-up description: the serving models and every adapter for that base."""
-    models = active_models(settings, store, info, generator_name) if (generator or embedder) else {}
-    gen = models["generator"] if generator else None
-    emb = models["embedder"] if embedder else None
-    rer = models.get("reranker") if embedder else None  # the encoder side: embedder and cross-encoders
-    ver = models.get("verifier") if embedder else None
-    adapters = {}
-    if gen is not None:
-        adapters = {a.name: str(a.path) for a in store.list("adapter") if a.base_sha256 in (None, gen.sha256)}
-        for name, sha in (info.adapters.items() if info else ()):  # a bundle's adapters, by digest
-            adapters[name] = str(store.by_sha256(sha).path)
-    return spec_for(settings, str(gen.path) if gen else None, str(emb.path) if emb else None, adapters,
-                    reranker_path=str(rer.path) if rer else None, verifier_path=str(ver.path) if ver else None,
-                    generator_template=gen.metadata.get("chat_template") if gen else None)
-
-
-def spec_for(settings: Settings, generator_path: str | None, embedder_path: str | None,
-             adapters: dict[str, str], *, reranker_path: str | None = None,
-             verifier_path: str | None = None, generator_template: str | None = None) -> EngineSpec:
-    """An engine spec for these model files, run as the settings say."""
-    rt = settings.runtime
-    return EngineSpec(
-        generator_path=generator_path,
-        embedder_path=embedder_path,
-        reranker_path=reranker_path,
-        verifier_path=verifier_path,
-        generator_template=generator_template,
-        adapters=adapters,
-        threads=rt.threads,
-        n_ctx=rt.n_ctx,
-        n_batch=rt.n_batch,
-        adapter_contexts=rt.adapter_contexts,
-        embed_n_ctx=rt.embed_n_ctx,
-        flash_attn=rt.flash_attn,
-        n_gpu_layers=rt.n_gpu_layers,
-        main_gpu=rt.main_gpu,
-        seed=rt.seed,
-        max_model_bytes=settings.limits.max_model_bytes,
-        max_adapter_bytes=settings.limits.max_adapter_bytes,
-    )
+__all__ = ["Services", "build_services"]
 
 
 @dataclass
@@ -341,22 +275,37 @@ class Services:
                                info=read_info(serving), generator_name=self._generator)
             self.selftest().ensure(spec, self.model_identities())
             self._engine_parts = (generator, embedder)
-            lim = self.settings.limits
-            self._engine = EngineClient(
-                spec,
-                limits=RequestLimits(
-                    max_prompt_chars=lim.max_prompt_chars, max_schema_bytes=lim.max_schema_bytes,
-                    max_grammar_bytes=lim.max_grammar_bytes, max_embed_texts=lim.max_embed_texts,
-                    max_embed_chars=lim.max_embed_chars, max_stop_sequences=lim.max_stop_sequences,
-                ),
-                request_timeout_s=self.settings.runtime.request_timeout_s,
-                start_timeout_s=self.settings.runtime.start_timeout_s,
-                log_path=self.settings.log_dir / "host.log",
-                env=self._host_env(),
-                host_command=self.host_command,
-            )
-            self._engine.start()
+            self._engine = self.start_host(spec)
         return self._engine
+
+    def start_host(self, spec: EngineSpec, log_name: str = "host.log") -> EngineClient:
+        """A started llama.cpp host for ``spec``, run as the settings say (limits, timeouts, the egress log).
+        The caller closes it."""
+        lim = self.settings.limits
+        client = EngineClient(
+            spec,
+            limits=RequestLimits(
+                max_prompt_chars=lim.max_prompt_chars, max_schema_bytes=lim.max_schema_bytes,
+                max_grammar_bytes=lim.max_grammar_bytes, max_embed_texts=lim.max_embed_texts,
+                max_embed_chars=lim.max_embed_chars, max_stop_sequences=lim.max_stop_sequences,
+            ),
+            request_timeout_s=self.settings.runtime.request_timeout_s,
+            start_timeout_s=self.settings.runtime.start_timeout_s,
+            log_path=self.settings.log_dir / log_name,
+            env=self._host_env(),
+            host_command=self.host_command,
+        )
+        client.start()
+        return client
+
+    def update_site(self) -> UpdateSite:
+        """The parts the update steps work on (:mod:`appliance.updates.site`), from these services."""
+        return UpdateSite(
+            settings=self.settings, scale=self.scale, store=self.store, writer=self.writer,
+            generation=self.generation, knowledge=self.knowledge, embed=self.embed, audit=self.audit,
+            accounts=self.accounts, eval_store=self.eval_store, selftest=self.selftest,
+            model_identities=self.model_identities,
+            start_engine=lambda spec: self.start_host(spec, "host-health.log"))
 
     @contextmanager
     def with_generator(self, name: str) -> Iterator[ModelRecord]:
@@ -431,7 +380,8 @@ def startup_recovery(services: Services) -> list[str]:
     with services.writer.attempt("start-up recovery") as free:
         if not free:
             return []
-        done = recover_updates(services) if needs_recovery(services) else []
+        site = services.update_site()
+        done = recover_updates(site) if needs_recovery(site) else []
         if unfinished_writes(services.generation_path() / "knowledge" / "catalog.db"):  # Chroma opened only then
             with services.writing("start-up recovery"):  # recovers on the way in
                 pass

@@ -74,9 +74,9 @@ def _spec(path: Path, release: int, body: str) -> Path:
 def _trust_and_apply(s: Services, media: Path) -> tuple[float, Any]:
     olga = s.accounts().get("olga")
     if not (s.settings.data_dir / "updates" / "trusted" / "root.json").is_file():
-        trust_root(s, olga, media / "metadata" / "1.root.json")
+        trust_root(s.update_site(), olga, media / "metadata" / "1.root.json")
     t0 = time.perf_counter()
-    result = apply_bundle(s, olga, media)
+    result = apply_bundle(s.update_site(), olga, media)
     return time.perf_counter() - t0, result
 
 

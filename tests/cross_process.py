@@ -131,7 +131,7 @@ def officer_scenario(tmp_path: Path, *, lock: bool = True) -> dict:
     init_keys(tmp_path / "keys", BUILD_PASS)
     build_bundle(load_spec(bundle_spec(tmp_path, 1)), tmp_path / "keys", BUILD_PASS,
                  tmp_path / "state", tmp_path / "b1")
-    trust_root(s, olga, tmp_path / "b1" / "metadata" / "1.root.json")
+    trust_root(s.update_site(), olga, tmp_path / "b1" / "metadata" / "1.root.json")
     s.close()
 
     mode = "lock" if lock else "no-lock"

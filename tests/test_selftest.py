@@ -211,14 +211,14 @@ path = "new-generator.gguf"
 """)
     init_keys(tmp_path / "keys", PASS)
     build_bundle(load_spec(tmp_path / "spec.toml"), tmp_path / "keys", PASS, tmp_path / "state", tmp_path / "b1")
-    trust_root(services, olga, tmp_path / "b1" / "metadata" / "1.root.json")
+    trust_root(services.update_site(), olga, tmp_path / "b1" / "metadata" / "1.root.json")
     models_before = [(r.name, r.sha256) for r in store.list()]
     blobs_before = sorted(p.name for p in store.blobs.iterdir())
     serving_before = services.generation()
     services.host_command = CRASHING
     try:
         with pytest.raises(BundleError) as err:
-            apply_bundle(services, olga, tmp_path / "b1")
+            apply_bundle(services.update_site(), olga, tmp_path / "b1")
         line = str(err.value)
         assert "\n" not in line and "self-test" in line and "killed by SIGSEGV" in line
         assert "decoding with new-generator" in line and "llama-rebuild" in line
@@ -231,7 +231,7 @@ path = "new-generator.gguf"
         # the build is fixed: the same bundle applies and the new model serves
         services.host_command = None
         services._selftest = None
-        result = apply_bundle(services, olga, tmp_path / "b1")
+        result = apply_bundle(services.update_site(), olga, tmp_path / "b1")
         assert result.generation == 1
         assert services.generation().models["generator"]["name"] == "new-generator"
         assert services.engine().generate(

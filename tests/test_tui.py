@@ -451,7 +451,7 @@ def _bundle(tmp_path: Path, release: int, name: str, canteen: str | None = None)
 
 def _trust(appliance: Services, media: Path) -> None:
     """The appliance's first trusted root, provisioned once (`appliance bundle trust`)."""
-    trust_root(appliance, appliance.accounts().get("olga"), media / "metadata" / "1.root.json")
+    trust_root(appliance.update_site(), appliance.accounts().get("olga"), media / "metadata" / "1.root.json")
 
 
 def _text(screen, selector: str) -> str:
@@ -571,9 +571,9 @@ def test_a_generation_the_drift_gate_held_is_marked_and_accepted_from_updates(ap
     b1, b2 = _bundle(tmp_path, 1, "b1"), _bundle(tmp_path, 2, "b2", canteen="Lunch is now at one o'clock.\n")
     _trust(appliance, b1)
     olga = appliance.accounts().get("olga")
-    apply_bundle(appliance, olga, b1)
-    apply_bundle(appliance, olga, b2)
-    rollback(appliance, olga, to=1)  # as a failed gate leaves it, held for the officer
+    apply_bundle(appliance.update_site(), olga, b1)
+    apply_bundle(appliance.update_site(), olga, b2)
+    rollback(appliance.update_site(), olga, to=1)  # as a failed gate leaves it, held for the officer
     _write_held(appliance, {"generation": 2, "parent": 1, "bundle": "northgate-knowledge", "release": 2,
                             "failed": [{"figure": "gate:qa/token_f1", "before": 0.5, "after": 0.2, "drop": 0.3,
                                         "threshold": 0.05}], "runs": [], "at": "2026-11-24T10:00:00+00:00"})

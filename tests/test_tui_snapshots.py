@@ -194,7 +194,7 @@ def test_updates_screen_with_a_verified_plan(snap_compare, services: Services, t
     init_keys(tmp_path / "keys", BUILD_PASS)
     build_bundle(load_spec(bundle_spec(tmp_path, 1)), tmp_path / "keys", BUILD_PASS, tmp_path / "state",
                  tmp_path / "b1")
-    trust_root(services, services.accounts().get("root"), tmp_path / "b1" / "metadata" / "1.root.json")
+    trust_root(services.update_site(), services.accounts().get("root"), tmp_path / "b1" / "metadata" / "1.root.json")
     monkeypatch.chdir(tmp_path)  # a relative bundle path: the snapshot does not show the tmp directory
 
     async def run_before(pilot) -> None:

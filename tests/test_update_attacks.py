@@ -52,7 +52,6 @@ from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import (
     applied_state,
     trust_root,
-    updates_dir,
     verify_bundle,
 )
 from appliance.updates.generations import current_info
@@ -181,9 +180,9 @@ def _tree(d: Path) -> dict[str, bytes]:
 
 def _trust(services) -> dict:
     """Everything an attack must not change: state, trusted metadata (bytes), serving generation, models."""
-    up = updates_dir(services)
+    up = services.update_site().updates_dir
     store = services.store
-    return {"state": applied_state(services),
+    return {"state": applied_state(services.update_site()),
             "state_bytes": (up / "state.json").read_bytes() if (up / "state.json").is_file() else None,
             "meta_dirs": sorted(d.name for d in up.glob("meta-*")),
             "metadata": {d.name: _tree(d) for d in up.glob("meta-*")},
@@ -207,11 +206,11 @@ def _assert_refused(services, media: Path, pattern: str, *, apply: bool = True,
     before = _trust(services)
     calls: list[Callable[[], object]] = []
     if verify:
-        calls.append(lambda: verify_bundle(services, olga, media, CLASS, now=now))
+        calls.append(lambda: verify_bundle(services.update_site(), olga, media, CLASS, now=now))
     if apply:
-        calls.append(lambda: apply_bundle(services, olga, media, now=now))
+        calls.append(lambda: apply_bundle(services.update_site(), olga, media, now=now))
     message = ""
-    up = updates_dir(services)
+    up = services.update_site().updates_dir
     leftovers = {sub: sorted((up / sub).iterdir()) if (up / sub).is_dir() else [] for sub in ("work", "staging")}
     for call in calls:
         refused = len(_refusals(services))
@@ -236,14 +235,14 @@ def _assert_refused(services, media: Path, pattern: str, *, apply: bool = True,
 def _fresh(services, tmp_path: Path, **build) -> Path:
     """Release 1 built, its root trusted by the appliance (nothing applied yet)."""
     media = _build(tmp_path, 1, "b1", **build)
-    trust_root(services, services.accounts().get("olga"), media / "metadata" / "1.root.json")
+    trust_root(services.update_site(), services.accounts().get("olga"), media / "metadata" / "1.root.json")
     return media
 
 
 def _applied(services, tmp_path: Path) -> Path:
     """Release 1 built, trusted and applied."""
     media = _fresh(services, tmp_path)
-    result = apply_bundle(services, services.accounts().get("olga"), media)
+    result = apply_bundle(services.update_site(), services.accounts().get("olga"), media)
     assert result.generation == 1
     return media
 
@@ -312,7 +311,7 @@ def test_tampering_helpers_alone_keep_a_bundle_valid(appliance, tmp_path: Path) 
     media = _fresh(appliance, tmp_path)
     for role in ("knowledge", "targets", "snapshot", "timestamp"):
         _tamper(media, tmp_path, role)
-    plan = verify_bundle(appliance, appliance.accounts().get("olga"), media, CLASS)
+    plan = verify_bundle(appliance.update_site(), appliance.accounts().get("olga"), media, CLASS)
     assert plan.release == 1 and len(plan.targets) == 2
     shutil.rmtree(plan.work)
 
@@ -373,9 +372,9 @@ def test_expired_root_refused(appliance, tmp_path: Path) -> None:
     now = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=400)
     media = _build(tmp_path, 1, "b1", now=now, expires_days=3650)
     with pytest.raises(BundleExpiredError, match=r"1\.root\.json expired on"):  # not trusted when already expired
-        trust_root(appliance, appliance.accounts().get("olga"), media / "metadata" / "1.root.json")
+        trust_root(appliance.update_site(), appliance.accounts().get("olga"), media / "metadata" / "1.root.json")
     # a root trusted while it was current, expired since: every bundle signed under it is refused
-    trusted = updates_dir(appliance) / "trusted" / "root.json"
+    trusted = appliance.update_site().updates_dir / "trusted" / "root.json"
     trusted.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(media / "metadata" / "1.root.json", trusted)
     _assert_refused(appliance, media, r"root\.json is expired", cls=BundleExpiredError)
@@ -410,7 +409,7 @@ def test_clock_set_back_below_the_last_trusted_time_refused(appliance, tmp_path:
     media = _build(tmp_path, 2, "b2")
     _assert_refused(appliance, media, r"clock was set back", now=dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
     # with the clock right again the same bundle applies
-    assert apply_bundle(appliance, appliance.accounts().get("olga"), media).release == 2
+    assert apply_bundle(appliance.update_site(), appliance.accounts().get("olga"), media).release == 2
 
 
 # -- rollback and mix-and-match -----------------------------------------------------------------------
@@ -419,7 +418,7 @@ def test_clock_set_back_below_the_last_trusted_time_refused(appliance, tmp_path:
 def test_older_snapshot_version_than_the_trusted_one_refused(appliance, tmp_path: Path) -> None:
     b1 = _applied(appliance, tmp_path)
     b2 = _build(tmp_path, 2, "b2")
-    apply_bundle(appliance, appliance.accounts().get("olga"), b2)  # trusted: timestamp 2, snapshot 2
+    apply_bundle(appliance.update_site(), appliance.accounts().get("olga"), b2)  # trusted: timestamp 2, snapshot 2
     old = tmp_path / "b1-replay"
     shutil.copytree(b1, old)
 
@@ -564,13 +563,14 @@ def test_media_changed_after_verification_is_not_used(appliance, tmp_path: Path)
             blob.write_text("Cipher keys are never rotated, write them on the wall.\n")
             swapped.append(phase)
 
-    result = apply_bundle(appliance, appliance.accounts().get("olga"), media, progress)
+    result = apply_bundle(appliance.update_site(), appliance.accounts().get("olga"), media, progress)
     assert swapped and result.generation == 1 and "never rotated" in blob.read_text()
     kb = appliance.knowledge()
     text = "".join(c.text for c in kb.catalog.chunks_of("keys.txt"))
     assert text.strip() == original.strip()
     sha = hashlib.sha256(original.encode()).hexdigest()
-    assert (updates_dir(appliance) / "blobs" / sha).read_text() == original  # the kept copy is the verified one
+    kept = appliance.update_site().updates_dir / "blobs" / sha
+    assert kept.read_text() == original  # the kept copy is the verified one
     assert [e.value()["kind"] for e in appliance.audit().entries()][-1] == "bundle.apply"
 
 
@@ -626,7 +626,7 @@ base_sha256 = "{'ab' * 32}"
 
 def test_metadata_persisted_only_after_every_check_passed(appliance, tmp_path: Path) -> None:
     _applied(appliance, tmp_path)
-    up = updates_dir(appliance)
+    up = appliance.update_site().updates_dir
     trusted_before = {d.name: _tree(d) for d in up.glob("meta-*")}
     state_before = (up / "state.json").read_bytes()
     assert len(trusted_before) == 1
@@ -637,12 +637,12 @@ def test_metadata_persisted_only_after_every_check_passed(appliance, tmp_path: P
     _assert_refused(appliance, media, r"models/evil-gen/evil\.gguf: refused, not a valid GGUF model")
     assert {d.name: _tree(d) for d in up.glob("meta-*")} == trusted_before  # byte for byte
     assert (up / "state.json").read_bytes() == state_before
-    assert applied_state(appliance)["release"] == 1
+    assert applied_state(appliance.update_site())["release"] == 1
     # its metadata versions were not trusted: a good release 2 with the very same versions
     # (timestamp 2, snapshot 2 ...) but other bytes still applies
     good = _build(tmp_path, 2, "b2-good", state="state-good")
     assert (good / "metadata" / "timestamp.json").read_bytes() != (media / "metadata" / "timestamp.json").read_bytes()
-    assert apply_bundle(appliance, olga, good).release == 2
+    assert apply_bundle(appliance.update_site(), olga, good).release == 2
 
 
 @pytest.mark.parametrize("evil", ["knowledge/../escape.txt", "knowledge/x/..", "knowledge//abs.txt",

@@ -27,15 +27,15 @@ def _bundle(tmp_path: Path, release: int = 1, name: str = "b1", now=None) -> Pat
 def test_dry_run_verifies_plans_and_changes_nothing(appliance, tmp_path: Path) -> None:
     media = _bundle(tmp_path)
     olga = appliance.accounts().get("olga")
-    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     before = appliance.knowledge().catalog.counts()
-    plan = verify_bundle(appliance, olga, media, "northgate")
+    plan = verify_bundle(appliance.update_site(), olga, media, "northgate")
     assert plan.summary() == {"bundle": "northgate-knowledge", "class": "northgate", "release": 1, "targets": 2,
                               "add": ["canteen.txt", "keys.txt"], "replace": [], "revoke": [], "models": [],
                               "adapters": [], "policy": []}
     assert appliance.knowledge().catalog.counts() == before
     assert not list((appliance.settings.data_dir / "updates").glob("meta-*"))  # nothing trusted changed
-    assert applied_state(appliance) == {"release": 0}
+    assert applied_state(appliance.update_site()) == {"release": 0}
     kinds = [e.value()["kind"] for e in appliance.audit().entries()]
     assert kinds[-1] == "bundle.verify" and "bundle.trust_root" in kinds
 
@@ -43,13 +43,13 @@ def test_dry_run_verifies_plans_and_changes_nothing(appliance, tmp_path: Path) -
 def test_plan_names_what_would_be_replaced_and_revoked(appliance, tmp_path: Path) -> None:
     media = _bundle(tmp_path)
     olga = appliance.accounts().get("olga")
-    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     (tmp_path / "old-menu.txt").write_text("The old canteen menu.\n")
     (tmp_path / "canteen.txt").write_text("An older canteen text.\n")
     with appliance.writing("test") as kb:
         kb.ingest_files([tmp_path / "old-menu.txt", tmp_path / "canteen.txt"], Labels("UNCLASSIFIED"),
                         collection="facility-handbook")
-    plan = verify_bundle(appliance, olga, media, "northgate")
+    plan = verify_bundle(appliance.update_site(), olga, media, "northgate")
     assert plan.replace == ["canteen.txt"] and plan.revoke == ["old-menu.txt"] and plan.add == ["keys.txt"]
 
 
@@ -57,19 +57,19 @@ def test_refusals_are_clear_and_audited(appliance, tmp_path: Path) -> None:
     media = _bundle(tmp_path)
     olga = appliance.accounts().get("olga")
     with pytest.raises(BundleError, match="no trusted root"):
-        verify_bundle(appliance, olga, media, "northgate")
-    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+        verify_bundle(appliance.update_site(), olga, media, "northgate")
+    trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     with pytest.raises(BundleError, match="already provisioned"):
-        trust_root(appliance, olga, media / "metadata" / "1.root.json")
+        trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     with pytest.raises(BundleError, match="for appliance class 'northgate', this is 'other'"):
-        verify_bundle(appliance, olga, media, "other")
+        verify_bundle(appliance.update_site(), olga, media, "other")
     with pytest.raises(AccessError, match="bundles.manage needs"):
         from appliance.app.updates import verify
 
         verify(appliance, appliance.accounts().get("ann"), media)
     (appliance.settings.data_dir / "updates" / "state.json").write_text(json.dumps({"release": 3}))
     with pytest.raises(BundleError, match="release 1, not above the applied release 3"):
-        verify_bundle(appliance, olga, media, "northgate")
+        verify_bundle(appliance.update_site(), olga, media, "northgate")
     reasons = [e.value() for e in appliance.audit().entries() if e.value()["kind"] == "bundle.refused"]
     assert len(reasons) == 3 and "no trusted root" in reasons[0]["reason"]
 
@@ -77,33 +77,33 @@ def test_refusals_are_clear_and_audited(appliance, tmp_path: Path) -> None:
 def test_signature_over_different_bytes_refused(appliance, tmp_path: Path) -> None:
     media = _bundle(tmp_path)
     olga = appliance.accounts().get("olga")
-    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     targets = media / "metadata" / "1.targets.json"
     doc = json.loads(targets.read_text())
     doc["signed"]["x-appliance"]["release"] = 99  # the signature no longer covers these bytes
     targets.write_text(json.dumps(doc))
     with pytest.raises(BundleError, match="refused"):
-        verify_bundle(appliance, olga, media, "northgate")
+        verify_bundle(appliance.update_site(), olga, media, "northgate")
 
 
 def test_unsigned_data_appended_to_signed_metadata_refused(appliance, tmp_path: Path) -> None:
     media = _bundle(tmp_path)
     olga = appliance.accounts().get("olga")
-    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     ts = media / "metadata" / "timestamp.json"
     ts.write_bytes(ts.read_bytes() + b'\n{"extra": true}')
     with pytest.raises(BundleError, match="refused"):
-        verify_bundle(appliance, olga, media, "northgate")
+        verify_bundle(appliance.update_site(), olga, media, "northgate")
 
 
 def test_payload_one_byte_long_refused(appliance, tmp_path: Path) -> None:
     media = _bundle(tmp_path)
     olga = appliance.accounts().get("olga")
-    trust_root(appliance, olga, media / "metadata" / "1.root.json")
+    trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     blob = next((media / "targets" / "knowledge" / "security").iterdir())
     blob.write_bytes(blob.read_bytes() + b"x")
     with pytest.raises(BundleError, match="refused"):
-        verify_bundle(appliance, olga, media, "northgate")
+        verify_bundle(appliance.update_site(), olga, media, "northgate")
     assert not list((appliance.settings.data_dir / "updates" / "staging").iterdir())  # the bad blob is not kept
 
 

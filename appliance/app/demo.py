@@ -335,7 +335,7 @@ def demo_bundle(services: Services, progress: Callable[[str, int, int], None] | 
     from appliance.updates.apply import apply_bundle
     from appliance.updates.build import build_bundle, load_spec
     from appliance.updates.check import trust_root as _trust
-    from appliance.updates.check import trusted_metadata, updates_dir
+    from appliance.updates.check import trusted_metadata
     from appliance.updates.keys import init_keys
 
     demo = load_bundle(root, scale=services.scale, knowledge=services.settings.knowledge,
@@ -348,11 +348,12 @@ def demo_bundle(services: Services, progress: Callable[[str, int, int], None] | 
     if not out.is_dir():
         build_bundle(spec, station / "keys", DEMO_KEY_PASSPHRASE, station / "state", out)
     store = services.accounts()
+    site = services.update_site()
     officer, token = _login(store, demo.account(demo.ingest_as), "to apply the demo bundle")
     try:
-        if trusted_metadata(services) is None and not (updates_dir(services) / "trusted" / "root.json").is_file():
-            _trust(services, officer, out / "metadata" / "1.root.json")
-        result = apply_bundle(services, officer, out, progress)
+        if trusted_metadata(site) is None and not (site.updates_dir / "trusted" / "root.json").is_file():
+            _trust(site, officer, out / "metadata" / "1.root.json")
+        result = apply_bundle(site, officer, out, progress)
     finally:
         store.logout(token)
     return {"bundle": str(out), **result.as_dict()}

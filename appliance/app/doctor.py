@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance.airgap import GUARD, airgap_status
+from appliance.engines import active_models, engine_spec
 from appliance.errors import ApplianceError
 from appliance.runtime.build_info import build_info, cpu_info
 from appliance.runtime.client import EngineClient
 from appliance.runtime.protocol import GenerateRequest
 from appliance.runtime.selftest import refusal
-from appliance.services import Services, airgap_log, engine_spec
+from appliance.services import Services, airgap_log
 
 __all__ = ["run_doctor", "logged_attempts", "PROBE_QUESTION"]
 
@@ -99,7 +100,6 @@ def run_doctor(services: Services, *, verify: bool = False, engine: bool = True)
                             "applied_at": info.applied_at, "models": info.models, "adapters": sorted(info.adapters)}
     state_file = settings.data_dir / "updates" / "state.json"
     report["updates"] = json.loads(state_file.read_text()) if state_file.is_file() else {"release": 0}
-    from appliance.services import active_models
 
     try:
         active = active_models(settings, services.store, info)

@@ -32,7 +32,6 @@ from appliance.errors import BundleError, EvaluationError
 from appliance.evaluation.compare import QUALITY
 from appliance.services import Services
 from appliance.updates.apply import ApplyResult, apply_bundle, rollback
-from appliance.updates.check import updates_dir
 
 __all__ = ["GateResult", "apply_with_gate", "figures", "drops", "held", "accept_held", "gate_text"]
 
@@ -83,7 +82,7 @@ def drops(before: dict[str, float], after: dict[str, float], max_drop: float,
 
 
 def _held_file(services: Services) -> Path:
-    return updates_dir(services) / "held.json"
+    return services.settings.data_dir / "updates" / "held.json"
 
 
 def held(services: Services) -> dict | None:
@@ -133,7 +132,7 @@ def apply_with_gate(services: Services, account: Account, media: Path, progress:
     settings = services.settings.evaluation
     names = list(settings.gate_sets)
     if not names:
-        return apply_bundle(services, account, media, progress, now=now), GateResult("not run")
+        return apply_bundle(services.update_site(), account, media, progress, now=now), GateResult("not run")
     with services.writer.hold(f"bundle apply with the drift gate by {account.name}"):  # to the verdict: an
         return _gated(services, account, media, progress, now, names, step)  # ingest meanwhile is never lost
 
@@ -155,7 +154,7 @@ def _gated(services: Services, account: Account, media: Path, progress: Progress
         before.update({f"{name}:{k}": v for k, v in figures(_baseline(services, account, name, parent, limit,
                                                                        step)).items()})
     gate_s = time.perf_counter() - started
-    result = apply_bundle(services, account, media, progress, now=now)
+    result = apply_bundle(services.update_site(), account, media, progress, now=now)
     if result.noop or result.generation is None:
         return result, GateResult("not run", names)
     started = time.perf_counter()
@@ -181,7 +180,7 @@ def _gated(services: Services, account: Account, media: Path, progress: Progress
     gate = GateResult("passed", names, failed, compared, gate_s + time.perf_counter() - started, runs)
     by = services.accounts().get(account.name)
     if failed:
-        rollback(services, account, to=parent)
+        rollback(services.update_site(), account, to=parent)
         for name, before_set in sets.items():  # a new version of a gate set the bundle brought goes with it
             if services.eval_store().get(name).digest != before_set.digest:
                 services.eval_store().save(name, list(before_set.items), by=before_set.created_by,
@@ -212,7 +211,7 @@ def _accept(services: Services, account: Account, by: Account, generation: int) 
         raise BundleError(f"generation {generation} is not held by the drift gate ({what} held)")
     services.audit().record("evaluation.gate.accepted", by.name, generation=generation, bundle=state.get("bundle"),
                             failed=state.get("failed"))
-    rollback(services, account, to=generation)
+    rollback(services.update_site(), account, to=generation)
     _write_held(services, None)
     return state
 

@@ -20,14 +20,15 @@ __all__ = ["trust", "verify", "apply", "roll_back", "accept", "generations"]
 
 def trust(services: Services, account: Account, root_file: Path) -> str:
     """Provision the first trusted root; returns its key ids."""
-    return trust_root(services, acting(services, account, "bundles.manage").account, root_file)
+    return trust_root(services.update_site(), acting(services, account, "bundles.manage").account, root_file)
 
 
 def verify(services: Services, account: Account, media: Path, progress: Progress | None = None,
            now: dt.datetime | None = None) -> Plan:
     """A dry run: verify ``media`` fully and say what would change."""
     by = acting(services, account, "bundles.manage").account
-    return verify_bundle(services, by, media, services.settings.updates.appliance_class, progress, now=now)
+    site = services.update_site()
+    return verify_bundle(site, by, media, site.settings.updates.appliance_class, progress, now=now)
 
 
 def apply(services: Services, account: Account, media: Path, progress: Progress | None = None,
@@ -41,7 +42,7 @@ def apply(services: Services, account: Account, media: Path, progress: Progress 
 
 def roll_back(services: Services, account: Account, to: int | None = None) -> GenerationInfo:
     """Serve an earlier kept generation (default: the serving one's parent)."""
-    return rollback(services, acting(services, account, "bundles.manage").account, to)
+    return rollback(services.update_site(), acting(services, account, "bundles.manage").account, to)
 
 
 def accept(services: Services, account: Account, generation: int) -> dict:
@@ -51,4 +52,4 @@ def accept(services: Services, account: Account, generation: int) -> dict:
 
 def generations(services: Services, account: Account) -> tuple[int, list[GenerationInfo], dict]:
     """The kept generations (oldest first), which one serves, and the high-water state."""
-    return history(services, acting(services, account, "bundles.manage").account)
+    return history(services.update_site(), acting(services, account, "bundles.manage").account)

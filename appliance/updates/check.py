@@ -40,12 +40,12 @@ from appliance.errors import (
     BundleSignatureError,
     UnknownModelError,
 )
-from appliance.services import Services
 from appliance.updates.keys import DELEGATED
 from appliance.updates.media import MEDIA_URL, MediaFetcher, copy_verified
+from appliance.updates.site import UpdateSite
 from appliance.updates.staging import stage
 
-__all__ = ["Plan", "PlannedTarget", "Progress", "trust_root", "verify_bundle", "updates_dir", "applied_state",
+__all__ = ["Plan", "PlannedTarget", "Progress", "trust_root", "verify_bundle", "applied_state",
            "trusted_metadata", "doc_ids_of", "named_copy", "blob_cache", "same_target"]
 
 MAX_ROOT_BYTES = 1 << 20
@@ -90,23 +90,19 @@ class Plan:
                 "policy": [t.path for t in self.targets if t.role == "policy"]}
 
 
-def updates_dir(services: Services) -> Path:
-    return services.settings.data_dir / "updates"
-
-
-def applied_state(services: Services) -> dict:
+def applied_state(site: UpdateSite) -> dict:
     """The high-water mark of applied bundles: release, trusted metadata set, last trusted time.
 
     A rollback of generations never lowers it: a rolled-back bundle cannot be replayed.
     """
-    f = updates_dir(services) / "state.json"
+    f = site.updates_dir / "state.json"
     return json.loads(f.read_text()) if f.is_file() else {"release": 0}
 
 
-def trusted_metadata(services: Services) -> Path | None:
+def trusted_metadata(site: UpdateSite) -> Path | None:
     """The directory of metadata the last applied bundle left, or None before the first."""
-    name = applied_state(services).get("metadata")
-    return updates_dir(services) / name if name else None
+    name = applied_state(site).get("metadata")
+    return site.updates_dir / name if name else None
 
 
 def _refusal(exc: Exception) -> type[BundleError]:
@@ -122,17 +118,17 @@ def _refusal(exc: Exception) -> type[BundleError]:
     return BundleError
 
 
-def _check_clock(services: Services, now: dt.datetime) -> None:
-    last = applied_state(services).get("last_trusted_time")
+def _check_clock(site: UpdateSite, now: dt.datetime) -> None:
+    last = applied_state(site).get("last_trusted_time")
     if last and now < dt.datetime.fromisoformat(last) - CLOCK_SKEW:
         raise BundleError(f"the appliance clock reads {now.isoformat(timespec='seconds')}, before the last trusted "
                           f"time {last}: the clock was set back; correct it before applying bundles")
 
 
-def trust_root(services: Services, account: Account, root_file: Path) -> str:
+def trust_root(site: UpdateSite, account: Account, root_file: Path) -> str:
     """Provision the appliance's first trusted root (an officer, once); returns its key ids."""
     by = account  # authorized by the caller (appliance.app.updates)
-    target = updates_dir(services) / "trusted" / "root.json"
+    target = site.updates_dir / "trusted" / "root.json"
     if target.exists():
         raise BundleError("a trusted root is already provisioned; new roots arrive inside signed bundles")
     if not root_file.is_file() or root_file.stat().st_size > MAX_ROOT_BYTES:
@@ -146,7 +142,7 @@ def trust_root(services: Services, account: Account, root_file: Path) -> str:
     if md.signed.is_expired():
         raise BundleExpiredError(f"{root_file.name} expired on {md.signed.expires.isoformat()}: ask the build station "
                           "for a current root")
-    services.audit().record("bundle.trust_root", by.name, version=md.signed.version,
+    site.audit().record("bundle.trust_root", by.name, version=md.signed.version,
                             keyids=sorted(md.signed.roles["root"].keyids))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
@@ -155,9 +151,9 @@ def trust_root(services: Services, account: Account, root_file: Path) -> str:
     return ",".join(sorted(md.signed.roles["root"].keyids))
 
 
-def _bootstrap(services: Services) -> bytes:
-    up = updates_dir(services)
-    last = trusted_metadata(services)
+def _bootstrap(site: UpdateSite) -> bytes:
+    up = site.updates_dir
+    last = trusted_metadata(site)
     trusted = up / "trusted" / "root.json"
     if last is not None and (last / "root.json").is_file():
         return (last / "root.json").read_bytes()
@@ -169,11 +165,11 @@ def _bootstrap(services: Services) -> bytes:
 Progress = Callable[[str, int, int], None]  # phase, done, total
 
 
-def _serving_or_refuse(services: Services, name: str, release: int, digest: str) -> None:
+def _serving_or_refuse(site: UpdateSite, name: str, release: int, digest: str) -> None:
     """The last applied bundle again: a no-op if its generation serves; after a rollback, say how to return."""
     from appliance.updates.generations import current_info, list_generations
 
-    data = services.settings.data_dir
+    data = site.data_dir
     if current_info(data).targets_sha256 == digest:
         return
     kept = [g.generation for g in list_generations(data) if g.targets_sha256 == digest]
@@ -205,24 +201,24 @@ def _mismatched(md: Path) -> str:
     return "a metadata file"
 
 
-def verify_bundle(services: Services, account: Account, media: Path, appliance_class: str,
+def verify_bundle(site: UpdateSite, account: Account, media: Path, appliance_class: str,
                   progress: Progress | None = None, now: dt.datetime | None = None) -> Plan:
     """Verify ``media`` fully and return the plan; raises BundleError with the reason if refused."""
     by = account  # authorized by the caller (appliance.app.updates)
-    up = updates_dir(services)
+    up = site.updates_dir
     token = secrets.token_hex(6)
     staged = up / "staging" / token  # the media's metadata, copied
     work = up / "staging" / f"{token}.work"  # the verified metadata and payloads
-    audit = services.audit()
+    audit = site.audit()
     step = progress or (lambda phase, done, total: None)
     try:
-        _check_clock(services, now or dt.datetime.now(dt.UTC))
-        root = _bootstrap(services)
+        _check_clock(site, now or dt.datetime.now(dt.UTC))
+        root = _bootstrap(site)
         step("staging", 0, 1)
         stage(media, staged, progress=lambda done, total: step("staging", done, total), copy_targets=False)
         (work / "metadata").mkdir(parents=True)
         (work / "targets").mkdir()
-        last_md = trusted_metadata(services)
+        last_md = trusted_metadata(site)
         if last_md is not None and last_md.is_dir():  # the last applied metadata: versions may only grow from it
             shutil.copytree(last_md, work / "metadata", dirs_exist_ok=True)
         fetcher = MediaFetcher(staged, targets_root=media)
@@ -248,7 +244,7 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
             if klass != appliance_class:
                 raise BundleMismatchError(f"bundle {name!r} is for appliance class {klass!r}, this is "
                                           f"{appliance_class!r}")
-            state = applied_state(services)
+            state = applied_state(site)
             last = state.get("release", 0)
             digest = hashlib.sha256(targets_bytes).hexdigest()
             again = release == last and digest == state.get("targets_sha256")
@@ -256,7 +252,7 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                 raise BundleRollbackError(f"bundle {name!r} has release {release}, not above the applied release "
                                           f"{last}")
             if again:
-                _serving_or_refuse(services, name, release, digest)
+                _serving_or_refuse(site, name, release, digest)
             targets: list[PlannedTarget] = []
             total = 0
             for role in DELEGATED:
@@ -271,7 +267,7 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
                     tinfo = updater.get_targetinfo(tpath)
                     if tinfo is None:
                         raise BundleError(f"{tpath} is listed by {role} but not delegated to it")
-                    dest = _local_copy(services, updater, tinfo)
+                    dest = _local_copy(site, updater, tinfo)
                     if dest is None:  # not on the appliance yet: it must be on the media
                         dest = work / "targets" / f"{tinfo.hashes['sha256']}.{Path(tpath).name}"
                         try:
@@ -302,8 +298,8 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
         if not again:
             from appliance.updates.payloads import check_payloads
 
-            plan.checked = check_payloads(services, plan)  # models, adapters, policy: refused in a dry run too
-            _diff(services, plan)
+            plan.checked = check_payloads(site, plan)  # models, adapters, policy: refused in a dry run too
+            _diff(site, plan)
     except Exception as exc:  # every refusal is audited and leaves nothing behind
         shutil.rmtree(work, ignore_errors=True)
         audit.record("bundle.refused", by.name, media=str(media), reason=str(exc)[:500])
@@ -316,17 +312,17 @@ def verify_bundle(services: Services, account: Account, media: Path, appliance_c
     return plan
 
 
-def blob_cache(services: Services) -> Path:
+def blob_cache(site: UpdateSite) -> Path:
     """Verified payloads of applied bundles by sha256: a delta bundle need not carry them again."""
-    return updates_dir(services) / "blobs"
+    return site.updates_dir / "blobs"
 
 
-def _local_copy(services: Services, updater: Updater, tinfo: TargetFile) -> Path | None:
+def _local_copy(site: UpdateSite, updater: Updater, tinfo: TargetFile) -> Path | None:
     """A payload the appliance already holds, re-checked against the signed length and hash."""
     sha = tinfo.hashes.get("sha256", "")
-    candidates = [blob_cache(services) / sha]
+    candidates = [blob_cache(site) / sha]
     try:
-        candidates.append(services.store.by_sha256(sha).path)
+        candidates.append(site.store.by_sha256(sha).path)
     except (UnknownModelError, OSError):
         pass
     for path in candidates:
@@ -335,7 +331,7 @@ def _local_copy(services: Services, updater: Updater, tinfo: TargetFile) -> Path
     return None
 
 
-def doc_ids_of(target: PlannedTarget, services: Services, plan: Plan) -> list[str]:
+def doc_ids_of(target: PlannedTarget, site: UpdateSite, plan: Plan) -> list[str]:
     """The document ids a verified knowledge payload holds (a JSONL corpus holds many).
 
     A corpus is parsed here once; the parsed documents stay on the plan for the apply.
@@ -346,7 +342,7 @@ def doc_ids_of(target: PlannedTarget, services: Services, plan: Plan) -> list[st
     from appliance.knowledge.parsers import parse_file
 
     assert plan.work is not None
-    docs = parse_file(named_copy(target, plan.work), services.knowledge().parse_limits)
+    docs = parse_file(named_copy(target, plan.work), site.knowledge().parse_limits)
     plan.parsed[target.path] = docs
     return [d.doc_id or d.source_name for d in docs]
 
@@ -367,16 +363,16 @@ def named_copy(target: PlannedTarget, work: Path) -> Path:
     return named
 
 
-def _diff(services: Services, plan: Plan) -> None:
+def _diff(site: UpdateSite, plan: Plan) -> None:
     """Add, replace, revoke. A payload the serving generation applied unchanged (same bytes,
     labels and collection, all its documents present) is not parsed again. Revoked: documents
     earlier bundles delivered, or in a collection this bundle names, that it no longer lists;
     documents an officer ingested locally into other collections stay."""
     from appliance.updates.generations import current_path, read_targets
 
-    catalog = services.knowledge().catalog
+    catalog = site.knowledge().catalog
     present = {d.doc_id: d for d in catalog.documents()}
-    before = read_targets(current_path(services.settings.data_dir))
+    before = read_targets(current_path(site.data_dir))
     delivered = {d for a in before if a.get("role") == "knowledge" for d in a.get("docs", [])}
     listed: set[str] = set()
     collections: set[str] = set()
@@ -390,7 +386,7 @@ def _diff(services: Services, plan: Plan) -> None:
             plan.unchanged_targets.add(t.path)
             listed.update(plan.docs[t.path])
             continue
-        plan.docs[t.path] = doc_ids_of(t, services, plan)
+        plan.docs[t.path] = doc_ids_of(t, site, plan)
         for doc_id in plan.docs[t.path]:
             listed.add(doc_id)
             (plan.replace if doc_id in present else plan.add).append(doc_id)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from appliance.access.labels import parse_labels
 from appliance.access.policy_file import Policy, check_policy, load_policy
+from appliance.engines import active_models, spec_for
 from appliance.errors import (
     ApplianceError,
     BundleError,
@@ -30,9 +31,9 @@ from appliance.knowledge.base import KnowledgeBase
 from appliance.knowledge.parsers import parse_file
 from appliance.runtime.gguf_check import GGUFLimits, validate_gguf
 from appliance.runtime.model_store import ENCODER_ARCHITECTURES, MODEL_KINDS, encoder_misfit, generator_misfit
-from appliance.services import Services, active_models, spec_for
 from appliance.updates.check import Plan, PlannedTarget, named_copy
 from appliance.updates.generations import GenerationInfo
+from appliance.updates.site import UpdateSite
 
 __all__ = ["Checked", "check_payloads", "selftest_models", "register_models", "apply_knowledge",
            "MAX_POLICY_BYTES"]
@@ -56,9 +57,9 @@ class Checked:
         return "embedder" in self.models
 
 
-def check_payloads(services: Services, plan: Plan) -> Checked:
+def check_payloads(site: UpdateSite, plan: Plan) -> Checked:
     """Validate every non-knowledge payload of a verified plan; BundleError names the first bad one."""
-    limits = services.settings.limits
+    limits = site.settings.limits
     out = Checked()
     for t in plan.targets:
         if t.role == "models":
@@ -89,12 +90,12 @@ def check_payloads(services: Services, plan: Plan) -> Checked:
             assert plan.work is not None  # verify_bundle gives every plan its verified work directory
             out.evaluation[_evaluation_set(t, plan.work)] = t
         elif t.role == "policy":
-            out.policy = (t, _policy(services, t))
+            out.policy = (t, _policy(site, t))
     if "generator" in out.models:
         out.generator_sha256 = out.models["generator"].sha256
     elif out.adapters:
         try:
-            out.generator_sha256 = active_models(services.settings, services.store, services.generation())[
+            out.generator_sha256 = active_models(site.settings, site.store, site.generation())[
                 "generator"].sha256
         except UnknownModelError as exc:
             raise BundleError(f"the bundle brings adapters but no generator is installed: {exc}") from exc
@@ -126,13 +127,13 @@ def _evaluation_set(t: PlannedTarget, work: Path) -> str:
     return name
 
 
-def _policy(services: Services, t: PlannedTarget) -> Policy:
+def _policy(site: UpdateSite, t: PlannedTarget) -> Policy:
     if t.length > MAX_POLICY_BYTES:
         raise BundleError(f"{t.path}: the policy is over {MAX_POLICY_BYTES} bytes")
     try:
         doc = tomllib.loads(t.verified_file.read_text(encoding="utf-8"))
-        policy = load_policy(doc, services.scale, t.path)
-        check_policy(services.accounts(), policy)
+        policy = load_policy(doc, site.scale, t.path)
+        check_policy(site.accounts(), policy)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{t.path}: the policy is not valid TOML: {exc}") from exc
     except ApplianceError as exc:
@@ -140,14 +141,14 @@ def _policy(services: Services, t: PlannedTarget) -> Policy:
     return policy
 
 
-def selftest_models(services: Services, checked: Checked, serving: GenerationInfo) -> None:
+def selftest_models(site: UpdateSite, checked: Checked, serving: GenerationInfo) -> None:
     """Run the start-up self-test on what the new generation would serve, from the verified files,
     before any of them enters the model store: a model this build cannot run here is refused and
     leaves the store and the serving generation as they were."""
     if not checked.models and not checked.adapters:
         return
-    s, store = services.settings, services.store
-    known = services.model_identities()
+    s, store = site.settings, site.store
+    known = site.model_identities()
     paths: dict[str, str | None] = {}
     template: str | None = None  # a stored generator's family template (a bundle's must bring its own)
     reranker = s.runtime.reranker if s.knowledge.rerank else ""
@@ -178,7 +179,7 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
             adapters[name] = str(t.verified_file)
             known[str(t.verified_file)] = (name, t.sha256)
     try:
-        services.selftest().ensure(spec_for(s, paths["generator"], paths["embedder"], adapters,
+        site.selftest().ensure(spec_for(s, paths["generator"], paths["embedder"], adapters,
                                             reranker_path=paths["reranker"], verifier_path=paths["verifier"],
                                             generator_template=template),
                                    known)
@@ -186,9 +187,9 @@ def selftest_models(services: Services, checked: Checked, serving: GenerationInf
         raise BundleError(f"the bundle's models fail the start-up self-test on this machine: {exc}") from exc
 
 
-def register_models(services: Services, checked: Checked, info: GenerationInfo) -> None:
+def register_models(site: UpdateSite, checked: Checked, info: GenerationInfo) -> None:
     """Add the bundle's models and adapters to the store (by digest) and name them in ``info``."""
-    store = services.store
+    store = site.store
     for kind, t in checked.models.items():
         name = str(t.custom.get("name") or Path(t.path).parent.name)
         _register(store, t, name, kind, None)
@@ -213,7 +214,7 @@ def _register(store, t: PlannedTarget, name: str, kind: str, base: str | None) -
         raise BundleError(f"{t.path}: {exc}") from exc
 
 
-def apply_knowledge(services: Services, plan: Plan, kb: KnowledgeBase, by: str,
+def apply_knowledge(site: UpdateSite, plan: Plan, kb: KnowledgeBase, by: str,
                     progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
     """Ingest the plan's knowledge into the new generation's ``kb`` and remove what it revokes.
 
@@ -225,7 +226,7 @@ def apply_knowledge(services: Services, plan: Plan, kb: KnowledgeBase, by: str,
     for i, t in enumerate(targets):
         assert plan.work is not None  # verify_bundle gives every plan its verified work directory
         try:
-            labels = parse_labels(str(t.custom.get("labels", "")), services.scale)
+            labels = parse_labels(str(t.custom.get("labels", "")), site.scale)
             docs = plan.parsed.get(t.path) or parse_file(named_copy(t, plan.work), kb.parse_limits)
         except ApplianceError as exc:
             raise BundleError(f"{t.path}: {exc}") from exc
