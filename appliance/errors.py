@@ -220,6 +220,15 @@ class SessionExpiredError(AccessError):
     log in again."""
 
 
+class LoginFailedError(AccessError):
+    """A login was refused: the user name or passphrase is wrong, or the account is locked or disabled
+    (one message for all, so a guesser learns nothing)."""
+
+
+class NotPermittedError(AccessError):
+    """The account's role does not allow the action, or its clearance does not reach the labels asked for."""
+
+
 # every class above, in the order defined: the engine client rebuilds a host's error by this name
 __all__ = [name for name, value in list(globals().items())
            if isinstance(value, type) and issubclass(value, ApplianceError)]

@@ -9,7 +9,7 @@ import pytest
 from appliance.access.accounts import BAD_LOGIN, AccountStore, check_passphrase, hash_passphrase
 from appliance.access.labels import Labels, LevelScale
 from appliance.config import AccessSettings
-from appliance.errors import AccessError, AuditWriteError
+from appliance.errors import AccessError, AuditWriteError, LoginFailedError, NotPermittedError, SessionExpiredError
 
 PASS = "correct horse battery"
 
@@ -74,9 +74,9 @@ def test_add_validates_and_is_audited(env) -> None:
     assert [a.name for a in store.list()] == ["admin", "alice"]
     with pytest.raises(AccessError, match="only the first account"):
         store.add("eve", role="admin", level="SECRET", passphrase=PASS, by=None)
-    with pytest.raises(AccessError, match="users.manage needs the role admin"):
+    with pytest.raises(NotPermittedError, match="users.manage needs the role admin"):
         store.add("eve", role="admin", level="SECRET", passphrase=PASS, by=store.get("alice"))
-    with pytest.raises(AccessError, match="users.list needs"):
+    with pytest.raises(NotPermittedError, match="users.list needs"):
         store.list(by=store.get("alice"))
 
 
@@ -96,11 +96,11 @@ def test_change_refused_when_audit_cannot_be_written(env) -> None:
 def test_login_lockout_and_same_answer_for_every_refusal(env) -> None:
     store, rec, clock = env
     for _ in range(3):
-        with pytest.raises(AccessError, match=BAD_LOGIN):
+        with pytest.raises(LoginFailedError, match=BAD_LOGIN):
             store.login("alice", "wrong passphrase!")
-    with pytest.raises(AccessError, match=BAD_LOGIN):  # locked now, even with the right passphrase
+    with pytest.raises(LoginFailedError, match=BAD_LOGIN):  # locked now, even with the right passphrase
         store.login("alice", PASS)
-    with pytest.raises(AccessError, match=BAD_LOGIN):
+    with pytest.raises(LoginFailedError, match=BAD_LOGIN):
         store.login("nobody", PASS)
     reasons = [e[2]["reason"] for e in rec.entries if e[0] == "login.failure"]
     assert reasons == ["wrong passphrase", "wrong passphrase", "wrong passphrase; locked for 60 s", "locked",
@@ -118,17 +118,17 @@ def test_session_idle_timeout_logout_and_disable(env) -> None:
     clock.t += 90
     assert store.session(s.token).name == "alice"
     clock.t += 101
-    with pytest.raises(AccessError, match="idle"):
+    with pytest.raises(SessionExpiredError, match="idle"):
         store.session(s.token)
     s2 = store.login("alice", PASS)
     store.logout(s2.token)
-    with pytest.raises(AccessError, match="not logged in"):
+    with pytest.raises(SessionExpiredError):
         store.session(s2.token)
     s3 = store.login("alice", PASS)
     store.disable("alice", by=ADMIN(store))
-    with pytest.raises(AccessError, match="not logged in"):
+    with pytest.raises(SessionExpiredError):
         store.session(s3.token)
-    with pytest.raises(AccessError, match=BAD_LOGIN):
+    with pytest.raises(LoginFailedError, match=BAD_LOGIN):
         store.login("alice", PASS)
     assert ("logout", "alice", {"reason": "idle timeout"}) in rec.entries
 
@@ -146,9 +146,9 @@ def test_grant_revoke_passwd(env) -> None:
     with pytest.raises(AccessError, match="current passphrase is wrong"):  # a session alone is not enough
         store.passwd("alice", "another long passphrase", by=store.get("alice"))
     store.passwd("alice", "another long passphrase", by=store.get("alice"), current=PASS)  # one's own
-    with pytest.raises(AccessError, match="needs the role admin"):
+    with pytest.raises(NotPermittedError, match="needs the role admin"):
         store.passwd("admin", "another long passphrase", by=store.get("alice"))
-    with pytest.raises(AccessError):
+    with pytest.raises(LoginFailedError):
         store.login("alice", PASS)
     assert store.login("alice", "another long passphrase").account.level == "SECRET"
     assert [k for k, *_ in rec.entries if k.startswith("user.")] == ["user.add", "user.add", "user.grant",

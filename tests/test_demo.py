@@ -12,7 +12,7 @@ import pytest
 
 from appliance.app.demo import DEMO_ROOT, MAX_TOML_BYTES, DemoError, collection_of, install_demo, load_bundle
 from appliance.config import KnowledgeSettings, Settings
-from appliance.errors import AccessError
+from appliance.errors import NotPermittedError
 from appliance.runtime.model_store import ModelStore
 from appliance.services import Services, build_services
 from tests.helpers import ScriptedEngine, hashed_embed, run_cli, store_copy
@@ -206,7 +206,7 @@ def test_officer_clearance_is_enforced_by_the_operation(tmp_path: Path) -> None:
     store.revoke("demo-officer", by=admin, compartments=["HUMINT"])
     with services.writing("test") as kb:
         kb.delete("source-protection-guidance.md")
-    with pytest.raises(AccessError, match="not cleared for TOP SECRET:HUMINT"):
+    with pytest.raises(NotPermittedError, match="not cleared for TOP SECRET:HUMINT"):
         install_demo(services)
     assert services.knowledge().catalog.get("source-protection-guidance.md") is None
 

@@ -14,6 +14,7 @@ from appliance.app import answers, documents
 from appliance.app import audit as audit_use
 from appliance.audit.verify import verify_export
 from appliance.config import load_settings
+from appliance.errors import NotPermittedError
 from appliance.runtime.model_store import ModelStore
 from appliance.services import Services, build_services
 from appliance.specialists.serve import Classification, Extraction
@@ -268,7 +269,7 @@ def test_role_gating_hides_and_refuses(services: Services) -> None:
         assert isinstance(app.screen, AskScreen) and "audit" not in app._installed_screens
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Go to Audit" not in titles and "Go to Ask" in titles
-        with pytest.raises(Exception, match="audit.export needs the role"):
+        with pytest.raises(NotPermittedError, match="audit.export needs the role"):
             audit_use.export_audit(services, app.account, Path("/tmp/never"))  # the service refuses too
         await pilot.press("ctrl+l")
         await pilot.pause()
@@ -633,7 +634,7 @@ def test_a_tampered_bundle_shows_why_it_is_refused(appliance: Services, tmp_path
 def test_only_officers_and_admins_reach_updates(appliance: Services, tmp_path: Path) -> None:
     from appliance.access.authz import ACTIONS
     from appliance.app import updates
-    from appliance.errors import AccessError
+    from appliance.errors import NotPermittedError
 
     assert {r for r, names in SCREENS_BY_ROLE.items() if "updates" in names} == set(ACTIONS["bundles.manage"])
     media = _bundle(tmp_path, 1, "b1")
@@ -650,7 +651,7 @@ def test_only_officers_and_admins_reach_updates(appliance: Services, tmp_path: P
             app.action_goto("updates")
             await pilot.pause()
             assert isinstance(app.screen, AskScreen)
-            with pytest.raises(AccessError, match="bundles.manage needs the role"):  # the service refuses too
+            with pytest.raises(NotPermittedError, match="bundles.manage needs the role"):  # the service refuses too
                 updates.verify(appliance, app.account, media)
             await pilot.press("ctrl+l")
             await pilot.pause()

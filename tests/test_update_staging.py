@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import BundleError
+from appliance.errors import BundleError, BundleTooLargeError
 from appliance.updates.staging import StagingLimits, stage
 
 
@@ -64,7 +64,7 @@ def test_control_character_name_refused(tmp_path: Path) -> None:
 def test_oversized_metadata_refused_before_reading(tmp_path: Path) -> None:
     m = _media(tmp_path)
     (m / "metadata" / "timestamp.json").write_bytes(b" " * 2048)
-    with pytest.raises(BundleError, match="over the 1024 byte limit"):
+    with pytest.raises(BundleTooLargeError, match="over the 1024 byte limit"):
         stage(m, tmp_path / "staging", StagingLimits(max_metadata_bytes=1024))
 
 

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from appliance.access.labels import Labels
-from appliance.errors import AccessError, BundleError
+from appliance.errors import (
+    BundleError,
+    BundleMismatchError,
+    BundleRollbackError,
+    NotPermittedError,
+)
 from appliance.updates.build import build_bundle, load_spec
 from appliance.updates.check import applied_state, trust_root, verify_bundle
 from appliance.updates.keys import init_keys
@@ -61,14 +66,14 @@ def test_refusals_are_clear_and_audited(appliance, tmp_path: Path) -> None:
     trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     with pytest.raises(BundleError, match="already provisioned"):
         trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
-    with pytest.raises(BundleError, match="for appliance class 'northgate', this is 'other'"):
+    with pytest.raises(BundleMismatchError, match="for appliance class 'northgate', this is 'other'"):
         verify_bundle(appliance.update_site(), olga, media, "other")
-    with pytest.raises(AccessError, match="bundles.manage needs"):
+    with pytest.raises(NotPermittedError, match="bundles.manage needs"):
         from appliance.app.updates import verify
 
         verify(appliance, appliance.accounts().get("ann"), media)
     (appliance.settings.data_dir / "updates" / "state.json").write_text(json.dumps({"release": 3}))
-    with pytest.raises(BundleError, match="release 1, not above the applied release 3"):
+    with pytest.raises(BundleRollbackError, match="release 1, not above the applied release 3"):
         verify_bundle(appliance.update_site(), olga, media, "northgate")
     reasons = [e.value() for e in appliance.audit().entries() if e.value()["kind"] == "bundle.refused"]
     assert len(reasons) == 3 and "no trusted root" in reasons[0]["reason"]
@@ -82,7 +87,7 @@ def test_signature_over_different_bytes_refused(appliance, tmp_path: Path) -> No
     doc = json.loads(targets.read_text())
     doc["signed"]["x-appliance"]["release"] = 99  # the signature no longer covers these bytes
     targets.write_text(json.dumps(doc))
-    with pytest.raises(BundleError, match="refused"):
+    with pytest.raises(BundleMismatchError):  # the snapshot's signed length and hash catch it before the signature
         verify_bundle(appliance.update_site(), olga, media, "northgate")
 
 
@@ -102,7 +107,7 @@ def test_payload_one_byte_long_refused(appliance, tmp_path: Path) -> None:
     trust_root(appliance.update_site(), olga, media / "metadata" / "1.root.json")
     blob = next((media / "targets" / "knowledge" / "security").iterdir())
     blob.write_bytes(blob.read_bytes() + b"x")
-    with pytest.raises(BundleError, match="refused"):
+    with pytest.raises(BundleMismatchError):
         verify_bundle(appliance.update_site(), olga, media, "northgate")
     assert not list((appliance.settings.data_dir / "updates" / "staging").iterdir())  # the bad blob is not kept
 

@@ -33,7 +33,7 @@ from appliance.access.labels import LevelScale, Principal, _compartments
 from appliance.audit.log import Auditor
 from appliance.config import AccessSettings
 from appliance.db import open_db
-from appliance.errors import AccessError, SessionExpiredError
+from appliance.errors import AccessError, LoginFailedError, SessionExpiredError
 from appliance.migrations import Migrations
 
 __all__ = ["ROLES", "Account", "AccountStore", "LoginSession", "hash_passphrase", "check_passphrase"]
@@ -303,10 +303,10 @@ class AccountStore:
     # -- login sessions -----------------------------------------------------------------
 
     def login(self, name: str, passphrase: str) -> LoginSession:
-        """A new session for ``name``, or :class:`AccessError` with :data:`BAD_LOGIN`."""
+        """A new session for ``name``, or :class:`LoginFailedError` with :data:`BAD_LOGIN`."""
         if not isinstance(passphrase, str) or len(passphrase.encode("utf-8", "replace")) > MAX_PASSPHRASE_BYTES:
             self.auditor.record("login.failure", name if isinstance(name, str) else None, reason="bad input")
-            raise AccessError(BAD_LOGIN)
+            raise LoginFailedError(BAD_LOGIN)
         with self._lock:
             row = self._row(name) if isinstance(name, str) else None
             stored = row["passphrase"] if row and row["passphrase"].startswith("scrypt$") else _DUMMY
@@ -324,7 +324,7 @@ class AccountStore:
                         if locked:
                             reason = f"wrong passphrase; locked for {self.settings.lockout_s} s"
                     self.auditor.record("login.failure", name, reason=reason)
-                raise AccessError(BAD_LOGIN)
+                raise LoginFailedError(BAD_LOGIN)
             assert row is not None  # no row gives the reason "no such account" above
             token = secrets.token_urlsafe(32)
             with self.db.atomic():

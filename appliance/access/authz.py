@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from appliance.errors import AccessError, SessionExpiredError
+from appliance.errors import NotPermittedError, SessionExpiredError
 
 if TYPE_CHECKING:
     from appliance.access.accounts import Account
@@ -40,5 +40,5 @@ def authorize(account: Account, action: str) -> Account:
     if account.disabled:
         raise SessionExpiredError(f"{account.name} is disabled")
     if account.role not in roles:
-        raise AccessError(f"{account.name} is {account.role}; {action} needs the role {' or '.join(roles)}")
+        raise NotPermittedError(f"{account.name} is {account.role}; {action} needs the role {' or '.join(roles)}")
     return account

@@ -8,7 +8,7 @@ from pathlib import Path
 from appliance.access.accounts import Account
 from appliance.access.labels import Labels, Principal
 from appliance.app.acting import acting
-from appliance.errors import AccessError, KnowledgeError
+from appliance.errors import KnowledgeError, NotPermittedError
 from appliance.knowledge.base import IngestReport
 from appliance.knowledge.catalog import ChunkRow, DocumentRow
 from appliance.knowledge.retrieval import Hit
@@ -24,7 +24,7 @@ def principal_of(services: Services, account: Account, narrowed: Labels | None =
         return me
     acting(services, account, "search.as_clearance")
     if not me.can_read(narrowed, services.scale):
-        raise AccessError(f"{narrowed} is not within your own clearance")
+        raise NotPermittedError(f"{narrowed} is not within your own clearance")
     return Principal(name=me.name, level=narrowed.level, compartments=narrowed.compartments)
 
 
@@ -35,7 +35,7 @@ def ingest(services: Services, account: Account, files: Sequence[Path], labels: 
     act = acting(services, account, "documents.manage")
     me = act.account.principal()
     if not me.can_read(labels, services.scale):
-        raise AccessError(f"{act.name} is not cleared for {labels}: documents may only be labelled within "
+        raise NotPermittedError(f"{act.name} is not cleared for {labels}: documents may only be labelled within "
                           "your own clearance")
     act.record("document.ingest", files=[str(f) for f in files][:1000], labels=str(labels), collection=collection)
     with services.writing(f"ingest by {act.name}") as kb:

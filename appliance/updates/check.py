@@ -174,10 +174,10 @@ def _serving_or_refuse(site: UpdateSite, name: str, release: int, digest: str) -
         return
     kept = [g.generation for g in list_generations(data) if g.targets_sha256 == digest]
     if kept:
-        raise BundleError(f"bundle {name!r} release {release} was applied and then rolled back from: serve it again "
-                          f"with `appliance bundle rollback --to {kept[-1]}`")
-    raise BundleError(f"bundle {name!r} release {release} was applied earlier and its generation is no longer kept: "
-                      "a newer release is needed")
+        raise BundleRollbackError(f"bundle {name!r} release {release} was applied and then rolled back from: "
+                                  f"serve it again with `appliance bundle rollback --to {kept[-1]}`")
+    raise BundleRollbackError(f"bundle {name!r} release {release} was applied earlier and its generation is no "
+                              "longer kept: a newer release is needed")
 
 
 def _mismatched(md: Path) -> str:
@@ -235,8 +235,9 @@ def verify_bundle(site: UpdateSite, account: Account, media: Path, appliance_cla
             offered = [int(m.group(1)) for f in (staged / "metadata").iterdir()
                        if (m := re.fullmatch(r"(\d{1,9})\.root\.json", f.name))]
             if offered and max(offered) > reached:
-                raise BundleError(f"refused: the media offers root version {max(offered)} but the chain of roots "
-                                  f"stops at version {reached} (root version {reached + 1} is missing or invalid)")
+                raise BundleSignatureError(f"refused: the media offers root version {max(offered)} but the chain "
+                                           f"of roots stops at version {reached} (root version {reached + 1} is "
+                                           "missing or invalid)")
             targets_bytes = (work / "metadata" / "targets.json").read_bytes()
             head = Metadata.from_bytes(targets_bytes).signed
             info = head.unrecognized_fields.get("x-appliance", {})
